@@ -1,0 +1,47 @@
+//! # tidewater-chain
+//!
+//! Owns everything that talks to an EVM node: the JSON-RPC client ([`RpcClient`]: a cap on
+//! requests in flight, a rate limit per provider, retries with exponential backoff and jitter,
+//! failover across providers), adaptive `eth_getLogs` ranges ([`RangeSizer`]), complete range
+//! fetches with consistency checks ([`fetch_range`]), the event catalog ([`EventCatalog`]) and
+//! decoding of headers and logs into Arrow batches ([`encode`]).
+//!
+//! It does not own files or SQL.
+//!
+//! Invariants:
+//! - errors classify themselves ([`Error::is_retryable`], [`Error::is_range_too_large`]); a
+//!   "too many results" answer is never retried unchanged;
+//! - [`fetch_range`] returns logs ordered by (block_number, log_index), each carrying the hash
+//!   of the header fetched for its block, or an error: never a silent hole.
+//!
+//! ```no_run
+//! # async fn run() -> tidewater_chain::Result<()> {
+//! use tidewater_chain::{fetch_range, BlockRange, LogFilter, RangeSizer, RpcClient, RpcConfig};
+//! let rpc = RpcClient::new(RpcConfig::new(vec!["http://127.0.0.1:8545".into()])).expect("client");
+//! let sizer = RangeSizer::new(2_000, 10_000);
+//! let data = fetch_range(&rpc, &LogFilter::default(), BlockRange::new(0, 99), &sizer).await?;
+//! println!("{} logs in {} blocks", data.logs.len(), data.headers.len());
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+pub mod encode;
+mod error;
+pub mod events;
+mod fetch;
+mod range;
+mod rpc;
+pub mod schema;
+mod types;
+
+pub use error::{parse_range_hint, Error, Result};
+pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
+pub use fetch::{fetch_logs, fetch_range, next_span, RangeData, RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE};
+pub use range::BlockRange;
+pub use rpc::{
+    backoff, ProviderStats, RpcClient, RpcConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
+    DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, HEADER_BATCH,
+};
+pub use types::{quantity, Header, Log, LogFilter, MAX_ADDRESSES_PER_REQUEST};
+
+pub use alloy_primitives::{Address, Bloom, B256};

@@ -1,0 +1,155 @@
+//! Command-line arguments.
+
+use alloy_primitives::Address;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Tidewater: an indexer of EVM contract events into Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "tidewater", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Log filter (tracing syntax), e.g. `info` or `tidewater_chain=debug`.
+    #[arg(long, global = true, env = "TIDEWATER_LOG", default_value = "info")]
+    pub(crate) log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Fetch a block range into the Parquet dataset (resumable, exactly once).
+    Backfill(BackfillArgs),
+    /// Run SQL (DuckDB) over every table of a data directory.
+    Sql(SqlArgs),
+    /// Show what a data directory holds: chunks, coverage, rows per table.
+    Status(DataArgs),
+    /// Check every committed file against the manifest (size, SHA-256, Parquet footer, rows).
+    Verify(DataArgs),
+}
+
+/// A block bound: a number or a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockBound {
+    Number(u64),
+    Latest,
+    Finalized,
+}
+
+pub(crate) fn parse_bound(s: &str) -> Result<BlockBound, String> {
+    match s {
+        "latest" => Ok(BlockBound::Latest),
+        "finalized" => Ok(BlockBound::Finalized),
+        _ => s
+            .parse()
+            .map(BlockBound::Number)
+            .map_err(|_| format!("expected a block number, `latest` or `finalized`, got {s:?}")),
+    }
+}
+
+pub(crate) fn parse_address(s: &str) -> Result<Address, String> {
+    let hex = s.strip_prefix("0x").ok_or_else(|| format!("{s:?} is not an address (expected 0x and 40 hex digits)"))?;
+    if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not an address (expected 0x and 40 hex digits)"));
+    }
+    s.parse().map_err(|e| format!("{s:?} is not an address: {e}"))
+}
+
+pub(crate) fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let err = || format!("expected I/N with 0 <= I < N, got {s:?}");
+    let (i, n) = s.split_once('/').ok_or_else(err)?;
+    let (i, n): (u32, u32) = (i.parse().map_err(|_| err())?, n.parse().map_err(|_| err())?);
+    if n == 0 || i >= n {
+        return Err(err());
+    }
+    Ok((i, n))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackfillArgs {
+    /// JSON-RPC URL; repeat for failover providers [env: ETH_RPC_URL]
+    #[arg(long)]
+    pub(crate) rpc: Vec<String>,
+    /// Data directory (one per chain) [default: from the config file, else ./data]
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
+    /// Config file [default: ./tidewater.toml if present]
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// First block, inclusive
+    #[arg(long, default_value = "0", value_parser = parse_bound)]
+    pub(crate) from: BlockBound,
+    /// Last block, inclusive: a number, `latest` or `finalized`
+    #[arg(long, default_value = "latest", value_parser = parse_bound)]
+    pub(crate) to: BlockBound,
+    /// Uniswap V3 factory: index it and every pool it creates
+    #[arg(long, value_parser = parse_address)]
+    pub(crate) uniswap_v3_factory: Option<Address>,
+    /// Uniswap V3 NonfungiblePositionManager (needs --uniswap-v3-factory)
+    #[arg(long, value_parser = parse_address)]
+    pub(crate) uniswap_v3_position_manager: Option<Address>,
+    /// Block where the factory was deployed (where the pool scan starts)
+    #[arg(long)]
+    pub(crate) factory_start_block: Option<u64>,
+    /// Another contract to index; repeatable. Each gets every --event
+    #[arg(long, value_parser = parse_address)]
+    pub(crate) contract: Vec<Address>,
+    /// Event signature for --contract, e.g. "Transfer(address indexed from, address indexed to, uint256 value)"
+    #[arg(long)]
+    pub(crate) event: Vec<String>,
+    /// Expected chain id; refuse to run against another chain
+    #[arg(long)]
+    pub(crate) chain_id: Option<u64>,
+    /// RPC requests in flight at most [default: 16]
+    #[arg(long)]
+    pub(crate) concurrency: Option<usize>,
+    /// RPC requests per second per provider [default: unlimited]
+    #[arg(long)]
+    pub(crate) rps: Option<f64>,
+    /// Blocks per chunk (one Parquet file per table per chunk) [default: 1000]
+    #[arg(long)]
+    pub(crate) chunk_size: Option<u64>,
+    /// Chunks fetched and encoded at once [default: 4]
+    #[arg(long)]
+    pub(crate) chunks_in_flight: Option<usize>,
+    /// First eth_getLogs span in blocks; adapts to the provider [default: 2000]
+    #[arg(long)]
+    pub(crate) log_range: Option<u64>,
+    /// Largest eth_getLogs span in blocks [default: 10000]
+    #[arg(long)]
+    pub(crate) max_log_range: Option<u64>,
+    /// Only this shard's chunks, as I/N (N processes split the range by chunk)
+    #[arg(long, value_parser = parse_shard)]
+    pub(crate) shard: Option<(u32, u32)>,
+    /// Print the final summary as JSON on stdout
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SqlArgs {
+    /// Data directory
+    #[arg(long, default_value = "data")]
+    pub(crate) data: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value = "table")]
+    pub(crate) format: OutputFormat,
+    /// The query
+    pub(crate) query: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DataArgs {
+    /// Data directory
+    #[arg(long, default_value = "data")]
+    pub(crate) data: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}

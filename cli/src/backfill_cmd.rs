@@ -1,0 +1,259 @@
+//! `tidewater backfill`: resolve flags and config, validate everything, then run.
+
+use crate::args::{BackfillArgs, BlockBound};
+use crate::progress::{LogWriter, Reporter};
+use crate::{config, usage, CmdResult, Failure};
+use eyre::{eyre, WrapErr};
+use std::path::PathBuf;
+use std::time::Duration;
+use tidewater_backfill::{Backfill, BackfillConfig};
+use tidewater_chain::{BlockRange, ContractSource, EventCatalog, RpcClient, RpcConfig, Sources, UniswapV3};
+use tidewater_storage::{DatasetWriter, Identity, Shard};
+use tokio_util::sync::CancellationToken;
+
+/// Attempts for the first call to a provider: an unreachable node should fail in seconds.
+const PROBE_ATTEMPTS: u32 = 3;
+
+/// Everything a backfill needs, validated.
+pub(crate) struct Plan {
+    pub(crate) rpc_urls: Vec<String>,
+    pub(crate) data: PathBuf,
+    pub(crate) sources: Sources,
+    pub(crate) chain_id: Option<u64>,
+    pub(crate) cfg: BackfillConfig,
+    pub(crate) from: BlockBound,
+    pub(crate) to: BlockBound,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) rps: Option<f64>,
+}
+
+/// Merges flags over the config file and checks what can be checked without a node.
+pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
+    let file = config::load(a.config.as_deref()).map_err(usage)?;
+    let mut rpc_urls = if a.rpc.is_empty() { file.chain.rpc.clone() } else { a.rpc.clone() };
+    if rpc_urls.is_empty() {
+        if let Ok(url) = std::env::var("ETH_RPC_URL") {
+            rpc_urls.push(url);
+        }
+    }
+    if rpc_urls.is_empty() {
+        return Err(usage(eyre!("no RPC URL: pass --rpc, set ETH_RPC_URL, or set chain.rpc in tidewater.toml")));
+    }
+    for u in &rpc_urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(usage(eyre!("RPC URL {u:?} must start with http:// or https://")));
+        }
+    }
+    let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("data"));
+
+    let mut sources = Sources { uniswap_v3: file.sources.uniswap_v3.clone(), contracts: file.sources.contracts.clone() };
+    if let Some(factory) = a.uniswap_v3_factory {
+        sources.uniswap_v3 = Some(UniswapV3 {
+            factory,
+            position_manager: a.uniswap_v3_position_manager,
+            factory_start_block: a.factory_start_block.unwrap_or(0),
+        });
+    } else if a.uniswap_v3_position_manager.is_some() {
+        return Err(usage(eyre!("--uniswap-v3-position-manager needs --uniswap-v3-factory")));
+    }
+    if let (Some(u), Some(b)) = (sources.uniswap_v3.as_mut(), a.factory_start_block) {
+        u.factory_start_block = b;
+    }
+    if !a.event.is_empty() && a.contract.is_empty() {
+        return Err(usage(eyre!("--event needs at least one --contract")));
+    }
+    if !a.contract.is_empty() && a.event.is_empty() {
+        return Err(usage(eyre!("--contract needs at least one --event signature")));
+    }
+    for addr in &a.contract {
+        sources.contracts.push(ContractSource { address: *addr, events: a.event.clone() });
+    }
+    if sources.uniswap_v3.is_none() && sources.contracts.is_empty() {
+        return Err(usage(eyre!(
+            "nothing to index: pass --uniswap-v3-factory, or --contract with --event, or set [sources] in tidewater.toml"
+        )));
+    }
+    // Parses every event signature: a bad one is a usage error before anything runs.
+    EventCatalog::new(&sources).map_err(usage)?;
+
+    if let (BlockBound::Number(f), BlockBound::Number(t)) = (a.from, a.to) {
+        if f > t {
+            return Err(usage(eyre!("--from {f} is after --to {t}")));
+        }
+    }
+    if a.from != BlockBound::Number(0) && !matches!(a.from, BlockBound::Number(_)) {
+        return Err(usage(eyre!("--from must be a block number")));
+    }
+    let t = &file.tuning;
+    let mut cfg = BackfillConfig::new(BlockRange::new(0, 0));
+    cfg.chunk_size = a.chunk_size.or(t.chunk_size).unwrap_or(cfg.chunk_size);
+    cfg.chunks_in_flight = a.chunks_in_flight.or(t.chunks_in_flight).unwrap_or(cfg.chunks_in_flight);
+    cfg.log_range = a.log_range.or(t.log_range).unwrap_or(cfg.log_range);
+    cfg.max_log_range = a.max_log_range.or(t.max_log_range).unwrap_or(cfg.max_log_range);
+    cfg.shard = a.shard.map(|(index, count)| Shard { index, count });
+    for (name, v) in [
+        ("--chunk-size", cfg.chunk_size),
+        ("--chunks-in-flight", cfg.chunks_in_flight as u64),
+        ("--log-range", cfg.log_range),
+        ("--max-log-range", cfg.max_log_range),
+    ] {
+        if v == 0 {
+            return Err(usage(eyre!("{name} must be at least 1")));
+        }
+    }
+    let concurrency = a.concurrency.or(t.concurrency);
+    if concurrency == Some(0) {
+        return Err(usage(eyre!("--concurrency must be at least 1")));
+    }
+    let rps = a.rps.or(t.rps);
+    if rps.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
+        return Err(usage(eyre!("--rps must be a non-negative number")));
+    }
+    Ok(Plan {
+        rpc_urls,
+        data,
+        sources,
+        chain_id: a.chain_id.or(file.chain.chain_id),
+        cfg,
+        from: a.from,
+        to: a.to,
+        concurrency,
+        rps,
+    })
+}
+
+async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
+    Ok(match b {
+        BlockBound::Number(n) => n,
+        BlockBound::Latest => rpc.block_number().await?,
+        BlockBound::Finalized => {
+            rpc.header_at("finalized").await?.ok_or_else(|| eyre!("the node reports no finalized block"))?.number
+        }
+    })
+}
+
+pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
+    let mut plan = resolve(&a)?;
+    let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
+    if let Some(c) = plan.concurrency {
+        rpc_cfg.concurrency = c;
+    }
+    rpc_cfg.rps = plan.rps;
+    // Probe with few attempts: an unreachable node is bad input, reported fast.
+    let mut probe_cfg = rpc_cfg.clone();
+    probe_cfg.max_attempts = PROBE_ATTEMPTS;
+    probe_cfg.timeout = Duration::from_secs(10);
+    let probe = RpcClient::new(probe_cfg).wrap_err("building the HTTP client")?;
+    let urls = plan.rpc_urls.join(", ");
+    let chain_id = probe.chain_id().await.map_err(|e| usage(eyre!(e).wrap_err(format!("cannot reach RPC {urls}"))))?;
+    if let Some(expected) = plan.chain_id {
+        if expected != chain_id {
+            return Err(usage(eyre!("RPC {urls} serves chain {chain_id}, expected chain {expected}")));
+        }
+    }
+    let genesis = probe
+        .header_at("0x0")
+        .await
+        .map_err(|e| usage(eyre!(e).wrap_err(format!("reading block 0 from {urls}"))))?
+        .ok_or_else(|| usage(eyre!("RPC {urls} has no block 0")))?;
+    let from = resolve_bound(&probe, plan.from).await.map_err(usage)?;
+    let to = resolve_bound(&probe, plan.to).await.map_err(usage)?;
+    let head = probe.block_number().await.map_err(usage)?;
+    if from > to {
+        return Err(usage(eyre!("--from {from} is after --to {to}")));
+    }
+    if to > head {
+        return Err(usage(eyre!("--to {to} is above the node's head {head}")));
+    }
+    plan.cfg.range = BlockRange::new(from, to);
+
+    let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
+    let backfill = Backfill::new(rpc, plan.sources.clone(), chain_id, plan.cfg.clone()).map_err(usage)?;
+    let schemas = {
+        let mut s = backfill.catalog().tables();
+        s.insert(tidewater_chain::schema::LOGS.into(), tidewater_chain::schema::logs_schema());
+        s.insert(tidewater_chain::schema::BLOCKS.into(), tidewater_chain::schema::blocks_schema());
+        s
+    };
+    let identity = Identity::new(
+        chain_id,
+        genesis.hash.to_string(),
+        serde_json::to_value(&plan.sources).wrap_err("serializing sources")?,
+        schemas.keys().cloned().collect(),
+    );
+    let data = plan.data.clone();
+    let shard = plan.cfg.shard;
+    let dataset = tokio::task::spawn_blocking(move || DatasetWriter::open(&data, &identity, &schemas, shard))
+        .await
+        .wrap_err("opening the data directory")?;
+    let dataset = match dataset {
+        Ok(d) => d,
+        Err(e) if e.is_usage() => return Err(usage(e)),
+        Err(e) => return Err(Failure::Runtime(eyre!(e).wrap_err(format!("opening {}", plan.data.display())))),
+    };
+
+    let cancel = CancellationToken::new();
+    let mut reporter = Reporter::new(backfill.progress(), writer, a.json);
+    let run = backfill.run(dataset, cancel.clone());
+    tokio::pin!(run);
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut signals = Signals::new()?;
+    let summary = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = ticker.tick() => reporter.tick(),
+            _ = signals.recv(), if !cancel.is_cancelled() => {
+                tracing::warn!("stopping after the chunk being committed (signal received)");
+                cancel.cancel();
+            }
+        }
+    };
+    drop(reporter);
+    let summary = summary.wrap_err_with(|| format!("backfill of {} into {}", plan.cfg.range, plan.data.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary).wrap_err("serializing the summary")?);
+    } else {
+        let rate = |n: u64| n as f64 / summary.elapsed_secs.max(1e-9);
+        println!(
+            "backfill [{}, {}]: {} chunks committed of {} planned, {} blocks, {} logs, {} pools in {:.2}s ({:.0} blocks/s, {:.0} logs/s){}",
+            summary.range.0,
+            summary.range.1,
+            summary.chunks_committed,
+            summary.chunks_planned,
+            summary.blocks,
+            summary.logs,
+            summary.pools,
+            summary.elapsed_secs,
+            rate(summary.blocks),
+            rate(summary.logs),
+            if summary.cancelled { " (stopped early on a signal)" } else { "" },
+        );
+        for (t, n) in &summary.rows {
+            println!("  {t:<20} {n:>10} rows");
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> eyre::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).wrap_err("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).wrap_err("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}

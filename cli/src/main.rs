@@ -1,0 +1,65 @@
+//! The `tidewater` binary: argument parsing, configuration, wiring and exit codes.
+//!
+//! Exit codes: 0 success (and on a broken pipe), 2 usage or configuration errors (nothing is
+//! written), 1 runtime failures.
+
+mod args;
+mod backfill_cmd;
+mod config;
+mod progress;
+mod sql_cmd;
+
+use clap::Parser as _;
+use std::process::ExitCode;
+
+/// A failure with its exit code: bad input (2) or a runtime failure (1).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Usage(eyre::Report),
+    Runtime(eyre::Report),
+}
+
+impl<E: Into<eyre::Report>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Runtime(e.into())
+    }
+}
+
+pub(crate) type CmdResult = Result<(), Failure>;
+
+pub(crate) fn usage(e: impl Into<eyre::Report>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let writer = progress::LogWriter::default();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_target(false).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("invariant: tokio runtime starts");
+    let result = rt.block_on(async move {
+        match cli.command {
+            args::Command::Backfill(a) => backfill_cmd::run(a, writer).await,
+            args::Command::Sql(a) => sql_cmd::sql(a).await,
+            args::Command::Status(a) => sql_cmd::status(a).await,
+            args::Command::Verify(a) => sql_cmd::verify(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

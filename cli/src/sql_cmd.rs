@@ -1,0 +1,78 @@
+//! `tidewater sql`, `status` and `verify`: read-only commands over a data directory.
+
+use crate::args::{DataArgs, OutputFormat, SqlArgs};
+use crate::{usage, CmdResult, Failure};
+use eyre::{eyre, WrapErr};
+use std::io::Write as _;
+use std::path::Path;
+use tidewater_queries::{format_batches, Format, SqlSession};
+use tidewater_storage::Dataset;
+
+fn open(data: &Path) -> Result<Dataset, Failure> {
+    Dataset::open(data).map_err(|e| if e.is_usage() { usage(e) } else { Failure::Runtime(eyre!(e)) })
+}
+
+pub(crate) async fn sql(a: SqlArgs) -> CmdResult {
+    let ds = open(&a.data)?;
+    let out = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
+        let session = SqlSession::open(&ds).wrap_err("preparing views")?;
+        let batches = session.query(&a.query).map_err(usage)?;
+        let format = match a.format {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Csv => Format::Csv,
+            OutputFormat::Json => Format::Json,
+        };
+        Ok(format_batches(&batches, format)?)
+    })
+    .await
+    .wrap_err("running the query")??;
+    std::io::stdout().write_all(out.as_bytes()).wrap_err("writing the result")?;
+    Ok(())
+}
+
+pub(crate) async fn status(a: DataArgs) -> CmdResult {
+    let ds = open(&a.data)?;
+    let m = ds.manifest();
+    let coverage: Vec<(u64, u64)> = m.chunks().iter().fold(Vec::new(), |mut acc: Vec<(u64, u64)>, c| {
+        match acc.last_mut() {
+            Some(last) if last.1 + 1 == c.start => last.1 = c.end,
+            _ => acc.push((c.start, c.end)),
+        }
+        acc
+    });
+    let rows: std::collections::BTreeMap<&str, u64> =
+        ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
+    if a.json {
+        let v = serde_json::json!({
+            "chain_id": ds.identity().chain_id,
+            "genesis_hash": ds.identity().genesis_hash,
+            "chunks": m.chunks().len(),
+            "coverage": coverage,
+            "rows": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).wrap_err("serializing status")?);
+    } else {
+        println!("data directory {}: chain {}", a.data.display(), ds.identity().chain_id);
+        println!("chunks committed: {}", m.chunks().len());
+        for (s, e) in &coverage {
+            println!("  blocks [{s}, {e}]");
+        }
+        for (t, n) in rows {
+            println!("  {t:<20} {n:>10} rows");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn verify(a: DataArgs) -> CmdResult {
+    let ds = open(&a.data)?;
+    let problems = tokio::task::spawn_blocking(move || ds.verify()).await.wrap_err("verifying")?;
+    if problems.is_empty() {
+        println!("ok: every committed file matches the manifest");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("corrupt: {:#}", eyre!(format!("{p}")));
+    }
+    Err(Failure::Runtime(eyre!("{} file(s) do not match the manifest", problems.len())))
+}

@@ -1,0 +1,173 @@
+//! # tidewater-queries
+//!
+//! Owns reading the dataset with SQL: a DuckDB session with one view per table over exactly
+//! the files the manifest lists (never a glob, so a file renamed into place by a writer that
+//! crashed before its manifest entry is invisible), and output formatting. It does not write
+//! data.
+//!
+//! Big integers (uint128, uint160, int256, uint256) are stored as exact decimal strings; cast
+//! them in SQL: `amount0::HUGEINT` (int256 values within ±2^127), `liquidity::UHUGEINT`
+//! (uint128), `sqrt_price_x96::DOUBLE` for charts, or `::DECIMAL(38,0)` where it fits.
+//!
+//! ```no_run
+//! let ds = tidewater_storage::Dataset::open(std::path::Path::new("./data")).unwrap();
+//! let s = tidewater_queries::SqlSession::open(&ds).unwrap();
+//! let batches = s.query("SELECT count(*) FROM swaps").unwrap();
+//! print!("{}", tidewater_queries::format_batches(&batches, tidewater_queries::Format::Table).unwrap());
+//! ```
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+use arrow::array::{Array, ArrayRef, BinaryArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+use tidewater_storage::Dataset;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// SQL failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Setting up the session (views) failed.
+    #[error("creating view {table}")]
+    View {
+        /// Table.
+        table: String,
+        /// Cause.
+        #[source]
+        source: duckdb::Error,
+    },
+    /// DuckDB could not be started.
+    #[error("opening DuckDB")]
+    Open(#[source] duckdb::Error),
+    /// The query failed (bad SQL, unknown table, ...).
+    #[error("query failed")]
+    Query(#[source] duckdb::Error),
+    /// Formatting the result failed.
+    #[error("formatting the result")]
+    Format(#[source] arrow::error::ArrowError),
+}
+
+/// Output formats of `tidewater sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An ASCII table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+/// A DuckDB session over one data directory.
+#[derive(Debug)]
+pub struct SqlSession {
+    conn: duckdb::Connection,
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl SqlSession {
+    /// An in-memory DuckDB with a view per table of `ds`.
+    pub fn open(ds: &Dataset) -> Result<Self> {
+        let conn = duckdb::Connection::open_in_memory().map_err(Error::Open)?;
+        let mut tables = ds.identity().tables.clone();
+        tables.sort();
+        tables.dedup();
+        for table in tables {
+            let mut files = ds.files(&table);
+            if files.is_empty() {
+                files.push(ds.schema_file(&table));
+            }
+            let list = files.iter().map(|p| quote_str(&p.to_string_lossy())).collect::<Vec<_>>().join(", ");
+            let sql = format!("CREATE VIEW {} AS SELECT * FROM read_parquet([{list}])", quote_ident(&table));
+            conn.execute_batch(&sql).map_err(|source| Error::View { table: table.clone(), source })?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Runs one query and returns its rows.
+    pub fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let mut stmt = self.conn.prepare(sql).map_err(Error::Query)?;
+        let batches = stmt.query_arrow([]).map_err(Error::Query)?.collect();
+        Ok(batches)
+    }
+}
+
+/// Binary columns as `0x…` hex strings (hashes and addresses read better that way).
+pub fn hex_binary_columns(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        match c.as_any().downcast_ref::<BinaryArray>() {
+            Some(b) => {
+                let mut sb = StringBuilder::new();
+                for i in 0..b.len() {
+                    if b.is_null(i) {
+                        sb.append_null();
+                    } else {
+                        sb.append_value(format!("0x{}", hex_lower(b.value(i))));
+                    }
+                }
+                fields.push(Field::new(f.name(), DataType::Utf8, true));
+                cols.push(Arc::new(sb.finish()));
+            }
+            None => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(Error::Format)
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Formats query results.
+pub fn format_batches(batches: &[RecordBatch], format: Format) -> Result<String> {
+    let batches = batches.iter().map(hex_binary_columns).collect::<Result<Vec<_>>>()?;
+    match format {
+        Format::Table => {
+            Ok(format!("{}\n", arrow::util::pretty::pretty_format_batches(&batches).map_err(Error::Format)?))
+        }
+        Format::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                for b in &batches {
+                    w.write(b).map_err(Error::Format)?;
+                }
+            }
+            Ok(String::from_utf8(out).expect("invariant: CSV writer emits UTF-8"))
+        }
+        Format::Json => {
+            let mut out = Vec::new();
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut out);
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                w.write_batches(&refs).map_err(Error::Format)?;
+                w.finish().map_err(Error::Format)?;
+            }
+            if out.is_empty() {
+                out.extend_from_slice(b"[]");
+            }
+            out.push(b'\n');
+            Ok(String::from_utf8(out).expect("invariant: JSON writer emits UTF-8"))
+        }
+    }
+}

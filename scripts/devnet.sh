@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The devnet: anvil with the real Uniswap V3 contracts and seedable traffic.
+#
+#   scripts/devnet.sh build NAME [traffic flags]   build (once per machine) a chain and cache it
+#   scripts/devnet.sh path NAME                    print the cached chain's folder
+#   scripts/devnet.sh start NAME [PORT]            run anvil on the cached chain (foreground)
+#
+# A cached chain is $TIDEWATER_HOME/devnet/NAME-<key>/{state.json,deploy.json}, where key hashes
+# the traffic flags and the generator script, so a change to either builds a new chain.
+# Presets: small (tests: ~10 pools, hundreds of positions), large (benchmarks: >= 500k logs).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+ANVIL_FLAGS=(--code-size-limit 100000 --gas-limit 1000000000 --silent)
+
+preset_flags() {
+  case "$1" in
+    small) echo "--seed 7 --pools 10 --rounds 260 --swaps-per-tx 12" ;;
+    large) echo "--seed 11 --pools 24 --rounds 6000 --swaps-per-tx 100" ;;
+    *) echo "devnet: unknown preset '$1' (small, large)" >&2; exit 2 ;;
+  esac
+}
+
+chain_dir() {
+  local name="$1"; shift
+  local flags="$*"
+  local key
+  key=$(cat "$TIDEWATER_SCRIPTS/devnet/traffic.mjs" <(echo "$flags" "${ANVIL_FLAGS[*]}") | sha256sum | cut -c1-12)
+  echo "$TIDEWATER_HOME/devnet/$name-$key"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_rpc() {
+  for _ in $(seq 1 200); do
+    if curl -sf -X POST -H 'content-type: application/json' \
+      --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$1" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "devnet: anvil did not answer at $1" >&2; return 1
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  build)
+    name="${1:?devnet build NAME}"; shift
+    flags="$(preset_flags "$name") $*"
+    dir=$(chain_dir "$name" $flags)
+    if [ -f "$dir/state.json" ] && [ -f "$dir/deploy.json" ]; then echo "$dir"; exit 0; fi
+    mkdir -p "$dir"
+    port=$(free_port)
+    "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" --port "$port" --dump-state "$dir/state.json.tmp" &
+    anvil_pid=$!
+    trap 'kill $anvil_pid 2>/dev/null || true' EXIT
+    wait_rpc "http://127.0.0.1:$port"
+    echo "devnet: building '$name' ($flags) into $dir" >&2
+    node "$TIDEWATER_SCRIPTS/devnet/traffic.mjs" --rpc "http://127.0.0.1:$port" \
+      --modules "$TIDEWATER_NODE_MODULES" --out "$dir/deploy.json.tmp" $flags >&2
+    kill -INT $anvil_pid; wait $anvil_pid || true; trap - EXIT
+    mv "$dir/deploy.json.tmp" "$dir/deploy.json"
+    mv "$dir/state.json.tmp" "$dir/state.json"
+    echo "$dir"
+    ;;
+  path)
+    name="${1:?devnet path NAME}"; shift
+    chain_dir "$name" $(preset_flags "$name") "$@"
+    ;;
+  start)
+    name="${1:?devnet start NAME [PORT]}"
+    port="${2:-8545}"
+    dir=$(chain_dir "$name" $(preset_flags "$name"))
+    test -f "$dir/state.json" || { echo "devnet: '$name' not built; run scripts/devnet.sh build $name" >&2; exit 1; }
+    exec "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" --port "$port" --load-state "$dir/state.json"
+    ;;
+  *)
+    sed -n '2,10p' "$0" >&2; exit 2 ;;
+esac

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything Tidewater's build, devnet and tests need, idempotently:
+# npm packages (anvil, Uniswap V3/V2 artifacts, ethers, prebuilt libduckdb) into
+# $TIDEWATER_HOME/tools, cryo from PyPI, cargo-nextest if missing.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+NPM_PACKAGES=(
+  "@foundry-rs/anvil-linux-amd64@1.7.1"
+  "@uniswap/v3-core@1.0.1"
+  "@uniswap/v3-periphery@1.4.4"
+  "@uniswap/v2-core@1.0.1"
+  "@uniswap/v2-periphery@1.1.0-beta.0"
+  "ethers@6.17.0"
+  "@duckdb/node-bindings-linux-x64@1.5.6-r.1"
+)
+stamp="$TIDEWATER_TOOLS/.installed"
+want="${NPM_PACKAGES[*]}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "install: npm packages into $TIDEWATER_TOOLS" >&2
+  mkdir -p "$TIDEWATER_TOOLS"
+  npm install --silent --no-save --no-package-lock --prefix "$TIDEWATER_TOOLS" "${NPM_PACKAGES[@]}" >&2
+  echo "$want" > "$stamp"
+fi
+test -x "$TIDEWATER_ANVIL" || { echo "install: anvil missing at $TIDEWATER_ANVIL" >&2; exit 1; }
+test -f "$DUCKDB_LIB_DIR/libduckdb.so" || { echo "install: libduckdb.so missing" >&2; exit 1; }
+
+if ! python3 -c "import cryo" 2>/dev/null; then
+  echo "install: cryo from PyPI" >&2
+  python3 -m pip install --quiet --disable-pip-version-check cryo==0.3.2 pyarrow >&2
+fi
+if ! python3 -c "import pyarrow" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check pyarrow >&2
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install: cargo-nextest" >&2
+  cargo install --locked cargo-nextest >&2
+fi

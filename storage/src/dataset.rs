@@ -1,0 +1,293 @@
+//! The data directory: identity (`dataset.json`), writer lock, committed chunks, verification.
+
+use crate::error::{Error, Result};
+use crate::files::{remove_temp_files, sync_dir, write_atomic};
+use crate::manifest::{ChunkEntry, FileEntry, Manifest};
+use crate::parquet_io::encode_parquet;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// Identity file of a data directory.
+pub const IDENTITY_FILE: &str = "dataset.json";
+/// Empty Parquet files carrying each table's schema, so views exist before any rows do.
+pub const SCHEMA_DIR: &str = "_schema";
+const LOCK_FILE: &str = ".lock";
+const FORMAT_VERSION: u32 = 1;
+
+/// What a data directory holds: one chain, one set of sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Layout version.
+    pub format: u32,
+    /// Chain id.
+    pub chain_id: u64,
+    /// Hash of block 0, which tells apart chains that share an id (devnets).
+    pub genesis_hash: String,
+    /// The sources configuration, as JSON.
+    pub sources: serde_json::Value,
+    /// Tables, in name order.
+    pub tables: Vec<String>,
+}
+
+impl Identity {
+    /// An identity of the current layout version.
+    pub fn new(chain_id: u64, genesis_hash: String, sources: serde_json::Value, tables: Vec<String>) -> Self {
+        Self { format: FORMAT_VERSION, chain_id, genesis_hash, sources, tables }
+    }
+
+    fn mismatch(&self, other: &Self) -> Option<String> {
+        if self.chain_id != other.chain_id {
+            return Some(format!("chain id {} (this node: {})", self.chain_id, other.chain_id));
+        }
+        if self.genesis_hash != other.genesis_hash {
+            return Some(format!(
+                "genesis block {} (this node: {}): data of another chain",
+                self.genesis_hash, other.genesis_hash
+            ));
+        }
+        if self.sources != other.sources {
+            return Some(format!(
+                "sources {} (requested: {}); use another --data directory",
+                self.sources, other.sources
+            ));
+        }
+        if self.format != other.format {
+            return Some(format!("layout version {} (this build: {})", self.format, other.format));
+        }
+        None
+    }
+}
+
+/// Reads `dataset.json`, if present.
+pub fn read_identity(root: &Path) -> Result<Option<Identity>> {
+    let p = root.join(IDENTITY_FILE);
+    match std::fs::read(&p) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| Error::Json { path: p, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io { op: "reading", path: p, source: e }),
+    }
+}
+
+/// A read-only view of a data directory.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    root: PathBuf,
+    identity: Identity,
+    manifest: Manifest,
+}
+
+impl Dataset {
+    /// Opens an existing data directory for reading.
+    pub fn open(root: &Path) -> Result<Self> {
+        let identity = read_identity(root)?.ok_or_else(|| Error::NotADataset { path: root.to_path_buf() })?;
+        let manifest = Manifest::load(root)?;
+        Ok(Self { root: root.to_path_buf(), identity, manifest })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The committed chunks.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Committed files of `table`.
+    pub fn files(&self, table: &str) -> Vec<PathBuf> {
+        self.manifest.files(&self.root, table)
+    }
+
+    /// The empty schema-carrying file of `table`.
+    pub fn schema_file(&self, table: &str) -> PathBuf {
+        self.root.join(SCHEMA_DIR).join(format!("{table}.parquet"))
+    }
+
+    /// Checks every committed file against its manifest entry: present, same size, same
+    /// SHA-256, a readable Parquet footer with the recorded row count. Returns the problems.
+    pub fn verify(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        for c in self.manifest.chunks() {
+            for f in c.tables.values() {
+                if let Err(e) = verify_file(&self.root, f) {
+                    problems.push(e);
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn verify_file(root: &Path, f: &FileEntry) -> Result<()> {
+    let path = root.join(&f.path);
+    let corrupt = |what: String| Error::Corrupt { path: path.clone(), what };
+    let bytes = std::fs::read(&path).map_err(Error::io("reading", &path))?;
+    if bytes.len() as u64 != f.bytes {
+        return Err(corrupt(format!("{} bytes, manifest says {}", bytes.len(), f.bytes)));
+    }
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if digest != f.sha256 {
+        return Err(corrupt(format!("sha256 {digest}, manifest says {}", f.sha256)));
+    }
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
+        .map_err(|source| Error::Parquet { path: path.clone(), source })?;
+    use parquet::file::reader::FileReader as _;
+    let rows = reader.metadata().file_metadata().num_rows() as u64;
+    if rows != f.rows {
+        return Err(corrupt(format!("{rows} rows, manifest says {}", f.rows)));
+    }
+    Ok(())
+}
+
+/// Which part of a range a writer owns when several processes share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's index, `0..count`.
+    pub index: u32,
+    /// Number of processes.
+    pub count: u32,
+}
+
+/// A chunk ready to commit: its range, boundary hashes, and one batch per table.
+#[derive(Debug)]
+pub struct ChunkCommit {
+    /// First block.
+    pub start: u64,
+    /// Last block.
+    pub end: u64,
+    /// Hash of `start`.
+    pub first_block_hash: String,
+    /// Hash of `end`.
+    pub last_block_hash: String,
+    /// Encoded Parquet per table (empty tables omitted), with row counts.
+    pub files: BTreeMap<String, (Vec<u8>, u64)>,
+}
+
+/// The only writer of a data directory (or of one shard of it).
+#[derive(Debug)]
+pub struct DatasetWriter {
+    root: PathBuf,
+    manifest: Manifest,
+    _locks: Vec<File>,
+}
+
+impl DatasetWriter {
+    /// Opens (creating if needed) a data directory for writing. Checks, before writing anything,
+    /// that the directory is empty or holds this same dataset, and that no other writer holds it
+    /// (sharded writers share the directory, one per shard).
+    pub fn open(
+        root: &Path,
+        identity: &Identity,
+        schemas: &BTreeMap<String, SchemaRef>,
+        shard: Option<Shard>,
+    ) -> Result<Self> {
+        let existing = read_identity(root)?;
+        match &existing {
+            Some(found) => {
+                if let Some(what) = found.mismatch(identity) {
+                    return Err(Error::IdentityMismatch { path: root.to_path_buf(), what });
+                }
+            }
+            None => {
+                if let Ok(mut entries) = std::fs::read_dir(root) {
+                    if entries.next().is_some() {
+                        return Err(Error::NotADataset { path: root.to_path_buf() });
+                    }
+                }
+            }
+        }
+        std::fs::create_dir_all(root).map_err(Error::io("creating", root))?;
+        let locks = take_locks(root, shard)?;
+        if existing.is_none() {
+            for (table, schema) in schemas {
+                let empty = RecordBatch::new_empty(schema.clone());
+                let bytes = encode_parquet(table, &empty)?;
+                write_atomic(&root.join(SCHEMA_DIR).join(format!("{table}.parquet")), &bytes)?;
+            }
+            let bytes = serde_json::to_vec_pretty(identity)
+                .map_err(|source| Error::Json { path: root.join(IDENTITY_FILE), source })?;
+            write_atomic(&root.join(IDENTITY_FILE), &bytes)?;
+        }
+        if shard.is_none() {
+            let removed = remove_temp_files(root)?;
+            if removed > 0 {
+                tracing::info!(removed, "removed temp files of an interrupted writer");
+            }
+        }
+        let manifest = Manifest::load(root)?;
+        Ok(Self { root: root.to_path_buf(), manifest, _locks: locks })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Committed chunks (as of open, plus this writer's commits).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Re-reads the manifest (other shards may have committed).
+    pub fn refresh(&mut self) -> Result<()> {
+        self.manifest = Manifest::load(&self.root)?;
+        Ok(())
+    }
+
+    /// Commits a chunk: every file durably in place, then the manifest entry (the commit
+    /// point). Blocking I/O: call from `spawn_blocking`.
+    pub fn commit(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
+        let mut tables = BTreeMap::new();
+        for (table, (bytes, rows)) in &chunk.files {
+            let rel = format!("{table}/{:012}-{:012}.parquet", chunk.start, chunk.end);
+            write_atomic(&self.root.join(&rel), bytes)?;
+            tables.insert(
+                table.clone(),
+                FileEntry { path: rel, rows: *rows, bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) },
+            );
+        }
+        let entry = ChunkEntry {
+            start: chunk.start,
+            end: chunk.end,
+            first_block_hash: chunk.first_block_hash,
+            last_block_hash: chunk.last_block_hash,
+            tables,
+        };
+        self.manifest.commit(&self.root, entry.clone())?;
+        Ok(entry)
+    }
+}
+
+fn take_locks(root: &Path, shard: Option<Shard>) -> Result<Vec<File>> {
+    let open = |name: String| -> Result<(File, PathBuf)> {
+        let p = root.join(name);
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(Error::io("opening", &p))?;
+        Ok((f, p))
+    };
+    let locked = |lock: PathBuf| Error::Locked { path: root.to_path_buf(), lock };
+    let (main, main_path) = open(LOCK_FILE.to_string())?;
+    match shard {
+        None => {
+            main.try_lock().map_err(|_| locked(main_path))?;
+            sync_dir(root)?;
+            Ok(vec![main])
+        }
+        Some(s) => {
+            main.try_lock_shared().map_err(|_| locked(main_path))?;
+            let (own, own_path) = open(format!("{LOCK_FILE}.shard-{}-of-{}", s.index, s.count))?;
+            own.try_lock().map_err(|_| locked(own_path))?;
+            Ok(vec![main, own])
+        }
+    }
+}

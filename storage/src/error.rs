@@ -1,0 +1,95 @@
+//! The storage crate's error type.
+
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong reading or writing the dataset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A filesystem operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file of the dataset could not be read or written.
+    #[error("{path} is not valid")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Parquet encoding or decoding failed.
+    #[error("parquet {path}")]
+    Parquet {
+        /// The file (or table) involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Another process holds the writer lock.
+    #[error("another writer is using {path} (lock {lock} is held)")]
+    Locked {
+        /// Data directory.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The data directory belongs to another chain or another set of sources.
+    #[error("{path} holds a different dataset: {what}")]
+    IdentityMismatch {
+        /// Data directory.
+        path: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// The directory is not a Tidewater dataset.
+    #[error("{path} is not a Tidewater data directory (no dataset.json)")]
+    NotADataset {
+        /// Data directory.
+        path: PathBuf,
+    },
+    /// A committed file no longer matches its manifest entry.
+    #[error("{path}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A new chunk overlaps a committed one.
+    #[error("chunk [{start}, {end}] overlaps committed chunk [{other_start}, {other_end}]")]
+    Overlap {
+        /// New chunk start.
+        start: u64,
+        /// New chunk end.
+        end: u64,
+        /// Committed chunk start.
+        other_start: u64,
+        /// Committed chunk end.
+        other_end: u64,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { op, path, source }
+    }
+
+    /// Whether this is a bad-input error (wrong directory, held lock), not a runtime failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Locked { .. } | Self::IdentityMismatch { .. } | Self::NotADataset { .. })
+    }
+}

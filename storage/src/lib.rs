@@ -1,0 +1,39 @@
+//! # tidewater-storage
+//!
+//! Owns the data directory: the layout of tables, atomic Parquet commits, the manifest of
+//! committed chunks, the dataset identity and the writer lock. It does not talk to nodes.
+//!
+//! ```text
+//!  RecordBatch per table ──encode (rayon)──▶ ChunkCommit
+//!                                              │ commit (blocking I/O)
+//!                                              ▼
+//!   <data>/<table>/<start>-<end>.parquet   temp file, fsync, rename, fsync dir
+//!                                              │ then
+//!                                              ▼
+//!   <data>/_manifest/<start>-<end>.json    the commit point: readers trust only listed files
+//! ```
+//!
+//! Invariants:
+//! - a file is visible to readers only once its manifest entry exists, and every entry's files
+//!   were durable before the entry was written, so a crash at any instant leaves a dataset
+//!   equal to some prefix of commits;
+//! - one writer per directory (or per shard), enforced with a lock file;
+//! - a directory holds one chain and one set of sources (`dataset.json`).
+//!
+//! ```no_run
+//! let ds = tidewater_storage::Dataset::open(std::path::Path::new("./data")).unwrap();
+//! println!("{} rows in logs", ds.manifest().rows("logs"));
+//! ```
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+mod dataset;
+mod error;
+mod files;
+mod manifest;
+mod parquet_io;
+
+pub use dataset::{read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, IDENTITY_FILE, SCHEMA_DIR};
+pub use error::{Error, Result};
+pub use files::{sync_dir, write_atomic};
+pub use manifest::{ChunkEntry, FileEntry, Manifest, MANIFEST_DIR};
+pub use parquet_io::{encode_parquet, read_parquet, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};

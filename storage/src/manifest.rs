@@ -1,0 +1,166 @@
+//! The manifest: one JSON entry per committed chunk under `<data>/_manifest/`. An entry is the
+//! commit point: files it lists are the dataset, files it does not list are not.
+
+use crate::error::{Error, Result};
+use crate::files::write_atomic;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Folder of manifest entries, under the data directory.
+pub const MANIFEST_DIR: &str = "_manifest";
+
+/// One committed Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+/// One committed chunk: a block range and, per table with rows, its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    /// First block, inclusive.
+    pub start: u64,
+    /// Last block, inclusive.
+    pub end: u64,
+    /// Hash of block `start`.
+    pub first_block_hash: String,
+    /// Hash of block `end`.
+    pub last_block_hash: String,
+    /// Files by table; tables without rows in the chunk have no file.
+    pub tables: BTreeMap<String, FileEntry>,
+}
+
+impl ChunkEntry {
+    /// The entry's file name.
+    pub fn file_name(start: u64, end: u64) -> String {
+        format!("{start:012}-{end:012}.json")
+    }
+
+    /// Rows of `table` in this chunk.
+    pub fn rows(&self, table: &str) -> u64 {
+        self.tables.get(table).map_or(0, |f| f.rows)
+    }
+}
+
+/// Every committed chunk, ordered by start block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    chunks: Vec<ChunkEntry>,
+}
+
+impl Manifest {
+    /// Loads every entry under `<root>/_manifest`. Overlapping entries are corruption.
+    pub fn load(root: &Path) -> Result<Self> {
+        let dir = root.join(MANIFEST_DIR);
+        let mut chunks = Vec::new();
+        if dir.exists() {
+            for entry in std::fs::read_dir(&dir).map_err(Error::io("listing", &dir))?.flatten() {
+                let p = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                let bytes = std::fs::read(&p).map_err(Error::io("reading", &p))?;
+                let c: ChunkEntry =
+                    serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p.clone(), source })?;
+                chunks.push(c);
+            }
+        }
+        chunks.sort_by_key(|c| c.start);
+        for w in chunks.windows(2) {
+            if w[1].start <= w[0].end {
+                return Err(Error::Corrupt {
+                    path: dir,
+                    what: format!("chunks [{}, {}] and [{}, {}] overlap", w[0].start, w[0].end, w[1].start, w[1].end),
+                });
+            }
+        }
+        Ok(Self { chunks })
+    }
+
+    /// Committed chunks in block order.
+    pub fn chunks(&self) -> &[ChunkEntry] {
+        &self.chunks
+    }
+
+    /// The committed chunk overlapping `[start, end]`, if any.
+    pub fn overlapping(&self, start: u64, end: u64) -> Option<&ChunkEntry> {
+        self.chunks.iter().find(|c| c.start <= end && start <= c.end)
+    }
+
+    /// The parts of `[start, end]` no committed chunk covers, in order.
+    pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut cursor = start;
+        for c in &self.chunks {
+            if c.end < cursor {
+                continue;
+            }
+            if c.start > end {
+                break;
+            }
+            if c.start > cursor {
+                out.push((cursor, c.start - 1));
+            }
+            if c.end >= end {
+                return out;
+            }
+            cursor = c.end + 1;
+        }
+        if cursor <= end {
+            out.push((cursor, end));
+        }
+        out
+    }
+
+    /// Committed files of `table`, in block order, as absolute paths.
+    pub fn files(&self, root: &Path, table: &str) -> Vec<PathBuf> {
+        self.chunks.iter().filter_map(|c| c.tables.get(table)).map(|f| root.join(&f.path)).collect()
+    }
+
+    /// Total committed rows of `table`.
+    pub fn rows(&self, table: &str) -> u64 {
+        self.chunks.iter().map(|c| c.rows(table)).sum()
+    }
+
+    /// Records a committed chunk durably, then in memory.
+    pub(crate) fn commit(&mut self, root: &Path, entry: ChunkEntry) -> Result<()> {
+        if let Some(o) = self.overlapping(entry.start, entry.end) {
+            return Err(Error::Overlap { start: entry.start, end: entry.end, other_start: o.start, other_end: o.end });
+        }
+        let path = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(entry.start, entry.end));
+        let bytes = serde_json::to_vec_pretty(&entry).map_err(|source| Error::Json { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)?;
+        let at = self.chunks.partition_point(|c| c.start < entry.start);
+        self.chunks.insert(at, entry);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(start: u64, end: u64) -> ChunkEntry {
+        ChunkEntry { start, end, first_block_hash: String::new(), last_block_hash: String::new(), tables: BTreeMap::new() }
+    }
+
+    #[test]
+    fn gaps_fill_around_committed_chunks() {
+        let m = Manifest { chunks: vec![chunk(10, 19), chunk(30, 39)] };
+        assert_eq!(m.gaps(0, 50), vec![(0, 9), (20, 29), (40, 50)]);
+        assert_eq!(m.gaps(10, 19), vec![]);
+        assert_eq!(m.gaps(15, 35), vec![(20, 29)]);
+        assert_eq!(m.gaps(40, 45), vec![(40, 45)]);
+        assert_eq!(Manifest::default().gaps(3, 4), vec![(3, 4)]);
+    }
+}
