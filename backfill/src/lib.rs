@@ -47,8 +47,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tidewater_chain::{
-    encode, fetch_range, BlockRange, EventCatalog, LogFilter, RangeData, RangeSizer, RpcClient, Sources,
-    DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    encode, fetch_range, BlockRange, EventCatalog, LogFilter, RangeData, RangeSizer, RpcClient,
+    Sources, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_parquet, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
@@ -151,7 +151,12 @@ struct Encoded {
 
 impl Backfill {
     /// A job over `sources` on the chain `chain_id`.
-    pub fn new(rpc: RpcClient, sources: Sources, chain_id: u64, cfg: BackfillConfig) -> tidewater_chain::Result<Self> {
+    pub fn new(
+        rpc: RpcClient,
+        sources: Sources,
+        chain_id: u64,
+        cfg: BackfillConfig,
+    ) -> tidewater_chain::Result<Self> {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
         let sizer = Arc::new(RangeSizer::new(cfg.log_range, cfg.max_log_range));
         Ok(Self { rpc, sources, catalog, chain_id, cfg, sizer, progress: Arc::default() })
@@ -169,9 +174,14 @@ impl Backfill {
 
     /// Runs to completion or cancellation. Chunks are fetched out of order and committed in
     /// block order; cancellation is honoured between commits.
-    pub async fn run(&self, mut writer: DatasetWriter, cancel: CancellationToken) -> Result<Summary> {
+    pub async fn run(
+        &self,
+        mut writer: DatasetWriter,
+        cancel: CancellationToken,
+    ) -> Result<Summary> {
         let started = Instant::now();
-        let plan = plan_chunks(writer.manifest(), self.cfg.range, self.cfg.chunk_size, self.cfg.shard);
+        let plan =
+            plan_chunks(writer.manifest(), self.cfg.range, self.cfg.chunk_size, self.cfg.shard);
         let mut summary = Summary {
             range: (self.cfg.range.start, self.cfg.range.end),
             chunks_planned: plan.len() as u64,
@@ -184,7 +194,8 @@ impl Backfill {
             summary.elapsed_secs = started.elapsed().as_secs_f64();
             return Ok(summary);
         }
-        let pools = Arc::new(self.discover(plan.last().expect("invariant: plan not empty").end).await?);
+        let pools =
+            Arc::new(self.discover(plan.last().expect("invariant: plan not empty").end).await?);
         summary.pools = pools.len();
         tracing::info!(chunks = plan.len(), pools = pools.len(), range = %self.cfg.range, "backfill planned");
 
@@ -264,7 +275,9 @@ impl Backfill {
         let mut attempt = 0;
         loop {
             match fetch_range(&self.rpc, filter, chunk, &self.sizer).await {
-                Err(e @ tidewater_chain::Error::Inconsistent { .. }) if attempt < INCONSISTENT_RETRIES => {
+                Err(e @ tidewater_chain::Error::Inconsistent { .. })
+                    if attempt < INCONSISTENT_RETRIES =>
+                {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "inconsistent answers, refetching chunk");
                     let wait = tidewater_chain::backoff(
@@ -290,14 +303,18 @@ fn encode_chunk(
     chunk: BlockRange,
 ) -> Result<Encoded> {
     let decode_err = |source| Error::Decode { range: chunk, source };
-    let mut batches =
-        encode::decode_batches(catalog, &data.logs, |a, b| pools.is_pool_at(a, b)).map_err(decode_err)?;
-    batches.insert(tidewater_chain::schema::LOGS.into(), encode::logs_batch(&data.logs, chain_id).map_err(decode_err)?);
+    let mut batches = encode::decode_batches(catalog, &data.logs, |a, b| pools.is_pool_at(a, b))
+        .map_err(decode_err)?;
+    batches.insert(
+        tidewater_chain::schema::LOGS.into(),
+        encode::logs_batch(&data.logs, chain_id).map_err(decode_err)?,
+    );
     batches.insert(
         tidewater_chain::schema::BLOCKS.into(),
         encode::blocks_batch(&data.headers, chain_id).map_err(decode_err)?,
     );
-    let rows: BTreeMap<String, u64> = batches.iter().map(|(t, b)| (t.clone(), b.num_rows() as u64)).collect();
+    let rows: BTreeMap<String, u64> =
+        batches.iter().map(|(t, b)| (t.clone(), b.num_rows() as u64)).collect();
     let files = batches
         .par_iter()
         .filter(|(_, b)| b.num_rows() > 0)

@@ -2,7 +2,10 @@
 
 use alloy_primitives::Address;
 use std::collections::HashMap;
-use tidewater_chain::{events::UNISWAP_V3_FACTORY_EVENTS, fetch_logs, BlockRange, EventDef, Log, LogFilter, RangeSizer, RpcClient};
+use tidewater_chain::{
+    events::UNISWAP_V3_FACTORY_EVENTS, fetch_logs, BlockRange, EventDef, Log, LogFilter,
+    RangeSizer, RpcClient,
+};
 
 /// Pool address → block of its `PoolCreated`.
 #[derive(Debug, Clone, Default)]
@@ -18,7 +21,8 @@ impl PoolSet {
 
     /// Pools created at or before `block`, sorted.
     pub fn created_by(&self, block: u64) -> Vec<Address> {
-        let mut v: Vec<Address> = self.created.iter().filter(|(_, b)| **b <= block).map(|(a, _)| *a).collect();
+        let mut v: Vec<Address> =
+            self.created.iter().filter(|(_, b)| **b <= block).map(|(a, _)| *a).collect();
         v.sort();
         v
     }

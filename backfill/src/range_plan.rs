@@ -10,7 +10,12 @@ use tidewater_storage::{Manifest, Shard};
 pub const DEFAULT_CHUNK_SIZE: u64 = 1_000;
 
 /// The chunks to fetch for `range`, in block order.
-pub fn plan_chunks(manifest: &Manifest, range: BlockRange, chunk_size: u64, shard: Option<Shard>) -> Vec<BlockRange> {
+pub fn plan_chunks(
+    manifest: &Manifest,
+    range: BlockRange,
+    chunk_size: u64,
+    shard: Option<Shard>,
+) -> Vec<BlockRange> {
     let chunk_size = chunk_size.max(1);
     let mut out = Vec::new();
     for (start, end) in manifest.gaps(range.start, range.end) {
@@ -37,7 +42,14 @@ mod tests {
     fn chunks_align_to_the_grid() {
         let m = Manifest::default();
         let got = plan_chunks(&m, BlockRange::new(1500, 3200), 1000, None);
-        assert_eq!(got, vec![BlockRange::new(1500, 1999), BlockRange::new(2000, 2999), BlockRange::new(3000, 3200)]);
+        assert_eq!(
+            got,
+            vec![
+                BlockRange::new(1500, 1999),
+                BlockRange::new(2000, 2999),
+                BlockRange::new(3000, 3200)
+            ]
+        );
     }
 
     proptest! {

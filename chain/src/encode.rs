@@ -39,7 +39,8 @@ pub fn blocks_batch(headers: &[Header], chain_id: u64) -> Result<RecordBatch> {
         Arc::new(bloom.finish()),
         Arc::new(chain.finish()),
     ];
-    RecordBatch::try_new(blocks_schema(), cols).map_err(|source| Error::Arrow { table: BLOCKS.into(), source })
+    RecordBatch::try_new(blocks_schema(), cols)
+        .map_err(|source| Error::Arrow { table: BLOCKS.into(), source })
 }
 
 /// Key columns shared by `logs` and every decoded table.
@@ -108,7 +109,8 @@ pub fn logs_batch(logs: &[Log], chain_id: u64) -> Result<RecordBatch> {
     }
     cols.push(Arc::new(data.finish()));
     cols.push(Arc::new(chain.finish()));
-    RecordBatch::try_new(logs_schema(), cols).map_err(|source| Error::Arrow { table: LOGS.into(), source })
+    RecordBatch::try_new(logs_schema(), cols)
+        .map_err(|source| Error::Arrow { table: LOGS.into(), source })
 }
 
 enum ColBuilder {
@@ -190,12 +192,19 @@ pub fn decode_batches(
     }
     for l in logs {
         let Some(topic0) = l.topic0() else { continue };
-        let Some(def) = catalog.lookup(l.address, topic0, is_pool(l.address, l.block_number)) else {
+        let Some(def) = catalog.lookup(l.address, topic0, is_pool(l.address, l.block_number))
+        else {
             continue;
         };
-        let decoded = def.event.decode_log_parts(l.topics.iter().copied(), &l.data).map_err(|source| {
-            Error::Decode { event: def.event.name.clone(), block: l.block_number, log_index: l.log_index, source }
-        })?;
+        let decoded =
+            def.event.decode_log_parts(l.topics.iter().copied(), &l.data).map_err(|source| {
+                Error::Decode {
+                    event: def.event.name.clone(),
+                    block: l.block_number,
+                    log_index: l.log_index,
+                    source,
+                }
+            })?;
         let tb = builders.get_mut(def.table.as_str()).expect("invariant: every def has a builder");
         tb.key.push(l);
         let (mut indexed, mut body) = (decoded.indexed.iter(), decoded.body.iter());

@@ -208,10 +208,8 @@ pub fn parse_range_hint(message: &str) -> Option<BlockRange> {
     let lower = message.to_ascii_lowercase();
     let at = lower.find("range ")?;
     let rest = &lower[at + "range ".len()..];
-    let token: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == 'x')
-        .collect();
+    let token: String =
+        rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == 'x').collect();
     let (a, b) = token.split_once('-')?;
     BlockRange::try_new(parse_number(a)?, parse_number(b)?)
 }
@@ -228,12 +226,18 @@ mod tests {
     use super::*;
 
     fn rpc(code: i64, message: &str) -> Error {
-        Error::Rpc { provider: "p".into(), method: "eth_getLogs".into(), code, message: message.into() }
+        Error::Rpc {
+            provider: "p".into(),
+            method: "eth_getLogs".into(),
+            code,
+            message: message.into(),
+        }
     }
 
     #[test]
     fn hints_from_known_providers() {
-        let infura = "query returned more than 10000 results. Try with this block range [0x10, 0x1F].";
+        let infura =
+            "query returned more than 10000 results. Try with this block range [0x10, 0x1F].";
         assert_eq!(parse_range_hint(infura), Some(BlockRange::new(16, 31)));
         let alchemy = "Log response size exceeded. ... this block range should work: [0x0, 0x2a]";
         assert_eq!(parse_range_hint(alchemy), Some(BlockRange::new(0, 42)));

@@ -145,7 +145,8 @@ pub struct EventDef {
 pub fn parse_event(signature: &str) -> Result<Event> {
     let s = signature.trim();
     let s = s.strip_prefix("event ").unwrap_or(s).trim().trim_end_matches(';');
-    let bad = |reason: String| Error::BadEventSignature { signature: signature.to_string(), reason };
+    let bad =
+        |reason: String| Error::BadEventSignature { signature: signature.to_string(), reason };
     if !s.contains('(') || !s.ends_with(')') {
         return Err(bad("expected Name(type [indexed] name, ...)".into()));
     }
@@ -188,10 +189,11 @@ impl EventDef {
         let mut fields = key_fields();
         let mut seen: Vec<String> = EVENT_KEY_COLUMNS.iter().map(|s| s.to_string()).collect();
         for (i, p) in event.inputs.iter().enumerate() {
-            let ty: DynSolType = p.ty.parse().map_err(|e: alloy_dyn_abi::Error| Error::BadEventSignature {
-                signature: signature.into(),
-                reason: format!("parameter {i}: {e}"),
-            })?;
+            let ty: DynSolType =
+                p.ty.parse().map_err(|e: alloy_dyn_abi::Error| Error::BadEventSignature {
+                    signature: signature.into(),
+                    reason: format!("parameter {i}: {e}"),
+                })?;
             let mut name = if p.name.is_empty() { format!("arg{i}") } else { snake_case(&p.name) };
             if seen.contains(&name) {
                 name = format!("arg_{name}");
@@ -314,13 +316,17 @@ mod tests {
 
     #[test]
     fn parses_signatures() {
-        let e = parse_event("Transfer(address indexed from, address indexed to, uint256 value)").unwrap();
+        let e = parse_event("Transfer(address indexed from, address indexed to, uint256 value)")
+            .unwrap();
         assert_eq!(e.name, "Transfer");
         assert_eq!(
             e.selector().to_string(),
             "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
         );
-        assert!(parse_event("event Approval(address indexed owner, address indexed spender, uint256 value)").is_ok());
+        assert!(parse_event(
+            "event Approval(address indexed owner, address indexed spender, uint256 value)"
+        )
+        .is_ok());
         assert!(parse_event("Transfer(address from").is_err());
         assert!(parse_event("Transfer(adress from)").is_err());
         assert!(parse_event("nonsense").is_err());
@@ -328,7 +334,11 @@ mod tests {
 
     #[test]
     fn uniswap_selectors_match_the_contracts() {
-        let u = UniswapV3 { factory: Address::repeat_byte(1), position_manager: Some(Address::repeat_byte(2)), factory_start_block: 0 };
+        let u = UniswapV3 {
+            factory: Address::repeat_byte(1),
+            position_manager: Some(Address::repeat_byte(2)),
+            factory_start_block: 0,
+        };
         let c = EventCatalog::new(&Sources { uniswap_v3: Some(u), contracts: vec![] }).unwrap();
         let swap = c.defs().iter().find(|d| d.table == "swaps").unwrap();
         assert_eq!(
@@ -341,7 +351,10 @@ mod tests {
             "0x783cca1c0412dd0d695e784568c96da2e9c22ff989357a2e8b1d9b2b4e6b7118"
         );
         let names: Vec<_> = swap.schema.fields().iter().map(|f| f.name().clone()).collect();
-        assert_eq!(&names[6..], ["sender", "recipient", "amount0", "amount1", "sqrt_price_x96", "liquidity", "tick"]);
+        assert_eq!(
+            &names[6..],
+            ["sender", "recipient", "amount0", "amount1", "sqrt_price_x96", "liquidity", "tick"]
+        );
         // A spoofed Swap from a non-pool does not match.
         assert!(c.lookup(Address::repeat_byte(9), &swap.selector, false).is_none());
         assert!(c.lookup(Address::repeat_byte(9), &swap.selector, true).is_some());

@@ -166,8 +166,13 @@ async fn check_and_repair(
                 l.block_number, l.block_hash, h.hash
             )));
         }
-        if i > 0 && (logs[i - 1].block_number, logs[i - 1].log_index) == (l.block_number, l.log_index) {
-            return Err(inconsistent(format!("duplicate log {} in block {}", l.log_index, l.block_number)));
+        if i > 0
+            && (logs[i - 1].block_number, logs[i - 1].log_index) == (l.block_number, l.log_index)
+        {
+            return Err(inconsistent(format!(
+                "duplicate log {} in block {}",
+                l.log_index, l.block_number
+            )));
         }
         *per_block.entry(l.block_number).or_default() += 1;
     }
@@ -184,7 +189,11 @@ async fn check_and_repair(
         for (h, got) in suspicious.iter().zip(refetched) {
             if !got.is_empty() {
                 // The bloom was right and the range answer was short: a lagging node.
-                tracing::warn!(block = h.number, logs = got.len(), "range answer missed logs; refetched by hash");
+                tracing::warn!(
+                    block = h.number,
+                    logs = got.len(),
+                    "range answer missed logs; refetched by hash"
+                );
                 bloom_refetches += 1;
                 if got.iter().any(|l| l.block_hash != h.hash || l.block_number != h.number) {
                     return Err(inconsistent(format!("refetch of block {} disagrees", h.number)));

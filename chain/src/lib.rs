@@ -36,7 +36,10 @@ mod types;
 
 pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
-pub use fetch::{fetch_logs, fetch_range, next_span, RangeData, RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE};
+pub use fetch::{
+    fetch_logs, fetch_range, next_span, RangeData, RangeSizer, DEFAULT_LOG_RANGE,
+    DEFAULT_MAX_LOG_RANGE,
+};
 pub use range::BlockRange;
 pub use rpc::{
     backoff, ProviderStats, RpcClient, RpcConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,

@@ -162,7 +162,11 @@ impl RpcClient {
     }
 
     /// A JSON-RPC batch of calls to one method; answers in the order of `params`.
-    pub async fn batch<T: DeserializeOwned>(&self, method: &str, params: &[Value]) -> Result<Vec<T>> {
+    pub async fn batch<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Vec<T>> {
         self.with_retry(method, |idx| self.send_batch(idx, method, params)).await
     }
 
@@ -185,7 +189,10 @@ impl RpcClient {
                         return Err(e);
                     }
                     if attempt >= inner.cfg.max_attempts {
-                        return Err(Error::RetriesExhausted { attempts: attempt, source: Box::new(e) });
+                        return Err(Error::RetriesExhausted {
+                            attempts: attempt,
+                            source: Box::new(e),
+                        });
                     }
                     // Fail over: the next attempt goes to the next provider.
                     if inner.providers.len() > 1 {
@@ -215,7 +222,8 @@ impl RpcClient {
         let _permit = inner.permits.acquire().await.expect("invariant: semaphore never closed");
         provider.stats.requests.fetch_add(1, Ordering::Relaxed);
         let url = &provider.stats.url;
-        let transport = |source| Error::Transport { provider: url.clone(), method: method.to_string(), source };
+        let transport =
+            |source| Error::Transport { provider: url.clone(), method: method.to_string(), source };
         let resp = inner.http.post(url).json(body).send().await.map_err(transport)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(transport)?;
@@ -226,17 +234,30 @@ impl RpcClient {
                     return Err(e.into_error(url, method));
                 }
             }
-            return Err(Error::HttpStatus { provider: url.clone(), method: method.to_string(), status: status.as_u16() });
+            return Err(Error::HttpStatus {
+                provider: url.clone(),
+                method: method.to_string(),
+                status: status.as_u16(),
+            });
         }
         Ok(bytes)
     }
 
-    async fn send_one<T: DeserializeOwned>(&self, idx: usize, method: &str, params: &Value) -> Result<T> {
+    async fn send_one<T: DeserializeOwned>(
+        &self,
+        idx: usize,
+        method: &str,
+        params: &Value,
+    ) -> Result<T> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let bytes = self.post(idx, method, &body).await?;
         let url = &self.inner.providers[idx].stats.url;
-        let bad = |source| Error::BadResponse { provider: url.clone(), method: method.to_string(), source };
+        let bad = |source| Error::BadResponse {
+            provider: url.clone(),
+            method: method.to_string(),
+            source,
+        };
         let r: Response<T> = serde_json::from_slice(&bytes).map_err(bad)?;
         if let Some(e) = r.error {
             return Err(e.into_error(url, method));
@@ -248,7 +269,12 @@ impl RpcClient {
         }
     }
 
-    async fn send_batch<T: DeserializeOwned>(&self, idx: usize, method: &str, params: &[Value]) -> Result<Vec<T>> {
+    async fn send_batch<T: DeserializeOwned>(
+        &self,
+        idx: usize,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Vec<T>> {
         let items: Vec<Value> = params
             .iter()
             .enumerate()
@@ -256,7 +282,11 @@ impl RpcClient {
             .collect();
         let bytes = self.post(idx, method, &Value::Array(items)).await?;
         let url = &self.inner.providers[idx].stats.url;
-        let bad = |source| Error::BadResponse { provider: url.clone(), method: method.to_string(), source };
+        let bad = |source| Error::BadResponse {
+            provider: url.clone(),
+            method: method.to_string(),
+            source,
+        };
         let answers: Vec<Response<T>> = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
@@ -274,9 +304,10 @@ impl RpcClient {
             if let Some(e) = a.error {
                 return Err(e.into_error(url, method));
             }
-            let slot = a.id.and_then(|id| out.get_mut(id as usize)).ok_or_else(|| {
-                bad(serde::de::Error::custom("batch answer with an unknown id"))
-            })?;
+            let slot = a
+                .id
+                .and_then(|id| out.get_mut(id as usize))
+                .ok_or_else(|| bad(serde::de::Error::custom("batch answer with an unknown id")))?;
             *slot = Some(match a.result {
                 Some(v) => v,
                 None => serde_json::from_value(Value::Null).map_err(bad)?,
@@ -315,7 +346,10 @@ impl RpcClient {
                 .zip(part.start..=part.end)
                 .map(|(h, n)| match h {
                     Some(h) if h.number == n => Ok(h),
-                    _ => Err(Error::MissingBlock { provider: self.primary_url().to_string(), block: n }),
+                    _ => Err(Error::MissingBlock {
+                        provider: self.primary_url().to_string(),
+                        block: n,
+                    }),
                 })
                 .collect::<Result<Vec<_>>>()
         });
@@ -334,7 +368,8 @@ impl RpcClient {
             match self.request::<Vec<Log>>("eth_getLogs", json!([f])).await {
                 Ok(mut logs) => out.append(&mut logs),
                 Err(Error::Rpc { provider, code, message, .. })
-                    if is_range_message(&message) || code == -32005 && parse_range_hint(&message).is_some() =>
+                    if is_range_message(&message)
+                        || code == -32005 && parse_range_hint(&message).is_some() =>
                 {
                     let hint = parse_range_hint(&message);
                     return Err(Error::RangeTooLarge { provider, range, hint, message });
@@ -392,7 +427,12 @@ struct ErrorObject {
 
 impl ErrorObject {
     fn into_error(self, url: &str, method: &str) -> Error {
-        Error::Rpc { provider: url.to_string(), method: method.to_string(), code: self.code, message: self.message }
+        Error::Rpc {
+            provider: url.to_string(),
+            method: method.to_string(),
+            code: self.code,
+            message: self.message,
+        }
     }
 }
 
@@ -413,12 +453,16 @@ mod tests {
             let d = backoff(attempt, Duration::from_millis(100), Duration::from_secs(10));
             assert!(d <= Duration::from_secs(10));
         }
-        assert!(backoff(1, Duration::from_millis(100), Duration::from_secs(10)) <= Duration::from_millis(200));
+        assert!(
+            backoff(1, Duration::from_millis(100), Duration::from_secs(10))
+                <= Duration::from_millis(200)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_spaces_requests() {
-        let l = RateLimiter { interval: Duration::from_millis(100), next: Mutex::new(Instant::now()) };
+        let l =
+            RateLimiter { interval: Duration::from_millis(100), next: Mutex::new(Instant::now()) };
         let start = Instant::now();
         for _ in 0..5 {
             l.acquire().await;

@@ -119,9 +119,15 @@ impl LogFilter {
     /// Whether the bloom filter may contain a log this filter selects.
     pub fn may_match(&self, bloom: &Bloom) -> bool {
         let addr = self.addresses.is_empty()
-            || self.addresses.iter().any(|a| bloom.contains_input(alloy_primitives::BloomInput::Raw(a.as_slice())));
+            || self
+                .addresses
+                .iter()
+                .any(|a| bloom.contains_input(alloy_primitives::BloomInput::Raw(a.as_slice())));
         let topic = self.topic0s.is_empty()
-            || self.topic0s.iter().any(|t| bloom.contains_input(alloy_primitives::BloomInput::Raw(t.as_slice())));
+            || self
+                .topic0s
+                .iter()
+                .any(|t| bloom.contains_input(alloy_primitives::BloomInput::Raw(t.as_slice())));
         addr && topic
     }
 }

@@ -47,7 +47,9 @@ pub(crate) fn parse_bound(s: &str) -> Result<BlockBound, String> {
 }
 
 pub(crate) fn parse_address(s: &str) -> Result<Address, String> {
-    let hex = s.strip_prefix("0x").ok_or_else(|| format!("{s:?} is not an address (expected 0x and 40 hex digits)"))?;
+    let hex = s
+        .strip_prefix("0x")
+        .ok_or_else(|| format!("{s:?} is not an address (expected 0x and 40 hex digits)"))?;
     if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("{s:?} is not an address (expected 0x and 40 hex digits)"));
     }

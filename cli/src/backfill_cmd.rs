@@ -7,7 +7,9 @@ use eyre::{eyre, WrapErr};
 use std::path::PathBuf;
 use std::time::Duration;
 use tidewater_backfill::{Backfill, BackfillConfig};
-use tidewater_chain::{BlockRange, ContractSource, EventCatalog, RpcClient, RpcConfig, Sources, UniswapV3};
+use tidewater_chain::{
+    BlockRange, ContractSource, EventCatalog, RpcClient, RpcConfig, Sources, UniswapV3,
+};
 use tidewater_storage::{DatasetWriter, Identity, Shard};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +39,9 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
         }
     }
     if rpc_urls.is_empty() {
-        return Err(usage(eyre!("no RPC URL: pass --rpc, set ETH_RPC_URL, or set chain.rpc in tidewater.toml")));
+        return Err(usage(eyre!(
+            "no RPC URL: pass --rpc, set ETH_RPC_URL, or set chain.rpc in tidewater.toml"
+        )));
     }
     for u in &rpc_urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -46,7 +50,10 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     }
     let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("data"));
 
-    let mut sources = Sources { uniswap_v3: file.sources.uniswap_v3.clone(), contracts: file.sources.contracts.clone() };
+    let mut sources = Sources {
+        uniswap_v3: file.sources.uniswap_v3.clone(),
+        contracts: file.sources.contracts.clone(),
+    };
     if let Some(factory) = a.uniswap_v3_factory {
         sources.uniswap_v3 = Some(UniswapV3 {
             factory,
@@ -87,7 +94,8 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     let t = &file.tuning;
     let mut cfg = BackfillConfig::new(BlockRange::new(0, 0));
     cfg.chunk_size = a.chunk_size.or(t.chunk_size).unwrap_or(cfg.chunk_size);
-    cfg.chunks_in_flight = a.chunks_in_flight.or(t.chunks_in_flight).unwrap_or(cfg.chunks_in_flight);
+    cfg.chunks_in_flight =
+        a.chunks_in_flight.or(t.chunks_in_flight).unwrap_or(cfg.chunks_in_flight);
     cfg.log_range = a.log_range.or(t.log_range).unwrap_or(cfg.log_range);
     cfg.max_log_range = a.max_log_range.or(t.max_log_range).unwrap_or(cfg.max_log_range);
     cfg.shard = a.shard.map(|(index, count)| Shard { index, count });
@@ -127,7 +135,10 @@ async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
         BlockBound::Number(n) => n,
         BlockBound::Latest => rpc.block_number().await?,
         BlockBound::Finalized => {
-            rpc.header_at("finalized").await?.ok_or_else(|| eyre!("the node reports no finalized block"))?.number
+            rpc.header_at("finalized")
+                .await?
+                .ok_or_else(|| eyre!("the node reports no finalized block"))?
+                .number
         }
     })
 }
@@ -145,10 +156,15 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
     probe_cfg.timeout = Duration::from_secs(10);
     let probe = RpcClient::new(probe_cfg).wrap_err("building the HTTP client")?;
     let urls = plan.rpc_urls.join(", ");
-    let chain_id = probe.chain_id().await.map_err(|e| usage(eyre!(e).wrap_err(format!("cannot reach RPC {urls}"))))?;
+    let chain_id = probe
+        .chain_id()
+        .await
+        .map_err(|e| usage(eyre!(e).wrap_err(format!("cannot reach RPC {urls}"))))?;
     if let Some(expected) = plan.chain_id {
         if expected != chain_id {
-            return Err(usage(eyre!("RPC {urls} serves chain {chain_id}, expected chain {expected}")));
+            return Err(usage(eyre!(
+                "RPC {urls} serves chain {chain_id}, expected chain {expected}"
+            )));
         }
     }
     let genesis = probe
@@ -168,7 +184,8 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
     plan.cfg.range = BlockRange::new(from, to);
 
     let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
-    let backfill = Backfill::new(rpc, plan.sources.clone(), chain_id, plan.cfg.clone()).map_err(usage)?;
+    let backfill =
+        Backfill::new(rpc, plan.sources.clone(), chain_id, plan.cfg.clone()).map_err(usage)?;
     let schemas = {
         let mut s = backfill.catalog().tables();
         s.insert(tidewater_chain::schema::LOGS.into(), tidewater_chain::schema::logs_schema());
@@ -183,13 +200,18 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
     );
     let data = plan.data.clone();
     let shard = plan.cfg.shard;
-    let dataset = tokio::task::spawn_blocking(move || DatasetWriter::open(&data, &identity, &schemas, shard))
-        .await
-        .wrap_err("opening the data directory")?;
+    let dataset =
+        tokio::task::spawn_blocking(move || DatasetWriter::open(&data, &identity, &schemas, shard))
+            .await
+            .wrap_err("opening the data directory")?;
     let dataset = match dataset {
         Ok(d) => d,
         Err(e) if e.is_usage() => return Err(usage(e)),
-        Err(e) => return Err(Failure::Runtime(eyre!(e).wrap_err(format!("opening {}", plan.data.display())))),
+        Err(e) => {
+            return Err(Failure::Runtime(
+                eyre!(e).wrap_err(format!("opening {}", plan.data.display())),
+            ))
+        }
     };
 
     let cancel = CancellationToken::new();
@@ -209,7 +231,8 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
         }
     };
     drop(reporter);
-    let summary = summary.wrap_err_with(|| format!("backfill of {} into {}", plan.cfg.range, plan.data.display()))?;
+    let summary = summary
+        .wrap_err_with(|| format!("backfill of {} into {}", plan.cfg.range, plan.data.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary).wrap_err("serializing the summary")?);
     } else {

@@ -60,6 +60,7 @@ pub(crate) fn load(path: Option<&Path>) -> Result<FileConfig> {
     if !required && !path.exists() {
         return Ok(FileConfig::default());
     }
-    let text = std::fs::read_to_string(&path).wrap_err_with(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).wrap_err_with(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).wrap_err_with(|| format!("parsing {}", path.display()))
 }

@@ -36,8 +36,16 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let writer = progress::LogWriter::default();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_target(false).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("invariant: tokio runtime starts");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer.clone())
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("invariant: tokio runtime starts");
     let result = rt.block_on(async move {
         match cli.command {
             args::Command::Backfill(a) => backfill_cmd::run(a, writer).await,
@@ -54,7 +62,8 @@ fn main() -> ExitCode {
         }
         Err(Failure::Runtime(e)) => {
             if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) {
                 return ExitCode::SUCCESS;
             }

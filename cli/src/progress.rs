@@ -51,7 +51,10 @@ impl Drop for LogLine {
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     type Writer = LogLine;
     fn make_writer(&'a self) -> LogLine {
-        LogLine { bar: self.bar.lock().expect("invariant: log writer lock not poisoned").clone(), buf: Vec::new() }
+        LogLine {
+            bar: self.bar.lock().expect("invariant: log writer lock not poisoned").clone(),
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -90,7 +93,8 @@ impl Reporter {
         let total = p.blocks_total.load(Ordering::Relaxed);
         let logs = p.logs_done.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rates = format!("{:.0} blocks/s, {:.0} logs/s", blocks as f64 / secs, logs as f64 / secs);
+        let rates =
+            format!("{:.0} blocks/s, {:.0} logs/s", blocks as f64 / secs, logs as f64 / secs);
         match &self.bar {
             Some(bar) => {
                 bar.set_length(total);

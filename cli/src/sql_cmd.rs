@@ -9,7 +9,8 @@ use tidewater_queries::{format_batches, Format, SqlSession};
 use tidewater_storage::Dataset;
 
 fn open(data: &Path) -> Result<Dataset, Failure> {
-    Dataset::open(data).map_err(|e| if e.is_usage() { usage(e) } else { Failure::Runtime(eyre!(e)) })
+    Dataset::open(data)
+        .map_err(|e| if e.is_usage() { usage(e) } else { Failure::Runtime(eyre!(e)) })
 }
 
 pub(crate) async fn sql(a: SqlArgs) -> CmdResult {
@@ -33,13 +34,14 @@ pub(crate) async fn sql(a: SqlArgs) -> CmdResult {
 pub(crate) async fn status(a: DataArgs) -> CmdResult {
     let ds = open(&a.data)?;
     let m = ds.manifest();
-    let coverage: Vec<(u64, u64)> = m.chunks().iter().fold(Vec::new(), |mut acc: Vec<(u64, u64)>, c| {
-        match acc.last_mut() {
-            Some(last) if last.1 + 1 == c.start => last.1 = c.end,
-            _ => acc.push((c.start, c.end)),
-        }
-        acc
-    });
+    let coverage: Vec<(u64, u64)> =
+        m.chunks().iter().fold(Vec::new(), |mut acc: Vec<(u64, u64)>, c| {
+            match acc.last_mut() {
+                Some(last) if last.1 + 1 == c.start => last.1 = c.end,
+                _ => acc.push((c.start, c.end)),
+            }
+            acc
+        });
     let rows: std::collections::BTreeMap<&str, u64> =
         ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
     if a.json {

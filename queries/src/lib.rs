@@ -87,9 +87,17 @@ impl SqlSession {
             if files.is_empty() {
                 files.push(ds.schema_file(&table));
             }
-            let list = files.iter().map(|p| quote_str(&p.to_string_lossy())).collect::<Vec<_>>().join(", ");
-            let sql = format!("CREATE VIEW {} AS SELECT * FROM read_parquet([{list}])", quote_ident(&table));
-            conn.execute_batch(&sql).map_err(|source| Error::View { table: table.clone(), source })?;
+            let list = files
+                .iter()
+                .map(|p| quote_str(&p.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "CREATE VIEW {} AS SELECT * FROM read_parquet([{list}])",
+                quote_ident(&table)
+            );
+            conn.execute_batch(&sql)
+                .map_err(|source| Error::View { table: table.clone(), source })?;
         }
         Ok(Self { conn })
     }
@@ -142,9 +150,10 @@ fn hex_lower(bytes: &[u8]) -> String {
 pub fn format_batches(batches: &[RecordBatch], format: Format) -> Result<String> {
     let batches = batches.iter().map(hex_binary_columns).collect::<Result<Vec<_>>>()?;
     match format {
-        Format::Table => {
-            Ok(format!("{}\n", arrow::util::pretty::pretty_format_batches(&batches).map_err(Error::Format)?))
-        }
+        Format::Table => Ok(format!(
+            "{}\n",
+            arrow::util::pretty::pretty_format_batches(&batches).map_err(Error::Format)?
+        )),
         Format::Csv => {
             let mut out = Vec::new();
             {

@@ -36,7 +36,12 @@ pub struct Identity {
 
 impl Identity {
     /// An identity of the current layout version.
-    pub fn new(chain_id: u64, genesis_hash: String, sources: serde_json::Value, tables: Vec<String>) -> Self {
+    pub fn new(
+        chain_id: u64,
+        genesis_hash: String,
+        sources: serde_json::Value,
+        tables: Vec<String>,
+    ) -> Self {
         Self { format: FORMAT_VERSION, chain_id, genesis_hash, sources, tables }
     }
 
@@ -67,7 +72,9 @@ impl Identity {
 pub fn read_identity(root: &Path) -> Result<Option<Identity>> {
     let p = root.join(IDENTITY_FILE);
     match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| Error::Json { path: p, source }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Json { path: p, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Io { op: "reading", path: p, source: e }),
     }
@@ -84,7 +91,8 @@ pub struct Dataset {
 impl Dataset {
     /// Opens an existing data directory for reading.
     pub fn open(root: &Path) -> Result<Self> {
-        let identity = read_identity(root)?.ok_or_else(|| Error::NotADataset { path: root.to_path_buf() })?;
+        let identity =
+            read_identity(root)?.ok_or_else(|| Error::NotADataset { path: root.to_path_buf() })?;
         let manifest = Manifest::load(root)?;
         Ok(Self { root: root.to_path_buf(), identity, manifest })
     }
@@ -140,8 +148,9 @@ fn verify_file(root: &Path, f: &FileEntry) -> Result<()> {
     if digest != f.sha256 {
         return Err(corrupt(format!("sha256 {digest}, manifest says {}", f.sha256)));
     }
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
-        .map_err(|source| Error::Parquet { path: path.clone(), source })?;
+    let reader =
+        parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
+            .map_err(|source| Error::Parquet { path: path.clone(), source })?;
     use parquet::file::reader::FileReader as _;
     let rows = reader.metadata().file_metadata().num_rows() as u64;
     if rows != f.rows {
@@ -200,8 +209,14 @@ impl DatasetWriter {
                 }
             }
             None => {
-                if let Ok(mut entries) = std::fs::read_dir(root) {
-                    if entries.next().is_some() {
+                // Empty, or being created right now by a sibling shard: only our own files.
+                if let Ok(entries) = std::fs::read_dir(root) {
+                    let foreign = entries.flatten().any(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        !(n.starts_with(LOCK_FILE) || n == SCHEMA_DIR || (n.starts_with('.') && n.ends_with(".tmp")))
+                    });
+                    if foreign {
                         return Err(Error::NotADataset { path: root.to_path_buf() });
                     }
                 }
@@ -218,6 +233,12 @@ impl DatasetWriter {
             let bytes = serde_json::to_vec_pretty(identity)
                 .map_err(|source| Error::Json { path: root.join(IDENTITY_FILE), source })?;
             write_atomic(&root.join(IDENTITY_FILE), &bytes)?;
+            // A sibling shard may have created it first: it must be the same dataset.
+            if let Some(found) = read_identity(root)? {
+                if let Some(what) = found.mismatch(identity) {
+                    return Err(Error::IdentityMismatch { path: root.to_path_buf(), what });
+                }
+            }
         }
         if shard.is_none() {
             let removed = remove_temp_files(root)?;
@@ -254,7 +275,12 @@ impl DatasetWriter {
             write_atomic(&self.root.join(&rel), bytes)?;
             tables.insert(
                 table.clone(),
-                FileEntry { path: rel, rows: *rows, bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) },
+                FileEntry {
+                    path: rel,
+                    rows: *rows,
+                    bytes: bytes.len() as u64,
+                    sha256: hex::encode(Sha256::digest(bytes)),
+                },
             );
         }
         let entry = ChunkEntry {
@@ -272,7 +298,12 @@ impl DatasetWriter {
 fn take_locks(root: &Path, shard: Option<Shard>) -> Result<Vec<File>> {
     let open = |name: String| -> Result<(File, PathBuf)> {
         let p = root.join(name);
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(Error::io("opening", &p))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(Error::io("opening", &p))?;
         Ok((f, p))
     };
     let locked = |lock: PathBuf| Error::Locked { path: root.to_path_buf(), lock };

@@ -83,13 +83,19 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
     }
 
     /// Whether this is a bad-input error (wrong directory, held lock), not a runtime failure.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Locked { .. } | Self::IdentityMismatch { .. } | Self::NotADataset { .. })
+        matches!(
+            self,
+            Self::Locked { .. } | Self::IdentityMismatch { .. } | Self::NotADataset { .. }
+        )
     }
 }

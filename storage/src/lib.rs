@@ -32,7 +32,9 @@ mod files;
 mod manifest;
 mod parquet_io;
 
-pub use dataset::{read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, IDENTITY_FILE, SCHEMA_DIR};
+pub use dataset::{
+    read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, IDENTITY_FILE, SCHEMA_DIR,
+};
 pub use error::{Error, Result};
 pub use files::{sync_dir, write_atomic};
 pub use manifest::{ChunkEntry, FileEntry, Manifest, MANIFEST_DIR};

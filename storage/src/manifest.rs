@@ -70,8 +70,8 @@ impl Manifest {
                     continue;
                 }
                 let bytes = std::fs::read(&p).map_err(Error::io("reading", &p))?;
-                let c: ChunkEntry =
-                    serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p.clone(), source })?;
+                let c: ChunkEntry = serde_json::from_slice(&bytes)
+                    .map_err(|source| Error::Json { path: p.clone(), source })?;
                 chunks.push(c);
             }
         }
@@ -80,7 +80,10 @@ impl Manifest {
             if w[1].start <= w[0].end {
                 return Err(Error::Corrupt {
                     path: dir,
-                    what: format!("chunks [{}, {}] and [{}, {}] overlap", w[0].start, w[0].end, w[1].start, w[1].end),
+                    what: format!(
+                        "chunks [{}, {}] and [{}, {}] overlap",
+                        w[0].start, w[0].end, w[1].start, w[1].end
+                    ),
                 });
             }
         }
@@ -135,10 +138,16 @@ impl Manifest {
     /// Records a committed chunk durably, then in memory.
     pub(crate) fn commit(&mut self, root: &Path, entry: ChunkEntry) -> Result<()> {
         if let Some(o) = self.overlapping(entry.start, entry.end) {
-            return Err(Error::Overlap { start: entry.start, end: entry.end, other_start: o.start, other_end: o.end });
+            return Err(Error::Overlap {
+                start: entry.start,
+                end: entry.end,
+                other_start: o.start,
+                other_end: o.end,
+            });
         }
         let path = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(entry.start, entry.end));
-        let bytes = serde_json::to_vec_pretty(&entry).map_err(|source| Error::Json { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(&entry)
+            .map_err(|source| Error::Json { path: path.clone(), source })?;
         write_atomic(&path, &bytes)?;
         let at = self.chunks.partition_point(|c| c.start < entry.start);
         self.chunks.insert(at, entry);
@@ -151,7 +160,13 @@ mod tests {
     use super::*;
 
     fn chunk(start: u64, end: u64) -> ChunkEntry {
-        ChunkEntry { start, end, first_block_hash: String::new(), last_block_hash: String::new(), tables: BTreeMap::new() }
+        ChunkEntry {
+            start,
+            end,
+            first_block_hash: String::new(),
+            last_block_hash: String::new(),
+            tables: BTreeMap::new(),
+        }
     }
 
     #[test]

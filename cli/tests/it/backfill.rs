@@ -1,0 +1,122 @@
+//! Exactly once: resumption after kill -9, gap filling, shards.
+
+use crate::util::*;
+use rand::Rng;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn clean_run(net: &Devnet, chunk: &str) -> TestCommand {
+    let t = TestCommand::new();
+    let mut args = s(&["backfill", "--data", "data", "--chunk-size", chunk]);
+    args.extend(net.uniswap_flags());
+    t.ok(&args);
+    t
+}
+
+#[test]
+fn kill_9_at_random_instants_then_rerun_equals_clean_run() {
+    let net = Devnet::small();
+    let clean = clean_run(&net, "10");
+    let t = TestCommand::new();
+    let mut args = s(&[
+        "backfill",
+        "--data",
+        "data",
+        "--chunk-size",
+        "10",
+        "--rps",
+        "150",
+        "--chunks-in-flight",
+        "2",
+    ]);
+    args.extend(net.uniswap_flags());
+    let mut rng = rand::thread_rng();
+    let mut kills = 0;
+    for _ in 0..6 {
+        let mut child =
+            t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills > 0, "no run was killed mid-way: the test did not test anything");
+    let out = t.ok(&args);
+    assert!(out.contains("chunks committed"), "{out}");
+    assert_same_dataset(&clean.path("data"), &t.path("data"));
+    assert_ordered_unique(&table(&t.path("data"), "logs"));
+    t.ok(&s(&["verify", "--data", "data"]));
+}
+
+#[test]
+fn overlapping_request_fills_only_the_gaps() {
+    let net = Devnet::small();
+    let head = net.head();
+    let clean = clean_run(&net, "25");
+    let t = TestCommand::new();
+    let mut first = s(&[
+        "backfill",
+        "--data",
+        "data",
+        "--chunk-size",
+        "25",
+        "--from",
+        "60",
+        "--to",
+        "140",
+        "--json",
+    ]);
+    first.extend(net.uniswap_flags());
+    t.ok(&first);
+    let mut all = s(&["backfill", "--data", "data", "--chunk-size", "25", "--json"]);
+    all.extend(net.uniswap_flags());
+    let summary: serde_json::Value = serde_json::from_str(&t.ok(&all)).unwrap();
+    // [0, 59] is 3 chunks (0-24, 25-49, 50-59), [141, head] starts mid-cell too.
+    let expected_blocks = 60 + (head - 140);
+    assert_eq!(
+        summary["blocks"].as_u64().unwrap(),
+        expected_blocks,
+        "only the gaps are fetched: {summary}"
+    );
+    let again: serde_json::Value = serde_json::from_str(&t.ok(&all)).unwrap();
+    assert_eq!(again["chunks_planned"], 0, "a complete range plans nothing");
+    // Same rows as a clean run (chunk boundaries differ, rows do not).
+    for tbl in ["logs", "swaps", "mints", "blocks", "pools_created"] {
+        assert!(
+            table(&clean.path("data"), tbl) == table(&t.path("data"), tbl),
+            "table {tbl} differs"
+        );
+    }
+}
+
+#[test]
+fn shards_split_the_range_without_overlap() {
+    let net = Devnet::small();
+    let clean = clean_run(&net, "20");
+    let t = TestCommand::new();
+    let mut children = Vec::new();
+    for shard in ["0/3", "1/3", "2/3"] {
+        let mut args = s(&[
+            "backfill",
+            "--data",
+            "data",
+            "--chunk-size",
+            "20",
+            "--shard",
+            shard,
+            "--to",
+            &net.head().to_string(),
+        ]);
+        args.extend(net.uniswap_flags());
+        children.push(
+            t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap(),
+        );
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_same_dataset(&clean.path("data"), &t.path("data"));
+}

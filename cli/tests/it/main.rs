@@ -1,0 +1,11 @@
+#![allow(unreachable_pub, missing_docs)]
+
+//! Integration tests: the real `tidewater` binary against a real anvil running the real
+//! Uniswap V3 contracts. Run through `scripts/test.sh`, which installs anvil and builds the
+//! cached devnet chain.
+
+mod backfill;
+mod bad_input;
+mod oracle;
+mod proxy;
+mod util;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: install tools, build the cached devnet chain, check
+# the crate graph, then unit, integration (real anvil + Uniswap V3) and doc tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+scripts/install.sh
+export TIDEWATER_DEVNET_SMALL="$(scripts/devnet.sh build small)"
+
+python3 scripts/check-deps.py
+cargo fmt --all -- --check
+profile=default
+[ "${CI:-}" = "true" ] && profile=ci
+cargo nextest run --workspace --profile "$profile" --no-tests=fail
+cargo test --workspace --doc --quiet
