@@ -137,7 +137,7 @@ async function createPool() {
     // A wide base position keeps every swap inside liquidity.
     const lo = Math.ceil(-887272 / spacing) * spacing;
     const hi = Math.floor(887272 / spacing) * spacing;
-    await mint([{ p, lo, hi, amount: 10n ** 27n }]);
+    await mint([{ p, lo, hi, amount: 10n ** 27n }], true);
     return p;
   }
   throw new Error("could not find a new (token pair, fee) for a pool");
@@ -148,7 +148,7 @@ async function currentTick(p) {
   return Number((await pool.slot0()).tick);
 }
 
-async function mint(specs) {
+async function mint(specs, base = false) {
   const calls = specs.map(({ p, lo, hi, amount }) =>
     npmIface.encodeFunctionData("mint", [
       {
@@ -170,7 +170,7 @@ async function mint(specs) {
   for (const log of r.logs) {
     if (log.address.toLowerCase() !== d.position_manager.toLowerCase()) continue;
     const ev = npmIface.parseLog(log);
-    if (ev?.name === "IncreaseLiquidity") d.positions.push({ id: ev.args.tokenId.toString(), owner: accounts[0] });
+    if (ev?.name === "IncreaseLiquidity") d.positions.push({ id: ev.args.tokenId.toString(), owner: accounts[0], base });
   }
 }
 
@@ -213,7 +213,8 @@ async function swaps(n) {
   await send(router.multicall(calls, { gasLimit: 400_000 * n + 1_000_000 }));
 }
 
-const mine = () => d.positions.filter((x) => x.owner === accounts[0] && !x.burned);
+// Base positions stay: without them a pool's price runs to the edge and swaps revert (SPL).
+const mine = () => d.positions.filter((x) => x.owner === accounts[0] && !x.burned && !x.base);
 
 async function positionOps() {
   const owned = mine();
