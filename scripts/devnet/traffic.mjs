@@ -71,9 +71,16 @@ const FEES = [
 
 async function send(txPromise) {
   const tx = await txPromise;
-  const r = await tx.wait();
-  if (r.status !== 1) throw new Error(`tx ${tx.hash} reverted`);
-  return r;
+  // anvil automines: the receipt exists once the send returns. Polling it directly avoids
+  // ethers' wait(), which was seen to hang on long runs.
+  for (;;) {
+    const r = await provider.getTransactionReceipt(tx.hash);
+    if (r) {
+      if (r.status !== 1) throw new Error(`tx ${tx.hash} reverted`);
+      return r;
+    }
+    await new Promise((ok) => setTimeout(ok, 5));
+  }
 }
 async function deploy(a, ...ctor) {
   const f = new ethers.ContractFactory(a.abi, a.bytecode, signer);
@@ -88,7 +95,7 @@ if (args["deploy-file"] && fs.existsSync(args["deploy-file"])) {
 } else {
   const weth = await deploy(A.weth);
   const tokens = [];
-  for (let i = 0; i < 6; i++) tokens.push(await (await deploy(A.erc20, 10n ** 36n)).getAddress());
+  for (let i = 0; i < 8; i++) tokens.push(await (await deploy(A.erc20, 10n ** 36n)).getAddress());
   const factory = await deploy(A.factory);
   const factoryAddr = await factory.getAddress();
   const wethAddr = await weth.getAddress();
@@ -140,7 +147,7 @@ async function createPool() {
     await mint([{ p, lo, hi, amount: 10n ** 27n }], true);
     return p;
   }
-  throw new Error("could not find a new (token pair, fee) for a pool");
+  return null; // every (token pair, fee) has its pool already
 }
 
 async function currentTick(p) {
@@ -258,7 +265,7 @@ if (d.pools.length === 0) {
 }
 for (let r = 0; r < rounds; r++) {
   const x = rand();
-  if (x < 0.03) await createPool();
+  if (x < 0.03) (await createPool()) ?? (await swaps(swapsPerTx));
   else if (x < 0.2) await randomPositions();
   else if (x < 0.35) await positionOps();
   else await swaps(swapsPerTx);
