@@ -202,7 +202,7 @@ pub fn decode_batches(
                     event: def.event.name.clone(),
                     block: l.block_number,
                     log_index: l.log_index,
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         let tb = builders.get_mut(def.table.as_str()).expect("invariant: every def has a builder");

@@ -94,7 +94,7 @@ pub enum Error {
         attempts: u32,
         /// The last error.
         #[source]
-        source: Box<Error>,
+        source: Box<Self>,
     },
     /// An event signature could not be parsed.
     #[error("invalid event signature {signature:?}: {reason}")]
@@ -113,9 +113,9 @@ pub enum Error {
         block: u64,
         /// Log index.
         log_index: u64,
-        /// Cause.
+        /// Cause (boxed: the decoder's error is large).
         #[source]
-        source: alloy_dyn_abi::Error,
+        source: Box<alloy_dyn_abi::Error>,
     },
     /// Building an Arrow batch failed (a bug in the schema code).
     #[error("building Arrow batch for {table}")]

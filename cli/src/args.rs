@@ -18,7 +18,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Fetch a block range into the Parquet dataset (resumable, exactly once).
-    Backfill(BackfillArgs),
+    Backfill(Box<BackfillArgs>),
     /// Run SQL (DuckDB) over every table of a data directory.
     Sql(SqlArgs),
     /// Show what a data directory holds: chunks, coverage, rows per table.

@@ -214,7 +214,9 @@ impl DatasetWriter {
                     let foreign = entries.flatten().any(|e| {
                         let n = e.file_name();
                         let n = n.to_string_lossy();
-                        !(n.starts_with(LOCK_FILE) || n == SCHEMA_DIR || (n.starts_with('.') && n.ends_with(".tmp")))
+                        !(n.starts_with(LOCK_FILE)
+                            || n == SCHEMA_DIR
+                            || (n.starts_with('.') && n.ends_with(".tmp")))
                     });
                     if foreign {
                         return Err(Error::NotADataset { path: root.to_path_buf() });

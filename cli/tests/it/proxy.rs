@@ -78,10 +78,10 @@ fn serve(
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         let n = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let (status, reply): (&str, Vec<u8>) = if n % 11 == 0 {
+        let (status, reply): (&str, Vec<u8>) = if n.is_multiple_of(11) {
             c.throttled.fetch_add(1, Ordering::Relaxed);
             ("429 Too Many Requests", b"{\"message\":\"slow down\"}".to_vec())
-        } else if n % 17 == 0 {
+        } else if n.is_multiple_of(17) {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"upstream busy".to_vec())
         } else {
@@ -105,11 +105,9 @@ fn range_error(req: &Value, max_span: u64, c: &Counters) -> Option<Value> {
         return None;
     }
     let f = &req["params"][0];
-    if f.get("fromBlock").is_none() {
-        return None;
-    }
+    f.get("fromBlock")?;
     let (from, to) = (hexnum(&f["fromBlock"]), hexnum(&f["toBlock"]));
-    if to < from || to - from + 1 <= max_span {
+    if to < from || to - from < max_span {
         return None;
     }
     let k = c.range_rejections.fetch_add(1, Ordering::Relaxed);
