@@ -10,6 +10,7 @@ export TIDEWATER_DEVNET_SMALL="$(scripts/devnet.sh build small)"
 
 python3 scripts/check-deps.py
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 cargo nextest run --workspace --profile "$profile" --no-tests=fail
