@@ -5,7 +5,7 @@ import json, subprocess, sys
 
 ALLOWED = {
     "tidewater-chain": set(),
-    "tidewater-storage": set(),
+    "tidewater-storage": {"tidewater-chain"},
     "tidewater-backfill": {"tidewater-chain", "tidewater-storage"},
     "tidewater-tail": {"tidewater-chain", "tidewater-storage"},
     "tidewater-queries": {"tidewater-storage"},

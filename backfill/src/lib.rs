@@ -32,25 +32,22 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod error;
-mod pools;
 mod range_plan;
 
 pub use error::{Error, Result};
-pub use pools::{discover_pools, PoolSet};
 pub use range_plan::{plan_chunks, DEFAULT_CHUNK_SIZE};
 
 use futures::stream::{self, StreamExt};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tidewater_chain::{
-    encode, fetch_range, BlockRange, EventCatalog, LogFilter, RangeData, RangeSizer, RpcClient,
-    Sources, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    discover_pools, fetch_range, BlockRange, EventCatalog, LogFilter, PoolSet, RangeData,
+    RangeSizer, RpcClient, Sources, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
-use tidewater_storage::{encode_parquet, ChunkCommit, DatasetWriter, Shard};
+use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
 
 /// Chunks fetched or encoding at once. Four keeps the RPC semaphore busy while a chunk encodes
@@ -266,9 +263,15 @@ impl Backfill {
         let chain_id = self.chain_id;
         let (tx, rx) = tokio::sync::oneshot::channel();
         rayon::spawn(move || {
-            let _ = tx.send(encode_chunk(&catalog, data, chain_id, &pools, chunk));
+            let bloom_refetches = data.bloom_refetches;
+            let r = encode_chunk(&catalog, &data, chain_id, &pools, chunk).map(|(commit, rows)| {
+                Encoded { commit, logs: data.logs.len() as u64, rows, bloom_refetches }
+            });
+            let _ = tx.send(r);
         });
-        rx.await.map_err(|_| Error::EncoderGone { range: chunk })?
+        rx.await
+            .map_err(|_| Error::EncoderGone { range: chunk })?
+            .map_err(|source| Error::Storage { range: chunk, source })
     }
 
     async fn fetch_consistent(&self, filter: &LogFilter, chunk: BlockRange) -> Result<RangeData> {
@@ -291,48 +294,4 @@ impl Backfill {
             }
         }
     }
-}
-
-/// Decodes and encodes a chunk: `blocks`, `logs` and every event table, each table's Parquet
-/// encoded in parallel.
-fn encode_chunk(
-    catalog: &EventCatalog,
-    data: RangeData,
-    chain_id: u64,
-    pools: &PoolSet,
-    chunk: BlockRange,
-) -> Result<Encoded> {
-    let decode_err = |source| Error::Decode { range: chunk, source };
-    let mut batches = encode::decode_batches(catalog, &data.logs, |a, b| pools.is_pool_at(a, b))
-        .map_err(decode_err)?;
-    batches.insert(
-        tidewater_chain::schema::LOGS.into(),
-        encode::logs_batch(&data.logs, chain_id).map_err(decode_err)?,
-    );
-    batches.insert(
-        tidewater_chain::schema::BLOCKS.into(),
-        encode::blocks_batch(&data.headers, chain_id).map_err(decode_err)?,
-    );
-    let rows: BTreeMap<String, u64> =
-        batches.iter().map(|(t, b)| (t.clone(), b.num_rows() as u64)).collect();
-    let files = batches
-        .par_iter()
-        .filter(|(_, b)| b.num_rows() > 0)
-        .map(|(t, b)| Ok((t.clone(), (encode_parquet(t, b)?, b.num_rows() as u64))))
-        .collect::<tidewater_storage::Result<BTreeMap<_, _>>>()
-        .map_err(|source| Error::Storage { range: chunk, source })?;
-    let first = data.headers.first().expect("invariant: a chunk has headers");
-    let last = data.headers.last().expect("invariant: a chunk has headers");
-    Ok(Encoded {
-        commit: ChunkCommit {
-            start: chunk.start,
-            end: chunk.end,
-            first_block_hash: first.hash.to_string(),
-            last_block_hash: last.hash.to_string(),
-            files,
-        },
-        logs: data.logs.len() as u64,
-        rows,
-        bloom_refetches: data.bloom_refetches,
-    })
 }

@@ -29,6 +29,7 @@ pub mod encode;
 mod error;
 pub mod events;
 mod fetch;
+mod pools;
 mod range;
 mod rpc;
 pub mod schema;
@@ -40,6 +41,7 @@ pub use fetch::{
     fetch_logs, fetch_range, next_span, RangeData, RangeSizer, DEFAULT_LOG_RANGE,
     DEFAULT_MAX_LOG_RANGE,
 };
+pub use pools::{discover_pools, pool_created_selector, PoolSet};
 pub use range::BlockRange;
 pub use rpc::{
     backoff, ProviderStats, RpcClient, RpcConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,

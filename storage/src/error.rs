@@ -68,6 +68,17 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// Decoding logs into tables failed.
+    #[error("decoding blocks [{start}, {end}]")]
+    Decode {
+        /// First block.
+        start: u64,
+        /// Last block.
+        end: u64,
+        /// Cause.
+        #[source]
+        source: tidewater_chain::Error,
+    },
     /// A new chunk overlaps a committed one.
     #[error("chunk [{start}, {end}] overlaps committed chunk [{other_start}, {other_end}]")]
     Overlap {

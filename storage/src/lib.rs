@@ -1,7 +1,8 @@
 //! # tidewater-storage
 //!
 //! Owns the data directory: the layout of tables, atomic Parquet commits, the manifest of
-//! committed chunks, the dataset identity and the writer lock. It does not talk to nodes.
+//! committed chunks, the dataset identity and the writer lock. It does not talk to nodes (it
+//! uses `tidewater-chain` only for block, log and table types).
 //!
 //! ```text
 //!  RecordBatch per table ──encode (rayon)──▶ ChunkCommit
@@ -26,12 +27,14 @@
 //! ```
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod chunk;
 mod dataset;
 mod error;
 mod files;
 mod manifest;
 mod parquet_io;
 
+pub use chunk::encode_chunk;
 pub use dataset::{
     read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, IDENTITY_FILE, SCHEMA_DIR,
 };

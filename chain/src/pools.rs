@@ -1,11 +1,9 @@
 //! Pools created by the configured factory: only these may emit pool events that count.
 
+use crate::events::{Emitter, EventDef, UNISWAP_V3_FACTORY_EVENTS};
+use crate::{fetch_logs, BlockRange, Log, LogFilter, RangeSizer, RpcClient};
 use alloy_primitives::Address;
 use std::collections::HashMap;
-use tidewater_chain::{
-    events::UNISWAP_V3_FACTORY_EVENTS, fetch_logs, BlockRange, EventDef, Log, LogFilter,
-    RangeSizer, RpcClient,
-};
 
 /// Pool address → block of its `PoolCreated`.
 #[derive(Debug, Clone, Default)]
@@ -49,9 +47,10 @@ impl PoolSet {
     }
 }
 
-fn pool_created_selector() -> alloy_primitives::B256 {
+/// topic0 of the factory's `PoolCreated`.
+pub fn pool_created_selector() -> alloy_primitives::B256 {
     let (table, sig) = UNISWAP_V3_FACTORY_EVENTS[0];
-    EventDef::new(table, sig, tidewater_chain::events::Emitter::FactoryPools)
+    EventDef::new(table, sig, Emitter::FactoryPools)
         .expect("invariant: the PoolCreated signature parses")
         .selector
 }
@@ -62,7 +61,7 @@ pub async fn discover_pools(
     factory: Address,
     range: BlockRange,
     sizer: &RangeSizer,
-) -> tidewater_chain::Result<PoolSet> {
+) -> crate::Result<PoolSet> {
     let filter = LogFilter { addresses: vec![factory], topic0s: vec![pool_created_selector()] };
     let logs = fetch_logs(rpc, &filter, range, sizer).await?;
     let mut set = PoolSet::default();
