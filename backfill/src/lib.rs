@@ -171,11 +171,16 @@ impl Backfill {
 
     /// Runs to completion or cancellation. Chunks are fetched out of order and committed in
     /// block order; cancellation is honoured between commits.
-    pub async fn run(
+    pub async fn run(&self, writer: DatasetWriter, cancel: CancellationToken) -> Result<Summary> {
+        self.run_with(writer, cancel).await.map(|(s, _)| s)
+    }
+
+    /// [`Backfill::run`], handing the writer back (for a tail that takes over).
+    pub async fn run_with(
         &self,
         mut writer: DatasetWriter,
         cancel: CancellationToken,
-    ) -> Result<Summary> {
+    ) -> Result<(Summary, DatasetWriter)> {
         let started = Instant::now();
         let plan =
             plan_chunks(writer.manifest(), self.cfg.range, self.cfg.chunk_size, self.cfg.shard);
@@ -189,7 +194,7 @@ impl Backfill {
         if plan.is_empty() {
             tracing::info!(range = %self.cfg.range, "nothing to do: the range is committed");
             summary.elapsed_secs = started.elapsed().as_secs_f64();
-            return Ok(summary);
+            return Ok((summary, writer));
         }
         let pools =
             Arc::new(self.discover(plan.last().expect("invariant: plan not empty").end).await?);
@@ -226,8 +231,9 @@ impl Backfill {
                 break;
             }
         }
+        drop(encoded);
         summary.elapsed_secs = started.elapsed().as_secs_f64();
-        Ok(summary)
+        Ok((summary, writer))
     }
 
     async fn discover(&self, up_to: u64) -> Result<PoolSet> {

@@ -35,6 +35,11 @@ impl PoolSet {
         self.created.is_empty()
     }
 
+    /// Forgets pools created after `block` (their creation was reorged away).
+    pub fn forget_after(&mut self, block: u64) {
+        self.created.retain(|_, b| *b <= block);
+    }
+
     /// Adds the pools of `PoolCreated` logs (other logs are ignored).
     pub fn extend_from_logs(&mut self, factory: Address, logs: &[Log]) {
         let selector = pool_created_selector();

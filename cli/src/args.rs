@@ -19,6 +19,10 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Fetch a block range into the Parquet dataset (resumable, exactly once).
     Backfill(Box<BackfillArgs>),
+    /// Backfill up to the confirmed watermark, then follow the head (one process).
+    Run(Box<RunArgs>),
+    /// Follow the head from the checkpoint (or --from on an empty directory).
+    Tail(Box<RunArgs>),
     /// Run SQL (DuckDB) over every table of a data directory.
     Sql(SqlArgs),
     /// Show what a data directory holds: chunks, coverage, rows per table.
@@ -154,4 +158,31 @@ pub(crate) struct DataArgs {
     /// Print JSON
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// Poll the node for new heads every this many milliseconds
+    #[arg(long, default_value = "250")]
+    pub(crate) poll_interval_ms: u64,
+    /// Watermark = head minus this many blocks [default: the node's finalized block, else 64]
+    #[arg(long)]
+    pub(crate) confirmations: Option<u64>,
+    /// Confirmed blocks gathered per compaction commit
+    #[arg(long, default_value = "100")]
+    pub(crate) compact_blocks: u64,
+    /// Compact confirmed blocks at least this often, in seconds
+    #[arg(long, default_value = "30")]
+    pub(crate) compact_interval_secs: u64,
+    /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout
+    #[arg(long)]
+    pub(crate) print_updates: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) source: BackfillArgs,
+    #[command(flatten)]
+    pub(crate) tail: TailArgs,
 }

@@ -1,6 +1,6 @@
 //! `tidewater backfill`: resolve flags and config, validate everything, then run.
 
-use crate::args::{BackfillArgs, BlockBound};
+use crate::args::{BackfillArgs, BlockBound, TailArgs};
 use crate::progress::{LogWriter, Reporter};
 use crate::{config, usage, CmdResult, Failure};
 use eyre::{eyre, WrapErr};
@@ -11,6 +11,7 @@ use tidewater_chain::{
     BlockRange, ContractSource, EventCatalog, RpcClient, RpcConfig, Sources, UniswapV3,
 };
 use tidewater_storage::{DatasetWriter, Identity, Shard};
+use tidewater_tail::{ChainUpdate, Finality, Tail, TailConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Attempts for the first call to a provider: an unreachable node should fail in seconds.
@@ -143,7 +144,20 @@ async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
     })
 }
 
-pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
+/// Whether a head follower takes over after (or instead of) the backfill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Backfill to the watermark, then tail.
+    Run,
+    /// Tail only.
+    Tail,
+}
+
+pub(crate) async fn run(
+    a: BackfillArgs,
+    tail: Option<(Mode, TailArgs)>,
+    log_writer: LogWriter,
+) -> CmdResult {
     let mut plan = resolve(&a)?;
     let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
     if let Some(c) = plan.concurrency {
@@ -173,25 +187,44 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
         .map_err(|e| usage(eyre!(e).wrap_err(format!("reading block 0 from {urls}"))))?
         .ok_or_else(|| usage(eyre!("RPC {urls} has no block 0")))?;
     let from = resolve_bound(&probe, plan.from).await.map_err(usage)?;
-    let to = resolve_bound(&probe, plan.to).await.map_err(usage)?;
     let head = probe.block_number().await.map_err(usage)?;
-    if from > to {
-        return Err(usage(eyre!("--from {from} is after --to {to}")));
-    }
-    if to > head {
-        return Err(usage(eyre!("--to {to} is above the node's head {head}")));
-    }
-    plan.cfg.range = BlockRange::new(from, to);
+    let tail_cfg = tail.as_ref().map(|(_, t)| TailConfig {
+        poll_interval: Duration::from_millis(t.poll_interval_ms.max(1)),
+        finality: match t.confirmations {
+            Some(d) => Finality::Depth(d),
+            None => Finality::Finalized(tidewater_tail::DEFAULT_CONFIRMATIONS),
+        },
+        compact_blocks: t.compact_blocks.max(1),
+        compact_interval: Duration::from_secs(t.compact_interval_secs),
+        start_block: from,
+    });
+    // The backfill's last block: --to, or the watermark when a tail takes over.
+    let backfill_to = match (&tail, &tail_cfg) {
+        (None, _) => {
+            let to = resolve_bound(&probe, plan.to).await.map_err(usage)?;
+            if from > to {
+                return Err(usage(eyre!("--from {from} is after --to {to}")));
+            }
+            if to > head {
+                return Err(usage(eyre!("--to {to} is above the node's head {head}")));
+            }
+            Some(to)
+        }
+        (Some((Mode::Run, _)), Some(cfg)) => {
+            let t = Tail::new(probe.clone(), plan.sources.clone(), chain_id, cfg.clone())
+                .map_err(usage)?;
+            let wm = t.watermark(head).await.wrap_err("reading the watermark")?;
+            (wm >= from).then_some(wm)
+        }
+        _ => None,
+    };
 
     let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
-    let backfill =
-        Backfill::new(rpc, plan.sources.clone(), chain_id, plan.cfg.clone()).map_err(usage)?;
-    let schemas = {
-        let mut s = backfill.catalog().tables();
-        s.insert(tidewater_chain::schema::LOGS.into(), tidewater_chain::schema::logs_schema());
-        s.insert(tidewater_chain::schema::BLOCKS.into(), tidewater_chain::schema::blocks_schema());
-        s
-    };
+    let catalog = EventCatalog::new(&plan.sources).map_err(usage)?;
+    let mut schemas = catalog.tables();
+    schemas.insert(tidewater_chain::schema::LOGS.into(), tidewater_chain::schema::logs_schema());
+    schemas
+        .insert(tidewater_chain::schema::BLOCKS.into(), tidewater_chain::schema::blocks_schema());
     let identity = Identity::new(
         chain_id,
         genesis.hash.to_string(),
@@ -200,11 +233,14 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
     );
     let data = plan.data.clone();
     let shard = plan.cfg.shard;
-    let dataset =
+    if shard.is_some() && tail.is_some() {
+        return Err(usage(eyre!("--shard is for backfills; a tail follows the whole chain")));
+    }
+    let opened =
         tokio::task::spawn_blocking(move || DatasetWriter::open(&data, &identity, &schemas, shard))
             .await
             .wrap_err("opening the data directory")?;
-    let dataset = match dataset {
+    let mut dataset = match opened {
         Ok(d) => d,
         Err(e) if e.is_usage() => return Err(usage(e)),
         Err(e) => {
@@ -215,45 +251,112 @@ pub(crate) async fn run(a: BackfillArgs, writer: LogWriter) -> CmdResult {
     };
 
     let cancel = CancellationToken::new();
-    let mut reporter = Reporter::new(backfill.progress(), writer, a.json);
-    let run = backfill.run(dataset, cancel.clone());
-    tokio::pin!(run);
-    let mut ticker = tokio::time::interval(Duration::from_millis(200));
     let mut signals = Signals::new()?;
-    let summary = loop {
+    if let Some(to) = backfill_to {
+        plan.cfg.range = BlockRange::new(from, to);
+        let backfill = Backfill::new(rpc.clone(), plan.sources.clone(), chain_id, plan.cfg.clone())
+            .map_err(usage)?;
+        let mut reporter = Reporter::new(backfill.progress(), log_writer.clone(), a.json);
+        let run = backfill.run_with(dataset, cancel.clone());
+        tokio::pin!(run);
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        let result = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = ticker.tick() => reporter.tick(),
+                _ = signals.recv(), if !cancel.is_cancelled() => {
+                    tracing::warn!("stopping after the chunk being committed (signal received)");
+                    cancel.cancel();
+                }
+            }
+        };
+        drop(reporter);
+        let (summary, w) = result.wrap_err_with(|| {
+            format!("backfill of {} into {}", plan.cfg.range, plan.data.display())
+        })?;
+        dataset = w;
+        if tail.is_some() {
+            tracing::info!(
+                blocks = summary.blocks,
+                logs = summary.logs,
+                to,
+                "backfill done, tail takes over"
+            );
+        } else {
+            print_summary(&summary, a.json)?;
+        }
+        if summary.cancelled {
+            return Ok(());
+        }
+    }
+    let (Some((_, targs)), Some(cfg)) = (tail, tail_cfg) else { return Ok(()) };
+    let follower = Tail::new(rpc, plan.sources.clone(), chain_id, cfg).map_err(usage)?;
+    let mut updates = follower.subscribe();
+    let run = follower.run(dataset, cancel.clone());
+    tokio::pin!(run);
+    let mut stdout = std::io::stdout().lock();
+    loop {
         tokio::select! {
-            r = &mut run => break r,
-            _ = ticker.tick() => reporter.tick(),
+            r = &mut run => {
+                r.wrap_err("tail")?;
+                return Ok(());
+            }
+            u = updates.recv(), if targs.print_updates => {
+                match u {
+                    Ok(u) => print_update(&mut stdout, &u)?,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        return Err(Failure::Runtime(eyre!("--print-updates fell {n} updates behind")));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                }
+            }
             _ = signals.recv(), if !cancel.is_cancelled() => {
-                tracing::warn!("stopping after the chunk being committed (signal received)");
+                tracing::warn!("stopping the tail (signal received)");
                 cancel.cancel();
             }
         }
-    };
-    drop(reporter);
-    let summary = summary
-        .wrap_err_with(|| format!("backfill of {} into {}", plan.cfg.range, plan.data.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary).wrap_err("serializing the summary")?);
-    } else {
-        let rate = |n: u64| n as f64 / summary.elapsed_secs.max(1e-9);
-        println!(
-            "backfill [{}, {}]: {} chunks committed of {} planned, {} blocks, {} logs, {} pools in {:.2}s ({:.0} blocks/s, {:.0} logs/s){}",
-            summary.range.0,
-            summary.range.1,
-            summary.chunks_committed,
-            summary.chunks_planned,
-            summary.blocks,
-            summary.logs,
-            summary.pools,
-            summary.elapsed_secs,
-            rate(summary.blocks),
-            rate(summary.logs),
-            if summary.cancelled { " (stopped early on a signal)" } else { "" },
-        );
-        for (t, n) in &summary.rows {
-            println!("  {t:<20} {n:>10} rows");
+    }
+}
+
+fn print_update(out: &mut impl std::io::Write, u: &ChainUpdate) -> eyre::Result<()> {
+    let v = match u {
+        ChainUpdate::Applied(b) | ChainUpdate::Reverted(b) => serde_json::json!({
+            "status": if matches!(u, ChainUpdate::Applied(_)) { "pending" } else { "reverted" },
+            "block_number": b.header.number,
+            "block_hash": b.header.hash,
+            "logs": b.logs.iter().map(|l| serde_json::json!([l.log_index, l.transaction_hash, l.address])).collect::<Vec<_>>(),
+        }),
+        ChainUpdate::Confirmed { number, hash } => {
+            serde_json::json!({"status": "confirmed", "block_number": number, "block_hash": hash})
         }
+    };
+    writeln!(out, "{v}").wrap_err("writing an update")?;
+    out.flush().wrap_err("writing an update")?;
+    Ok(())
+}
+
+fn print_summary(summary: &tidewater_backfill::Summary, json: bool) -> eyre::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary).wrap_err("serializing the summary")?);
+        return Ok(());
+    }
+    let rate = |n: u64| n as f64 / summary.elapsed_secs.max(1e-9);
+    println!(
+        "backfill [{}, {}]: {} chunks committed of {} planned, {} blocks, {} logs, {} pools in {:.2}s ({:.0} blocks/s, {:.0} logs/s){}",
+        summary.range.0,
+        summary.range.1,
+        summary.chunks_committed,
+        summary.chunks_planned,
+        summary.blocks,
+        summary.logs,
+        summary.pools,
+        summary.elapsed_secs,
+        rate(summary.blocks),
+        rate(summary.logs),
+        if summary.cancelled { " (stopped early on a signal)" } else { "" },
+    );
+    for (t, n) in &summary.rows {
+        println!("  {t:<20} {n:>10} rows");
     }
     Ok(())
 }

@@ -48,7 +48,15 @@ fn main() -> ExitCode {
         .expect("invariant: tokio runtime starts");
     let result = rt.block_on(async move {
         match cli.command {
-            args::Command::Backfill(a) => backfill_cmd::run(*a, writer).await,
+            args::Command::Backfill(a) => backfill_cmd::run(*a, None, writer).await,
+            args::Command::Run(a) => {
+                let a = *a;
+                backfill_cmd::run(a.source, Some((backfill_cmd::Mode::Run, a.tail)), writer).await
+            }
+            args::Command::Tail(a) => {
+                let a = *a;
+                backfill_cmd::run(a.source, Some((backfill_cmd::Mode::Tail, a.tail)), writer).await
+            }
             args::Command::Sql(a) => sql_cmd::sql(a).await,
             args::Command::Status(a) => sql_cmd::status(a).await,
             args::Command::Verify(a) => sql_cmd::verify(a).await,

@@ -268,6 +268,12 @@ impl DatasetWriter {
         Ok(())
     }
 
+    /// Rolls cold storage back so no chunk ends after `keep_through` (`None`: remove every
+    /// chunk), for a reorg deeper than the watermark. Blocking I/O.
+    pub fn rollback(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
+        self.manifest.rollback(&self.root, keep_through)
+    }
+
     /// Commits a chunk: every file durably in place, then the manifest entry (the commit
     /// point). Blocking I/O: call from `spawn_blocking`.
     pub fn commit(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {

@@ -135,6 +135,40 @@ impl Manifest {
         self.chunks.iter().map(|c| c.rows(table)).sum()
     }
 
+    /// The last committed chunk: the checkpoint a tail resumes from.
+    pub fn last(&self) -> Option<&ChunkEntry> {
+        self.chunks.last()
+    }
+
+    /// Forgets every chunk ending after `keep_through` (all of them for `None`): manifest
+    /// entries first (the commit point), then their files. Returns the removed entries.
+    pub(crate) fn rollback(
+        &mut self,
+        root: &Path,
+        keep_through: Option<u64>,
+    ) -> Result<Vec<ChunkEntry>> {
+        let keep = self.chunks.partition_point(|c| keep_through.is_some_and(|k| c.end <= k));
+        let removed: Vec<ChunkEntry> = self.chunks.drain(keep..).collect();
+        for c in removed.iter().rev() {
+            let entry = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
+            std::fs::remove_file(&entry).map_err(Error::io("removing", &entry))?;
+        }
+        if !removed.is_empty() {
+            crate::files::sync_dir(&root.join(MANIFEST_DIR))?;
+        }
+        for c in &removed {
+            for f in c.tables.values() {
+                let p = root.join(&f.path);
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(Error::Io { op: "removing", path: p, source: e });
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Records a committed chunk durably, then in memory.
     pub(crate) fn commit(&mut self, root: &Path, entry: ChunkEntry) -> Result<()> {
         if let Some(o) = self.overlapping(entry.start, entry.end) {

@@ -8,4 +8,5 @@ mod backfill;
 mod bad_input;
 mod oracle;
 mod proxy;
+mod tail;
 mod util;

@@ -1,0 +1,274 @@
+//! The tail on a real anvil: reorgs from anvil's own `anvil_reorg`, kill -9 restarts, a reorg
+//! deeper than the watermark, and a bus subscriber folding the update stream.
+
+use crate::util::*;
+use alloy_sol_types::{sol, SolCall};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+sol! {
+    struct ExactInputSingleParams {
+        address tokenIn;
+        address tokenOut;
+        uint24 fee;
+        address recipient;
+        uint256 deadline;
+        uint256 amountIn;
+        uint256 amountOutMinimum;
+        uint160 sqrtPriceLimitX96;
+    }
+    function exactInputSingle(ExactInputSingleParams params) external payable returns (uint256 amountOut);
+}
+
+const ACCOUNT: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+/// A swap transaction request through the real SwapRouter, on a random pool.
+fn swap_tx(net: &Devnet, rng: &mut impl Rng) -> Value {
+    let pools = net.deploy["pools"].as_array().unwrap();
+    let p = &pools[rng.gen_range(0..pools.len())];
+    let (t0, t1) = (p["token0"].as_str().unwrap(), p["token1"].as_str().unwrap());
+    let (tin, tout) = if rng.gen_bool(0.5) { (t0, t1) } else { (t1, t0) };
+    let call = exactInputSingleCall {
+        params: ExactInputSingleParams {
+            tokenIn: tin.parse().unwrap(),
+            tokenOut: tout.parse().unwrap(),
+            fee: alloy_sol_types::private::primitives::aliases::U24::from(
+                p["fee"].as_u64().unwrap(),
+            ),
+            recipient: ACCOUNT.parse().unwrap(),
+            deadline: alloy_sol_types::private::U256::from(1u64 << 40),
+            amountIn: alloy_sol_types::private::U256::from(
+                rng.gen_range(1u64..1_000_000) * 1_000_000_000_000,
+            ),
+            amountOutMinimum: alloy_sol_types::private::U256::ZERO,
+            sqrtPriceLimitX96: alloy_sol_types::private::primitives::aliases::U160::ZERO,
+        },
+    };
+    let data: String = call.abi_encode().iter().map(|b| format!("{b:02x}")).collect();
+    json!({"from": ACCOUNT, "to": net.deploy["swap_router"], "data": format!("0x{data}"), "gas": "0x7a1200"})
+}
+
+fn swap(net: &Devnet, rng: &mut impl Rng) {
+    let hash = rpc(&net.url, "eth_sendTransaction", json!([swap_tx(net, rng)]));
+    // anvil answers before the block is mined: wait for it, so reorg depths are what we think.
+    let start = Instant::now();
+    while rpc(&net.url, "eth_getTransactionReceipt", json!([hash])).is_null() {
+        assert!(start.elapsed() < Duration::from_secs(10), "swap {hash} not mined");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A reorg of `depth` blocks whose new branch carries fresh swaps.
+fn reorg(net: &Devnet, depth: u64, rng: &mut impl Rng) {
+    let txs: Vec<Value> =
+        (0..rng.gen_range(1..=depth)).map(|i| json!([swap_tx(net, rng), i])).collect();
+    if let Err(e) = try_rpc(&net.url, "anvil_reorg", json!([depth, txs.clone()])) {
+        panic!("anvil_reorg depth {depth} at head {} with {} txs: {e}", net.head(), txs.len());
+    }
+}
+
+/// anvil can only reorg blocks it mined itself (not ones loaded with --load-state).
+fn warm_up(net: &Devnet, rng: &mut impl Rng) {
+    for _ in 0..6 {
+        swap(net, rng);
+    }
+}
+
+fn mine(net: &Devnet, n: usize) {
+    for _ in 0..n {
+        rpc(&net.url, "evm_mine", json!([]));
+    }
+}
+
+fn start_tail(t: &TestCommand, net: &Devnet, extra: &[&str]) -> Child {
+    let mut args =
+        s(&["run", "--data", "data", "--poll-interval-ms", "20", "--compact-interval-secs", "0"]);
+    args.extend(net.uniswap_flags());
+    args.extend(s(extra));
+    t.cmd()
+        .env("TIDEWATER_LOG", "info")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn checkpoint(t: &TestCommand) -> Option<u64> {
+    let ds = tidewater_storage::Dataset::open(&t.path("data")).ok()?;
+    ds.manifest().last().map(|c| c.end)
+}
+
+/// Waits until the tail has compacted everything at or below `block`.
+fn wait_for_checkpoint(t: &TestCommand, block: u64) {
+    let start = Instant::now();
+    while checkpoint(t).is_none_or(|c| c < block) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the tail did not reach block {block}: at {:?}",
+            checkpoint(t)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: Child) -> (String, String) {
+    unsafe_sigterm(&child);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn unsafe_sigterm(child: &Child) {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+}
+
+/// A fresh backfill of the canonical chain up to `to` equals what the tail wrote.
+fn assert_equals_fresh_backfill(net: &Devnet, t: &TestCommand, to: u64) {
+    let fresh = TestCommand::new();
+    let mut args = s(&["backfill", "--data", "data", "--to", &to.to_string()]);
+    args.extend(net.uniswap_flags());
+    fresh.ok(&args);
+    assert_same_dataset(&fresh.path("data"), &t.path("data"));
+    assert_ordered_unique(&table(&t.path("data"), "logs"));
+}
+
+#[test]
+fn reorgs_and_kill_9_restarts_end_equal_to_a_fresh_backfill() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let conf = "6";
+    let mut child = start_tail(&t, &net, &["--confirmations", conf, "--compact-blocks", "3"]);
+    warm_up(&net, &mut rng);
+    let (mut reorgs, mut kills) = (0, 0);
+    let mut logs = String::new();
+    for i in 0..40 {
+        let x: f64 = rng.gen();
+        if i % 8 == 5 {
+            child.kill().unwrap(); // SIGKILL, at whatever the tail was doing
+            logs.push_str(&String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr));
+            kills += 1;
+            child = start_tail(&t, &net, &["--confirmations", conf, "--compact-blocks", "3"]);
+        } else if x < 0.5 {
+            swap(&net, &mut rng);
+        } else if x < 0.85 {
+            reorg(&net, rng.gen_range(1..=5), &mut rng);
+            reorgs += 1;
+        } else {
+            mine(&net, 1);
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..80)));
+    }
+    assert!(reorgs > 5 && kills > 2, "reorgs {reorgs}, kills {kills}");
+    mine(&net, 8);
+    let target = net.head() - 6;
+    wait_for_checkpoint(&t, target);
+    let (_, stderr) = stop(child);
+    logs.push_str(&stderr);
+    assert!(logs.contains("reorg handled"), "no tail process saw a reorg:\n{logs}");
+    assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+}
+
+#[test]
+fn a_reorg_deeper_than_the_watermark_is_repaired() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let child = start_tail(&t, &net, &["--confirmations", "2", "--compact-blocks", "1"]);
+    warm_up(&net, &mut rng);
+    wait_for_checkpoint(&t, net.head() - 2);
+    let before = checkpoint(&t).unwrap();
+    // Five blocks replaced: three of them are already cold.
+    reorg(&net, 5, &mut rng);
+    mine(&net, 4);
+    wait_for_checkpoint(&t, net.head() - 2);
+    let (_, stderr) = stop(child);
+    assert!(stderr.contains("deep reorg"), "the deep reorg was not reported:\n{stderr}");
+    assert!(checkpoint(&t).unwrap() >= before);
+    assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+}
+
+#[test]
+fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let child =
+        start_tail(&t, &net, &["--confirmations", "8", "--compact-blocks", "4", "--print-updates"]);
+    // The backfill's commit means the tail is about to follow the head.
+    wait_for_checkpoint(&t, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let first = net.head() + 1;
+    warm_up(&net, &mut rng);
+    for _ in 0..25 {
+        if rng.gen_bool(0.6) {
+            swap(&net, &mut rng);
+        } else {
+            reorg(&net, rng.gen_range(1..=4), &mut rng);
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..100)));
+    }
+    let head = net.head();
+    let start = Instant::now();
+    let (stdout, _) = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        // The tail has seen the head once the latest block's hash is in its output; stop it.
+        if start.elapsed() > Duration::from_secs(3) {
+            break stop(child);
+        }
+    };
+    let mut folded: BTreeMap<u64, (String, Vec<Value>)> = BTreeMap::new();
+    let mut reverted = 0;
+    for line in stdout.lines() {
+        let u: Value = serde_json::from_str(line).unwrap();
+        let n = u["block_number"].as_u64().unwrap();
+        let hash = u["block_hash"].as_str().unwrap().to_string();
+        match u["status"].as_str().unwrap() {
+            "pending" => {
+                assert!(!folded.contains_key(&n), "block {n} applied twice without a revert");
+                folded.insert(n, (hash, u["logs"].as_array().unwrap().clone()));
+            }
+            "reverted" => {
+                let (h, _) = folded.remove(&n).expect("revert of a block never applied");
+                assert_eq!(h, hash, "revert of another block at {n}");
+                assert!(folded.keys().all(|k| *k < n), "reverts must come newest first");
+                reverted += 1;
+            }
+            "confirmed" => assert_eq!(folded.get(&n).map(|(h, _)| h.as_str()), Some(hash.as_str())),
+            other => panic!("unknown status {other}"),
+        }
+    }
+    assert!(reverted > 0, "no revert was published");
+    let mut addresses = vec![net.factory(), net.position_manager()];
+    addresses.extend(net.pools());
+    for n in first..=head {
+        let h = rpc(&net.url, "eth_getBlockByNumber", json!([format!("{n:#x}"), false]));
+        let (hash, logs) =
+            folded.get(&n).unwrap_or_else(|| panic!("block {n} missing from the fold"));
+        assert_eq!(h["hash"].as_str().unwrap(), hash, "block {n} is not canonical in the fold");
+        let canonical =
+            rpc(&net.url, "eth_getLogs", json!([{"blockHash": hash, "address": addresses}]));
+        let want: Vec<(u64, String)> = canonical
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (hex_u64(&l["logIndex"]), l["transactionHash"].as_str().unwrap().to_string()))
+            .collect();
+        let got: Vec<(u64, String)> = logs
+            .iter()
+            .map(|l| (l[0].as_u64().unwrap(), l[1].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(got, want, "logs of block {n}");
+    }
+}

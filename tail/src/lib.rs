@@ -1,0 +1,443 @@
+//! # tidewater-tail
+//!
+//! Owns the chain head: follows new blocks (HTTP polling), keeps unconfirmed blocks in a
+//! [`HotBuffer`], detects reorgs by parent hash and rolls the buffer back to the common
+//! ancestor, compacts blocks at or below the confirmed watermark into the cold Parquet tables,
+//! and publishes every change on a bus as [`ChainUpdate`]s. It does not own historical ranges.
+//!
+//! ```text
+//!   node ──poll──▶ header n+1 ──parent == tip?──yes──▶ logs by block hash ──▶ HotBuffer ─▶ Applied
+//!                               │ no
+//!                               ▼
+//!                  pop tips until the node's hash at the tip's height matches ─▶ Reverted (newest first)
+//!                  (buffer empty and the checkpoint is no longer canonical: deep reorg,
+//!                   roll cold chunks back to the common ancestor)
+//!
+//!   HotBuffer blocks <= watermark ──encode (rayon)──▶ DatasetWriter::commit ─▶ Confirmed
+//!   (watermark: the node's `finalized` block, or head - confirmations)
+//! ```
+//!
+//! Invariants: only blocks at or below the watermark reach Parquet; the checkpoint is the last
+//! manifest entry (committed atomically with its files), so a restart after `kill -9` resumes
+//! from it, re-verifies its hash against the node, and refetches the unconfirmed window.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+mod hot;
+
+pub use hot::{ChainUpdate, HotBlock, HotBuffer, NotLinked};
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidewater_chain::{
+    discover_pools, BlockRange, EventCatalog, Header, LogFilter, PoolSet, RangeData, RangeSizer,
+    RpcClient, Sources, B256, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+};
+use tidewater_storage::{encode_chunk, DatasetWriter};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Updates buffered for slow bus subscribers before they lag (and must resync).
+pub const BUS_CAPACITY: usize = 4096;
+/// How often the node is polled for a new head. 250 ms keeps a 1-second chain's latency low
+/// without loading the node.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Confirmations when the node has no `finalized` block: 64 blocks, two Ethereum epochs.
+pub const DEFAULT_CONFIRMATIONS: u64 = 64;
+/// Confirmed blocks gathered before a compaction commit (one Parquet file per table).
+pub const DEFAULT_COMPACT_BLOCKS: u64 = 100;
+/// Longest a confirmed block waits in the hot buffer before it is compacted anyway.
+pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the tail stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Talking to the node failed beyond retries.
+    #[error("following the head")]
+    Chain(#[from] tidewater_chain::Error),
+    /// Writing the cold tier failed.
+    #[error("writing confirmed blocks")]
+    Storage(#[from] tidewater_storage::Error),
+    /// A blocking task died.
+    #[error("a storage task failed")]
+    Task(#[from] tokio::task::JoinError),
+    /// The encoder panicked.
+    #[error("the encoder of blocks {range} panicked")]
+    EncoderGone {
+        /// Blocks being encoded.
+        range: BlockRange,
+    },
+    /// The node's chain does not reach the dataset's start.
+    #[error("the node has no block {0}")]
+    NoBlock(u64),
+}
+
+/// How the watermark is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Finality {
+    /// The node's `finalized` block, falling back to depth when the node has none.
+    Finalized(u64),
+    /// head minus this many blocks.
+    Depth(u64),
+}
+
+/// Tail settings.
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    /// Poll interval.
+    pub poll_interval: Duration,
+    /// Watermark rule.
+    pub finality: Finality,
+    /// Confirmed blocks per compaction commit.
+    pub compact_blocks: u64,
+    /// Longest wait before compacting confirmed blocks anyway.
+    pub compact_interval: Duration,
+    /// First block when the dataset is empty.
+    pub start_block: u64,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            finality: Finality::Finalized(DEFAULT_CONFIRMATIONS),
+            compact_blocks: DEFAULT_COMPACT_BLOCKS,
+            compact_interval: DEFAULT_COMPACT_INTERVAL,
+            start_block: 0,
+        }
+    }
+}
+
+/// Live counters (for `status` and metrics).
+#[derive(Debug, Default)]
+pub struct TailStats {
+    /// Latest head seen.
+    pub head: AtomicU64,
+    /// Current watermark.
+    pub watermark: AtomicU64,
+    /// Last block committed to the cold tier.
+    pub checkpoint: AtomicU64,
+    /// Reorgs handled.
+    pub reorgs: AtomicU64,
+    /// Deepest reorg, in blocks.
+    pub max_reorg_depth: AtomicU64,
+    /// Reorgs deeper than the watermark (cold data rolled back).
+    pub deep_reorgs: AtomicU64,
+    /// Blocks applied.
+    pub blocks_applied: AtomicU64,
+}
+
+/// The head follower.
+#[derive(Debug)]
+pub struct Tail {
+    rpc: RpcClient,
+    sources: Sources,
+    catalog: Arc<EventCatalog>,
+    chain_id: u64,
+    cfg: TailConfig,
+    bus: broadcast::Sender<ChainUpdate>,
+    stats: Arc<TailStats>,
+}
+
+/// Mutable state of a running tail.
+struct State {
+    writer: Arc<Mutex<DatasetWriter>>,
+    hot: HotBuffer,
+    pools: PoolSet,
+    /// Last cold block (number, hash), if any.
+    checkpoint: Option<(u64, B256)>,
+    last_compaction: Instant,
+}
+
+impl Tail {
+    /// A tail over `sources` on chain `chain_id`.
+    pub fn new(
+        rpc: RpcClient,
+        sources: Sources,
+        chain_id: u64,
+        cfg: TailConfig,
+    ) -> tidewater_chain::Result<Self> {
+        let catalog = Arc::new(EventCatalog::new(&sources)?);
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        Ok(Self { rpc, sources, catalog, chain_id, cfg, bus, stats: Arc::default() })
+    }
+
+    /// Subscribes to chain updates (subscribe before [`Tail::run`] to miss nothing).
+    pub fn subscribe(&self) -> broadcast::Receiver<ChainUpdate> {
+        self.bus.subscribe()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<TailStats> {
+        self.stats.clone()
+    }
+
+    fn publish(&self, u: ChainUpdate) {
+        // No subscriber is fine: the tail's job is the dataset.
+        let _ = self.bus.send(u);
+    }
+
+    /// The watermark for a head.
+    pub async fn watermark(&self, head: u64) -> Result<u64> {
+        Ok(match self.cfg.finality {
+            Finality::Depth(d) => head.saturating_sub(d),
+            Finality::Finalized(d) => match self.rpc.header_at("finalized").await {
+                Ok(Some(h)) => h.number.min(head),
+                _ => head.saturating_sub(d),
+            },
+        })
+    }
+
+    /// Follows the head until cancelled. Cancellation is honoured between steps, never inside a
+    /// compaction commit.
+    pub async fn run(&self, writer: DatasetWriter, cancel: CancellationToken) -> Result<()> {
+        let checkpoint = checkpoint_of(&writer);
+        let writer = Arc::new(Mutex::new(writer));
+        let mut st = State {
+            writer,
+            hot: HotBuffer::default(),
+            pools: PoolSet::default(),
+            checkpoint,
+            last_compaction: Instant::now(),
+        };
+        self.verify_checkpoint(&mut st).await?;
+        st.pools = self.discover(&st).await?;
+        tracing::info!(checkpoint = ?st.checkpoint.map(|c| c.0), pools = st.pools.len(), "tail started");
+        while !cancel.is_cancelled() {
+            self.step(&mut st).await?;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn discover(&self, st: &State) -> Result<PoolSet> {
+        let Some(u) = &self.sources.uniswap_v3 else { return Ok(PoolSet::default()) };
+        let before_next = self.next_block(st).saturating_sub(1);
+        let Some(range) = BlockRange::try_new(u.factory_start_block, before_next) else {
+            return Ok(PoolSet::default());
+        };
+        let sizer = RangeSizer::new(DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE);
+        Ok(discover_pools(&self.rpc, u.factory, range, &sizer).await?)
+    }
+
+    /// One round: catch up to the head (handling reorgs), then compact what is confirmed.
+    async fn step(&self, st: &mut State) -> Result<()> {
+        let head = self.rpc.block_number().await?;
+        self.stats.head.store(head, Ordering::Relaxed);
+        // A reorg that kept the height (or shortened the chain) shows at our tip's height.
+        if let Some(tip) = st.hot.tip().cloned() {
+            let at = tip.header.number.min(head);
+            if let Some(h) = self.rpc.header_at(&format!("{at:#x}")).await? {
+                let ours = st.hot.iter().find(|b| b.header.number == at).map(|b| b.header.hash);
+                if ours.is_some_and(|o| o != h.hash) {
+                    let _ = self.reorg(st).await?;
+                }
+            }
+        }
+        loop {
+            let next = self.next_block(st);
+            if next > head {
+                break;
+            }
+            let Some(header) = self.rpc.header_at(&format!("{next:#x}")).await? else { break };
+            if header.parent_hash != self.tip_hash(st).unwrap_or(header.parent_hash) {
+                if self.reorg(st).await? == 0 {
+                    // Nothing was orphaned: the node is inconsistent for now (lagging behind a
+                    // load balancer). Try again next poll rather than hammering it.
+                    break;
+                }
+                continue;
+            }
+            let block = self.fetch_block(st, header).await?;
+            let block = Arc::new(block);
+            st.hot.push(block.clone()).expect("invariant: the block extends the tip");
+            self.stats.blocks_applied.fetch_add(1, Ordering::Relaxed);
+            self.publish(ChainUpdate::Applied(block));
+        }
+        let watermark = self.watermark(head).await?;
+        self.stats.watermark.store(watermark, Ordering::Relaxed);
+        self.compact(st, watermark).await
+    }
+
+    fn next_block(&self, st: &State) -> u64 {
+        match (st.hot.tip(), st.checkpoint) {
+            (Some(t), _) => t.header.number + 1,
+            (None, Some((n, _))) => n + 1,
+            (None, None) => self.cfg.start_block,
+        }
+    }
+
+    fn tip_hash(&self, st: &State) -> Option<B256> {
+        st.hot.tip().map(|t| t.header.hash).or(st.checkpoint.map(|c| c.1))
+    }
+
+    /// Fetches a block's watched logs by hash, with the completeness checks of a range fetch.
+    async fn fetch_block(&self, st: &mut State, header: Header) -> Result<HotBlock> {
+        let n = header.number;
+        loop {
+            let mut addresses = self.catalog.contracts();
+            addresses.extend(st.pools.created_by(n));
+            let filter = LogFilter { addresses, topic0s: vec![] };
+            let mut logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
+            logs.sort_unstable_by_key(|l| l.log_index);
+            if logs.is_empty() && filter.may_match(&header.logs_bloom) {
+                // The bloom says maybe: ask once more (a lagging node answers [] too early).
+                logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
+                logs.sort_unstable_by_key(|l| l.log_index);
+            }
+            if logs.iter().any(|l| l.block_hash != header.hash || l.block_number != n) {
+                return Err(tidewater_chain::Error::Inconsistent {
+                    range: BlockRange::new(n, n),
+                    what: "a log of another block in a by-hash answer".into(),
+                }
+                .into());
+            }
+            // Pools created in this very block emit in it too: refetch with them included.
+            let before = st.pools.len();
+            if let Some(u) = &self.sources.uniswap_v3 {
+                st.pools.extend_from_logs(u.factory, &logs);
+            }
+            if st.pools.len() == before {
+                return Ok(HotBlock { header, logs });
+            }
+        }
+    }
+
+    /// Walks back to the common ancestor, reverting orphaned blocks newest first. When the
+    /// orphaned range reaches below the checkpoint, rolls the cold tier back too.
+    async fn reorg(&self, st: &mut State) -> Result<u64> {
+        let mut depth = 0u64;
+        while let Some(tip) = st.hot.tip().cloned() {
+            let canonical = self.rpc.header_at(&format!("{:#x}", tip.header.number)).await?;
+            if canonical.is_some_and(|h| h.hash == tip.header.hash) {
+                break;
+            }
+            st.hot.pop_tip();
+            st.pools.forget_after(tip.header.number - 1);
+            depth += 1;
+            self.publish(ChainUpdate::Reverted(tip));
+        }
+        if st.hot.is_empty() {
+            if let Some((n, hash)) = st.checkpoint {
+                if !self.is_canonical(n, hash).await? {
+                    depth += self.deep_reorg(st).await?;
+                }
+            }
+        }
+        if depth > 0 {
+            self.stats.reorgs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.max_reorg_depth.fetch_max(depth, Ordering::Relaxed);
+        tracing::info!(depth, tip = ?st.hot.tip().map(|t| t.header.number), "reorg handled");
+        Ok(depth)
+    }
+
+    async fn is_canonical(&self, n: u64, hash: B256) -> Result<bool> {
+        Ok(self.rpc.header_at(&format!("{n:#x}")).await?.is_some_and(|h| h.hash == hash))
+    }
+
+    /// Cold data past the common ancestor is rolled back. Confirms twice against the node first,
+    /// so a lagging answer does not rewrite cold data. Returns the blocks rolled back.
+    async fn deep_reorg(&self, st: &mut State) -> Result<u64> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (cp, cp_hash) = st.checkpoint.expect("invariant: called with a checkpoint");
+        if self.is_canonical(cp, cp_hash).await? {
+            return Ok(0);
+        }
+        let chunks: Vec<(u64, u64, B256)> = st
+            .writer
+            .lock()
+            .expect("invariant: writer lock not poisoned")
+            .manifest()
+            .chunks()
+            .iter()
+            .map(|c| (c.start, c.end, c.last_block_hash.parse().expect("invariant: valid hash")))
+            .collect();
+        let mut keep_through = None;
+        for (_, end, hash) in chunks.iter().rev() {
+            if self.is_canonical(*end, *hash).await? {
+                keep_through = Some(*end);
+                break;
+            }
+        }
+        let writer = st.writer.clone();
+        st.checkpoint = tokio::task::spawn_blocking(move || {
+            let mut w = writer.lock().expect("invariant: writer lock not poisoned");
+            w.rollback(keep_through).map(|_| checkpoint_of(&w))
+        })
+        .await??;
+        st.pools.forget_after(st.checkpoint.map_or(0, |c| c.0));
+        self.stats.deep_reorgs.fetch_add(1, Ordering::Relaxed);
+        let rolled = cp - st.checkpoint.map_or(self.cfg.start_block.saturating_sub(1), |c| c.0);
+        tracing::error!(
+            checkpoint = cp,
+            new_checkpoint = ?st.checkpoint.map(|c| c.0),
+            rolled_back_blocks = rolled,
+            "deep reorg: the checkpoint is no longer canonical; cold data rolled back to the common ancestor"
+        );
+        Ok(rolled)
+    }
+
+    async fn verify_checkpoint(&self, st: &mut State) -> Result<()> {
+        if let Some((n, hash)) = st.checkpoint {
+            if !self.is_canonical(n, hash).await? {
+                self.deep_reorg(st).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the hot blocks at or below the watermark when enough have gathered or they have
+    /// waited long enough.
+    async fn compact(&self, st: &mut State, watermark: u64) -> Result<()> {
+        let ready = st.hot.iter().take_while(|b| b.header.number <= watermark).count() as u64;
+        if ready == 0
+            || (ready < self.cfg.compact_blocks
+                && st.last_compaction.elapsed() < self.cfg.compact_interval)
+        {
+            return Ok(());
+        }
+        let blocks = st.hot.drain_through(watermark);
+        let range =
+            BlockRange::new(blocks[0].header.number, blocks[blocks.len() - 1].header.number);
+        let data = RangeData {
+            headers: blocks.iter().map(|b| b.header.clone()).collect(),
+            logs: blocks.iter().flat_map(|b| b.logs.iter().cloned()).collect(),
+            bloom_refetches: 0,
+        };
+        let (catalog, pools, chain_id) = (self.catalog.clone(), st.pools.clone(), self.chain_id);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let _ = tx.send(encode_chunk(&catalog, &data, chain_id, &pools, range));
+        });
+        let (commit, _rows) = rx.await.map_err(|_| Error::EncoderGone { range })??;
+        let writer = st.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.lock().expect("invariant: writer lock not poisoned").commit(commit)
+        })
+        .await??;
+        let last = blocks.last().expect("invariant: drained at least one block");
+        st.checkpoint = Some((last.header.number, last.header.hash));
+        st.last_compaction = Instant::now();
+        self.stats.checkpoint.store(last.header.number, Ordering::Relaxed);
+        for b in &blocks {
+            self.publish(ChainUpdate::Confirmed { number: b.header.number, hash: b.header.hash });
+        }
+        tracing::debug!(%range, "compacted confirmed blocks");
+        Ok(())
+    }
+}
+
+fn checkpoint_of(w: &DatasetWriter) -> Option<(u64, B256)> {
+    w.manifest()
+        .last()
+        .map(|c| (c.end, c.last_block_hash.parse().expect("invariant: manifest hashes are valid")))
+}
