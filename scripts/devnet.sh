@@ -16,7 +16,7 @@ ANVIL_FLAGS=(--code-size-limit 100000 --gas-limit 1000000000 --silent)
 preset_flags() {
   case "$1" in
     small) echo "--seed 7 --pools 10 --rounds 260 --swaps-per-tx 12" ;;
-    large) echo "--seed 11 --pools 24 --rounds 6000 --swaps-per-tx 100" ;;
+    large) echo "--seed 11 --pools 24 --rounds 6000 --swaps-per-tx 125" ;;
     *) echo "devnet: unknown preset '$1' (small, large)" >&2; exit 2 ;;
   esac
 }

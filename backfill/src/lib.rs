@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tidewater_chain::{
     discover_pools, fetch_range, BlockRange, EventCatalog, LogFilter, PoolSet, RangeData,
-    RangeSizer, RpcClient, Sources, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    RangeSizer, RpcClient, Sources, SpawnedTask, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
@@ -130,13 +130,20 @@ pub struct Summary {
 /// One backfill job.
 #[derive(Debug)]
 pub struct Backfill {
+    shared: Arc<Shared>,
+    cfg: BackfillConfig,
+    progress: Arc<Progress>,
+}
+
+/// What chunk tasks need (each chunk is its own tokio task, so JSON parsing spreads over the
+/// runtime's workers).
+#[derive(Debug)]
+struct Shared {
     rpc: RpcClient,
     sources: Sources,
     catalog: Arc<EventCatalog>,
     chain_id: u64,
-    cfg: BackfillConfig,
-    sizer: Arc<RangeSizer>,
-    progress: Arc<Progress>,
+    sizer: RangeSizer,
 }
 
 struct Encoded {
@@ -155,8 +162,9 @@ impl Backfill {
         cfg: BackfillConfig,
     ) -> tidewater_chain::Result<Self> {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
-        let sizer = Arc::new(RangeSizer::new(cfg.log_range, cfg.max_log_range));
-        Ok(Self { rpc, sources, catalog, chain_id, cfg, sizer, progress: Arc::default() })
+        let sizer = RangeSizer::new(cfg.log_range, cfg.max_log_range);
+        let shared = Arc::new(Shared { rpc, sources, catalog, chain_id, sizer });
+        Ok(Self { shared, cfg, progress: Arc::default() })
     }
 
     /// Live counters.
@@ -166,7 +174,7 @@ impl Backfill {
 
     /// The event catalog (tables and schemas).
     pub fn catalog(&self) -> &EventCatalog {
-        &self.catalog
+        &self.shared.catalog
     }
 
     /// Runs to completion or cancellation. Chunks are fetched out of order and committed in
@@ -202,7 +210,11 @@ impl Backfill {
         tracing::info!(chunks = plan.len(), pools = pools.len(), range = %self.cfg.range, "backfill planned");
 
         let mut encoded = stream::iter(plan)
-            .map(|chunk| self.fetch_and_encode(chunk, pools.clone()))
+            .map(|chunk| {
+                let (shared, pools) = (self.shared.clone(), pools.clone());
+                SpawnedTask::spawn(async move { shared.fetch_and_encode(chunk, pools).await })
+                    .join()
+            })
             .buffered(self.cfg.chunks_in_flight.max(1));
         while let Some(next) = encoded.next().await {
             let e = next?;
@@ -237,15 +249,18 @@ impl Backfill {
     }
 
     async fn discover(&self, up_to: u64) -> Result<PoolSet> {
-        let Some(u) = &self.sources.uniswap_v3 else { return Ok(PoolSet::default()) };
+        let sh = &self.shared;
+        let Some(u) = &sh.sources.uniswap_v3 else { return Ok(PoolSet::default()) };
         let Some(range) = BlockRange::try_new(u.factory_start_block, up_to) else {
             return Ok(PoolSet::default());
         };
-        discover_pools(&self.rpc, u.factory, range, &self.sizer)
+        discover_pools(&sh.rpc, u.factory, range, &sh.sizer)
             .await
             .map_err(|source| Error::Discover { range, source })
     }
+}
 
+impl Shared {
     async fn fetch_and_encode(&self, chunk: BlockRange, pools: Arc<PoolSet>) -> Result<Encoded> {
         let mut addresses = self.catalog.contracts();
         addresses.extend(pools.created_by(chunk.end));

@@ -33,6 +33,7 @@ mod pools;
 mod range;
 mod rpc;
 pub mod schema;
+mod task;
 mod types;
 
 pub use error::{parse_range_hint, Error, Result};
@@ -47,6 +48,7 @@ pub use rpc::{
     backoff, ProviderStats, RpcClient, RpcConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
     DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, HEADER_BATCH,
 };
+pub use task::SpawnedTask;
 pub use types::{quantity, Header, Log, LogFilter, MAX_ADDRESSES_PER_REQUEST};
 
 pub use alloy_primitives::{Address, Bloom, B256};

@@ -46,6 +46,7 @@ pub(crate) async fn status(a: DataArgs) -> CmdResult {
         ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
     if a.json {
         let v = serde_json::json!({
+            "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
             "chain_id": ds.identity().chain_id,
             "genesis_hash": ds.identity().genesis_hash,
             "chunks": m.chunks().len(),
@@ -56,6 +57,9 @@ pub(crate) async fn status(a: DataArgs) -> CmdResult {
     } else {
         println!("data directory {}: chain {}", a.data.display(), ds.identity().chain_id);
         println!("chunks committed: {}", m.chunks().len());
+        if let Some(c) = m.last() {
+            println!("checkpoint: block {} ({})", c.end, c.last_block_hash);
+        }
         for (s, e) in &coverage {
             println!("  blocks [{s}, {e}]");
         }
