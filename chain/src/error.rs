@@ -140,6 +140,15 @@ impl Error {
         }
     }
 
+    /// Whether the failure is about the node's availability (down, overloaded, lagging), not
+    /// about the request: a follower waits and tries again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::RetriesExhausted { source, .. } => source.is_transient(),
+            other => other.is_retryable(),
+        }
+    }
+
     /// Whether the provider told us to slow down.
     pub fn is_rate_limited(&self) -> bool {
         match self {

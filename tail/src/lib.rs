@@ -50,6 +50,9 @@ pub const DEFAULT_COMPACT_BLOCKS: u64 = 100;
 /// Longest a confirmed block waits in the hot buffer before it is compacted anyway.
 pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Longest wait between polls while the node is unavailable.
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -208,11 +211,29 @@ impl Tail {
         self.verify_checkpoint(&mut st).await?;
         st.pools = self.discover(&st).await?;
         tracing::info!(checkpoint = ?st.checkpoint.map(|c| c.0), pools = st.pools.len(), "tail started");
+        let mut failures = 0u32;
         while !cancel.is_cancelled() {
-            self.step(&mut st).await?;
+            let wait = match self.step(&mut st).await {
+                Ok(()) => {
+                    failures = 0;
+                    self.cfg.poll_interval
+                }
+                // The node is down or failing: keep the state, wait, and catch up when it is back.
+                Err(Error::Chain(e)) if e.is_transient() => {
+                    failures += 1;
+                    let wait = tidewater_chain::backoff(
+                        failures,
+                        self.cfg.poll_interval,
+                        OUTAGE_BACKOFF_MAX,
+                    );
+                    tracing::warn!(error = %e, failures, "node unavailable; retrying");
+                    wait.max(self.cfg.poll_interval)
+                }
+                Err(e) => return Err(e),
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         Ok(())

@@ -15,11 +15,14 @@ pub struct Counters {
     pub range_rejections: AtomicU64,
     pub throttled: AtomicU64,
     pub server_errors: AtomicU64,
+    pub refused_while_down: AtomicU64,
 }
 
 pub struct Proxy {
     pub url: String,
     pub counters: Arc<Counters>,
+    /// While set, every request gets a 503 (the node is "down").
+    pub down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -37,24 +40,30 @@ fn hexnum(v: &Value) -> u64 {
 impl Proxy {
     /// Forwards to `upstream`, refusing `eth_getLogs` spans above `max_span` blocks.
     pub fn start(upstream: String, max_span: u64) -> Self {
+        Self::start_with(upstream, max_span, true)
+    }
+
+    /// As [`Proxy::start`]; `faults` enables the periodic 429/503 answers.
+    pub fn start_with(upstream: String, max_span: u64, faults: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, st) = (counters.clone(), stop.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let (c, st, dn) = (counters.clone(), stop.clone(), down.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (c, upstream) = (c.clone(), upstream.clone());
+                let (c, upstream, dn) = (c.clone(), upstream.clone(), dn.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, max_span, &c);
+                    let _ = serve(conn, &upstream, max_span, &c, faults, &dn);
                 });
             }
         });
-        Self { url, counters, stop }
+        Self { url, counters, down, stop }
     }
 }
 
@@ -63,6 +72,8 @@ fn serve(
     upstream: &str,
     max_span: u64,
     c: &Counters,
+    faults: bool,
+    down: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(conn.try_clone()?);
     let mut w = conn;
@@ -78,10 +89,13 @@ fn serve(
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         let n = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let (status, reply): (&str, Vec<u8>) = if n.is_multiple_of(11) {
+        let (status, reply): (&str, Vec<u8>) = if down.load(Ordering::Relaxed) {
+            c.refused_while_down.fetch_add(1, Ordering::Relaxed);
+            ("503 Service Unavailable", b"node down".to_vec())
+        } else if faults && n.is_multiple_of(11) {
             c.throttled.fetch_add(1, Ordering::Relaxed);
             ("429 Too Many Requests", b"{\"message\":\"slow down\"}".to_vec())
-        } else if n.is_multiple_of(17) {
+        } else if faults && n.is_multiple_of(17) {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"upstream busy".to_vec())
         } else {

@@ -267,3 +267,59 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
         assert_eq!(got, want, "logs of block {n}");
     }
 }
+
+#[test]
+fn the_tail_catches_up_without_gaps_after_the_node_was_unreachable() {
+    let net = Devnet::small();
+    let proxy = crate::proxy::Proxy::start_with(net.url.clone(), u64::MAX, false);
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut args = s(&[
+        "run",
+        "--data",
+        "data",
+        "--poll-interval-ms",
+        "20",
+        "--compact-interval-secs",
+        "0",
+        "--confirmations",
+        "4",
+        "--compact-blocks",
+        "2",
+        "--rpc",
+        &proxy.url,
+        "--uniswap-v3-factory",
+        &net.factory(),
+        "--uniswap-v3-position-manager",
+        &net.position_manager(),
+    ]);
+    let child = t
+        .cmd()
+        .env("TIDEWATER_LOG", "info")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&t, 0);
+    warm_up(&net, &mut rng);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..8 {
+        swap(&net, &mut rng);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    let refused = proxy.counters.refused_while_down.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        refused > 0,
+        "the tail sent nothing while the node was down: the outage was not exercised"
+    );
+    for _ in 0..3 {
+        swap(&net, &mut rng);
+    }
+    mine(&net, 5);
+    wait_for_checkpoint(&t, net.head() - 4);
+    stop(child);
+    assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+}
