@@ -274,7 +274,7 @@ fn the_tail_catches_up_without_gaps_after_the_node_was_unreachable() {
     let proxy = crate::proxy::Proxy::start_with(net.url.clone(), u64::MAX, false);
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut args = s(&[
+    let args = s(&[
         "run",
         "--data",
         "data",
