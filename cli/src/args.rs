@@ -174,6 +174,9 @@ pub(crate) struct TailArgs {
     /// Compact confirmed blocks at least this often, in seconds
     #[arg(long, default_value = "30")]
     pub(crate) compact_interval_secs: u64,
+    /// Merge cold chunks per this many blocks (one file per table per cell, as a backfill writes)
+    #[arg(long, default_value = "1000")]
+    pub(crate) merge_blocks: u64,
     /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout
     #[arg(long)]
     pub(crate) print_updates: bool,

@@ -197,6 +197,7 @@ pub(crate) async fn run(
         compact_blocks: t.compact_blocks.max(1),
         compact_interval: Duration::from_secs(t.compact_interval_secs),
         start_block: from,
+        merge_blocks: t.merge_blocks.max(1),
     });
     // The backfill's last block: --to, or the watermark when a tail takes over.
     let backfill_to = match (&tail, &tail_cfg) {

@@ -248,7 +248,12 @@ impl DatasetWriter {
                 tracing::info!(removed, "removed temp files of an interrupted writer");
             }
         }
-        let manifest = Manifest::load(root)?;
+        let mut manifest = Manifest::load(root)?;
+        let superseded = manifest.take_superseded();
+        if !superseded.is_empty() && shard.is_none() {
+            tracing::info!(entries = superseded.len(), "finishing an interrupted merge");
+            manifest.remove_entries(root, &superseded)?;
+        }
         Ok(Self { root: root.to_path_buf(), manifest, _locks: locks })
     }
 
@@ -272,6 +277,61 @@ impl DatasetWriter {
     /// chunk), for a reorg deeper than the watermark. Blocking I/O.
     pub fn rollback(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
         self.manifest.rollback(&self.root, keep_through)
+    }
+
+    /// Merges the committed chunks inside `[start, end]` into one chunk (one file per table), so
+    /// a tail's small commits end up with a backfill's file sizes. Does nothing unless at least
+    /// two chunks lie inside, the last ends at `end` and they leave no gap. Blocking I/O and CPU.
+    pub fn merge(&mut self, start: u64, end: u64) -> Result<Option<ChunkEntry>> {
+        let parts: Vec<ChunkEntry> = self
+            .manifest
+            .chunks()
+            .iter()
+            .filter(|c| start <= c.start && c.end <= end)
+            .cloned()
+            .collect();
+        let contiguous = parts.last().is_some_and(|c| c.end == end)
+            && parts.windows(2).all(|w| w[0].end + 1 == w[1].start);
+        if parts.len() < 2 || !contiguous {
+            return Ok(None);
+        }
+        let start = parts[0].start;
+        let mut tables: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+        for c in &parts {
+            for (table, f) in &c.tables {
+                tables
+                    .entry(table.clone())
+                    .or_default()
+                    .extend(crate::parquet_io::read_parquet(&self.root.join(&f.path))?);
+            }
+        }
+        let mut files = BTreeMap::new();
+        for (table, batches) in tables {
+            let schema = batches[0].schema();
+            let batch = arrow::compute::concat_batches(&schema, &batches)
+                .map_err(|e| Error::Parquet { path: PathBuf::from(&table), source: e.into() })?;
+            let rel = format!("{table}/{start:012}-{end:012}.parquet");
+            let bytes = encode_parquet(&table, &batch)?;
+            write_atomic(&self.root.join(&rel), &bytes)?;
+            files.insert(
+                table,
+                FileEntry {
+                    path: rel,
+                    rows: batch.num_rows() as u64,
+                    bytes: bytes.len() as u64,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                },
+            );
+        }
+        let merged = ChunkEntry {
+            start,
+            end,
+            first_block_hash: parts[0].first_block_hash.clone(),
+            last_block_hash: parts[parts.len() - 1].last_block_hash.clone(),
+            tables: files,
+        };
+        self.manifest.replace(&self.root, merged.clone())?;
+        Ok(Some(merged))
     }
 
     /// Commits a chunk: every file durably in place, then the manifest entry (the commit

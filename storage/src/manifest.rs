@@ -54,6 +54,8 @@ impl ChunkEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
     chunks: Vec<ChunkEntry>,
+    /// Entries covered by a merged entry, left by an interrupted merge (to clean up).
+    superseded: Vec<ChunkEntry>,
 }
 
 impl Manifest {
@@ -75,7 +77,18 @@ impl Manifest {
                 chunks.push(c);
             }
         }
-        chunks.sort_by_key(|c| c.start);
+        // A merged entry supersedes the entries it covers (a crash between writing the merged
+        // entry and removing the old ones leaves both): keep the widest.
+        chunks.sort_by_key(|c| (c.start, std::cmp::Reverse(c.end)));
+        let mut kept: Vec<ChunkEntry> = Vec::with_capacity(chunks.len());
+        let mut superseded = Vec::new();
+        for c in chunks {
+            match kept.last() {
+                Some(k) if k.start <= c.start && c.end <= k.end => superseded.push(c),
+                _ => kept.push(c),
+            }
+        }
+        let chunks = kept;
         for w in chunks.windows(2) {
             if w[1].start <= w[0].end {
                 return Err(Error::Corrupt {
@@ -87,7 +100,7 @@ impl Manifest {
                 });
             }
         }
-        Ok(Self { chunks })
+        Ok(Self { chunks, superseded })
     }
 
     /// Committed chunks in block order.
@@ -169,6 +182,48 @@ impl Manifest {
         Ok(removed)
     }
 
+    /// Removes entries (files first are kept by callers' choice): the manifest entry files of
+    /// `entries`, then their data files unless a kept chunk still lists the same path.
+    pub(crate) fn remove_entries(&self, root: &Path, entries: &[ChunkEntry]) -> Result<()> {
+        for c in entries {
+            let entry = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
+            if let Err(e) = std::fs::remove_file(&entry) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::Io { op: "removing", path: entry, source: e });
+                }
+            }
+        }
+        crate::files::sync_dir(&root.join(MANIFEST_DIR))?;
+        let live: std::collections::HashSet<&str> =
+            self.chunks.iter().flat_map(|c| c.tables.values().map(|f| f.path.as_str())).collect();
+        for c in entries {
+            for f in c.tables.values().filter(|f| !live.contains(f.path.as_str())) {
+                let _ = std::fs::remove_file(root.join(&f.path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries superseded by a merged entry (left by an interrupted merge).
+    pub(crate) fn take_superseded(&mut self) -> Vec<ChunkEntry> {
+        std::mem::take(&mut self.superseded)
+    }
+
+    /// Replaces the chunks inside `[merged.start, merged.end]` with `merged`, durably: the merged
+    /// entry is written first (it supersedes the others on load), then the old entries go.
+    pub(crate) fn replace(&mut self, root: &Path, merged: ChunkEntry) -> Result<()> {
+        let path = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(merged.start, merged.end));
+        let bytes = serde_json::to_vec_pretty(&merged)
+            .map_err(|source| Error::Json { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)?;
+        let (old, keep): (Vec<ChunkEntry>, Vec<ChunkEntry>) =
+            self.chunks.drain(..).partition(|c| merged.start <= c.start && c.end <= merged.end);
+        self.chunks = keep;
+        let at = self.chunks.partition_point(|c| c.start < merged.start);
+        self.chunks.insert(at, merged);
+        self.remove_entries(root, &old)
+    }
+
     /// Records a committed chunk durably, then in memory.
     pub(crate) fn commit(&mut self, root: &Path, entry: ChunkEntry) -> Result<()> {
         if let Some(o) = self.overlapping(entry.start, entry.end) {
@@ -205,7 +260,7 @@ mod tests {
 
     #[test]
     fn gaps_fill_around_committed_chunks() {
-        let m = Manifest { chunks: vec![chunk(10, 19), chunk(30, 39)] };
+        let m = Manifest { chunks: vec![chunk(10, 19), chunk(30, 39)], superseded: vec![] };
         assert_eq!(m.gaps(0, 50), vec![(0, 9), (20, 29), (40, 50)]);
         assert_eq!(m.gaps(10, 19), vec![]);
         assert_eq!(m.gaps(15, 35), vec![(20, 29)]);

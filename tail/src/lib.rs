@@ -47,6 +47,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub const DEFAULT_CONFIRMATIONS: u64 = 64;
 /// Confirmed blocks gathered before a compaction commit (one Parquet file per table).
 pub const DEFAULT_COMPACT_BLOCKS: u64 = 100;
+/// Cold chunks are merged per this many blocks, matching the backfill's default chunk size so
+/// the cold tier has one file per table per 1000 blocks however it was written.
+pub const DEFAULT_MERGE_BLOCKS: u64 = 1_000;
 /// Longest a confirmed block waits in the hot buffer before it is compacted anyway.
 pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -102,6 +105,8 @@ pub struct TailConfig {
     pub compact_interval: Duration,
     /// First block when the dataset is empty.
     pub start_block: u64,
+    /// Blocks per merged cold chunk.
+    pub merge_blocks: u64,
 }
 
 impl Default for TailConfig {
@@ -112,6 +117,7 @@ impl Default for TailConfig {
             compact_blocks: DEFAULT_COMPACT_BLOCKS,
             compact_interval: DEFAULT_COMPACT_INTERVAL,
             start_block: 0,
+            merge_blocks: DEFAULT_MERGE_BLOCKS,
         }
     }
 }
@@ -426,7 +432,20 @@ impl Tail {
         {
             return Ok(());
         }
-        let blocks = st.hot.drain_through(watermark);
+        // Commits never cross a merge cell, so each complete cell can be merged whole.
+        let m = self.cfg.merge_blocks.max(1);
+        loop {
+            let first = st.hot.iter().next().map(|b| b.header.number);
+            let Some(first) = first.filter(|n| *n <= watermark) else { break };
+            let cell_end = (first / m + 1) * m - 1;
+            self.compact_through(st, watermark.min(cell_end), cell_end).await?;
+        }
+        Ok(())
+    }
+
+    async fn compact_through(&self, st: &mut State, through: u64, cell_end: u64) -> Result<()> {
+        let m = self.cfg.merge_blocks.max(1);
+        let blocks = st.hot.drain_through(through);
         let range =
             BlockRange::new(blocks[0].header.number, blocks[blocks.len() - 1].header.number);
         let data = RangeData {
@@ -441,8 +460,17 @@ impl Tail {
         });
         let (commit, _rows) = rx.await.map_err(|_| Error::EncoderGone { range })??;
         let writer = st.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            writer.lock().expect("invariant: writer lock not poisoned").commit(commit)
+        let end = range.end;
+        tokio::task::spawn_blocking(move || -> tidewater_storage::Result<()> {
+            let mut w = writer.lock().expect("invariant: writer lock not poisoned");
+            w.commit(commit)?;
+            // This commit completed its cell: merge the cell's small commits into one chunk.
+            if end == cell_end {
+                if let Some(merged) = w.merge(cell_end + 1 - m, cell_end)? {
+                    tracing::info!(start = merged.start, end = merged.end, "merged cold chunks");
+                }
+            }
+            Ok(())
         })
         .await??;
         let last = blocks.last().expect("invariant: drained at least one block");

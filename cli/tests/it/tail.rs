@@ -149,7 +149,11 @@ fn reorgs_and_kill_9_restarts_end_equal_to_a_fresh_backfill() {
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let conf = "6";
-    let mut child = start_tail(&t, &net, &["--confirmations", conf, "--compact-blocks", "3"]);
+    let mut child = start_tail(
+        &t,
+        &net,
+        &["--confirmations", conf, "--compact-blocks", "3", "--merge-blocks", "10"],
+    );
     warm_up(&net, &mut rng);
     let (mut reorgs, mut kills) = (0, 0);
     let mut logs = String::new();
@@ -159,7 +163,11 @@ fn reorgs_and_kill_9_restarts_end_equal_to_a_fresh_backfill() {
             child.kill().unwrap(); // SIGKILL, at whatever the tail was doing
             logs.push_str(&String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr));
             kills += 1;
-            child = start_tail(&t, &net, &["--confirmations", conf, "--compact-blocks", "3"]);
+            child = start_tail(
+                &t,
+                &net,
+                &["--confirmations", conf, "--compact-blocks", "3", "--merge-blocks", "10"],
+            );
         } else if x < 0.5 {
             swap(&net, &mut rng);
         } else if x < 0.85 {
@@ -204,8 +212,19 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
     let net = Devnet::small();
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let child =
-        start_tail(&t, &net, &["--confirmations", "8", "--compact-blocks", "4", "--print-updates"]);
+    let child = start_tail(
+        &t,
+        &net,
+        &[
+            "--confirmations",
+            "8",
+            "--compact-blocks",
+            "2",
+            "--merge-blocks",
+            "10",
+            "--print-updates",
+        ],
+    );
     // The backfill's commit means the tail is about to follow the head.
     wait_for_checkpoint(&t, 0);
     std::thread::sleep(Duration::from_millis(300));
@@ -222,7 +241,7 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
     let head = net.head();
     // Poll interval is 20 ms: 1.5 s is ample for the tail to see the final head.
     std::thread::sleep(Duration::from_millis(1500));
-    let (stdout, _) = stop(child);
+    let (stdout, stderr) = stop(child);
     let mut folded: BTreeMap<u64, (String, Vec<Value>)> = BTreeMap::new();
     let mut reverted = 0;
     for line in stdout.lines() {
@@ -245,6 +264,22 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
         }
     }
     assert!(reverted > 0, "no revert was published");
+    // Small tail commits were merged: at most one chunk per complete cell of 10 blocks.
+    let ds = tidewater_storage::Dataset::open(&t.path("data")).unwrap();
+    let chunks = ds.manifest().chunks();
+    let cp = chunks.last().unwrap().end;
+    let tail_chunks: Vec<_> = chunks.iter().skip(1).collect();
+    assert!(tail_chunks.len() >= 2, "the tail committed too little to check merging");
+    for w in tail_chunks.windows(2) {
+        let cell = w[0].end / 10;
+        let complete = (cell + 1) * 10 - 1 <= cp;
+        assert!(
+            !(complete && w[1].start / 10 == cell && w[0].start / 10 == cell),
+            "cell {cell} was not merged: {:?}\n{stderr}",
+            chunks.iter().map(|c| (c.start, c.end)).collect::<Vec<_>>()
+        );
+    }
+    assert!(stderr.contains("merged cold chunks"), "no merge happened:\n{stderr}");
     let mut addresses = vec![net.factory(), net.position_manager()];
     addresses.extend(net.pools());
     for n in first..=head {
