@@ -390,3 +390,95 @@ fn take_locks(root: &Path, shard: Option<Shard>) -> Result<Vec<File>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::UInt64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn schemas() -> BTreeMap<String, SchemaRef> {
+        let s = Arc::new(Schema::new(vec![Field::new("block_number", DataType::UInt64, false)]));
+        BTreeMap::from([("t".to_string(), s)])
+    }
+
+    fn chunk(start: u64, end: u64) -> ChunkCommit {
+        let s = schemas()["t"].clone();
+        let b = RecordBatch::try_new(s, vec![Arc::new(UInt64Array::from_iter_values(start..=end))])
+            .unwrap();
+        let bytes = encode_parquet("t", &b).unwrap();
+        ChunkCommit {
+            start,
+            end,
+            first_block_hash: format!("h{start}"),
+            last_block_hash: format!("h{end}"),
+            files: BTreeMap::from([("t".to_string(), (bytes, end - start + 1))]),
+        }
+    }
+
+    fn open(dir: &Path) -> DatasetWriter {
+        let id = Identity::new(1, "g".into(), serde_json::json!({}), vec!["t".into()]);
+        DatasetWriter::open(dir, &id, &schemas(), None).unwrap()
+    }
+
+    #[test]
+    fn merge_replaces_small_chunks_and_survives_an_interrupted_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        for (s, e) in [(0, 3), (4, 6), (7, 9)] {
+            w.commit(chunk(s, e)).unwrap();
+        }
+        let merged = w.merge(0, 9).unwrap().unwrap();
+        assert_eq!((merged.start, merged.end, merged.rows("t")), (0, 9, 10));
+        assert_eq!(w.manifest().chunks().len(), 1);
+        let ds = Dataset::open(dir.path()).unwrap();
+        assert!(ds.verify().is_empty());
+        assert_eq!(ds.files("t").len(), 1);
+
+        // A merge interrupted after its entry was written: old entries still on disk.
+        w.commit(chunk(10, 12)).unwrap();
+        w.commit(chunk(13, 19)).unwrap();
+        let stale: Vec<_> = w.manifest().chunks()[1..].to_vec();
+        w.merge(10, 19).unwrap().unwrap();
+        drop(w);
+        for c in &stale {
+            let p =
+                dir.path().join(crate::MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
+            std::fs::write(p, serde_json::to_vec(c).unwrap()).unwrap();
+        }
+        let m = Manifest::load(dir.path()).unwrap();
+        assert_eq!(
+            m.chunks().iter().map(|c| (c.start, c.end)).collect::<Vec<_>>(),
+            [(0, 9), (10, 19)]
+        );
+        let w = open(dir.path());
+        assert_eq!(w.manifest().rows("t"), 20);
+        let entries = std::fs::read_dir(dir.path().join(crate::MANIFEST_DIR)).unwrap().count();
+        assert_eq!(entries, 2, "superseded entries are cleaned up on open");
+    }
+
+    #[test]
+    fn rollback_removes_chunks_after_the_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        for (s, e) in [(0, 3), (4, 6), (7, 9)] {
+            w.commit(chunk(s, e)).unwrap();
+        }
+        let removed = w.rollback(Some(5)).unwrap();
+        assert_eq!(removed.iter().map(|c| c.start).collect::<Vec<_>>(), [4, 7]);
+        assert_eq!(Manifest::load(dir.path()).unwrap().gaps(0, 9), vec![(4, 9)]);
+        assert!(!dir.path().join("t/000000000007-000000000009.parquet").exists());
+        w.rollback(None).unwrap();
+        assert!(Manifest::load(dir.path()).unwrap().chunks().is_empty());
+    }
+
+    #[test]
+    fn a_second_writer_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let _w = open(dir.path());
+        let id = Identity::new(1, "g".into(), serde_json::json!({}), vec!["t".into()]);
+        let err = DatasetWriter::open(dir.path(), &id, &schemas(), None).unwrap_err();
+        assert!(err.is_usage(), "{err}");
+    }
+}
