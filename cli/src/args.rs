@@ -25,8 +25,9 @@ pub(crate) enum Command {
     Tail(Box<RunArgs>),
     /// Run SQL (DuckDB) over every table of a data directory.
     Sql(SqlArgs),
-    /// Show what a data directory holds: chunks, coverage, rows per table.
-    Status(DataArgs),
+    /// Show what a data directory holds: checkpoint, coverage, gaps, rows; with --rpc, head,
+    /// watermark and lag.
+    Status(StatusArgs),
     /// Check every committed file against the manifest (size, SHA-256, Parquet footer, rows).
     Verify(DataArgs),
 }
@@ -188,4 +189,13 @@ pub(crate) struct RunArgs {
     pub(crate) source: BackfillArgs,
     #[command(flatten)]
     pub(crate) tail: TailArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    /// Also ask this node for its head and finalized block
+    #[arg(long)]
+    pub(crate) rpc: Option<String>,
 }

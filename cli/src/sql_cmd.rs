@@ -1,6 +1,6 @@
 //! `tidewater sql`, `status` and `verify`: read-only commands over a data directory.
 
-use crate::args::{DataArgs, OutputFormat, SqlArgs};
+use crate::args::{DataArgs, OutputFormat, SqlArgs, StatusArgs};
 use crate::{usage, CmdResult, Failure};
 use eyre::{eyre, WrapErr};
 use std::io::Write as _;
@@ -31,8 +31,23 @@ pub(crate) async fn sql(a: SqlArgs) -> CmdResult {
     Ok(())
 }
 
-pub(crate) async fn status(a: DataArgs) -> CmdResult {
+pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
+    let a = sa.data;
     let ds = open(&a.data)?;
+    let node = match &sa.rpc {
+        None => None,
+        Some(url) => {
+            let mut cfg = tidewater_chain::RpcConfig::new(vec![url.clone()]);
+            cfg.max_attempts = 3;
+            let rpc = tidewater_chain::RpcClient::new(cfg).wrap_err("building the HTTP client")?;
+            let head = rpc
+                .block_number()
+                .await
+                .map_err(|e| usage(eyre!(e).wrap_err(format!("cannot reach RPC {url}"))))?;
+            let finalized = rpc.header_at("finalized").await.ok().flatten().map(|h| h.number);
+            Some((head, finalized))
+        }
+    };
     let m = ds.manifest();
     let coverage: Vec<(u64, u64)> =
         m.chunks().iter().fold(Vec::new(), |mut acc: Vec<(u64, u64)>, c| {
@@ -42,11 +57,20 @@ pub(crate) async fn status(a: DataArgs) -> CmdResult {
             }
             acc
         });
+    let gaps = match (m.chunks().first(), m.last()) {
+        (Some(f), Some(l)) => m.gaps(f.start, l.end),
+        _ => vec![],
+    };
+    let checkpoint = m.last().map(|c| c.end);
     let rows: std::collections::BTreeMap<&str, u64> =
         ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
     if a.json {
         let v = serde_json::json!({
             "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
+            "gaps": gaps,
+            "head": node.map(|n| n.0),
+            "finalized": node.and_then(|n| n.1),
+            "lag_blocks": node.and_then(|n| checkpoint.map(|c| n.0.saturating_sub(c))),
             "chain_id": ds.identity().chain_id,
             "genesis_hash": ds.identity().genesis_hash,
             "chunks": m.chunks().len(),
@@ -62,6 +86,15 @@ pub(crate) async fn status(a: DataArgs) -> CmdResult {
         }
         for (s, e) in &coverage {
             println!("  blocks [{s}, {e}]");
+        }
+        for (s, e) in &gaps {
+            println!("  gap [{s}, {e}]");
+        }
+        if let Some((head, finalized)) = node {
+            println!(
+                "node head {head}, finalized {finalized:?}, lag {:?} blocks",
+                checkpoint.map(|c| head.saturating_sub(c))
+            );
         }
         for (t, n) in rows {
             println!("  {t:<20} {n:>10} rows");

@@ -204,6 +204,13 @@ fn a_reorg_deeper_than_the_watermark_is_repaired() {
     let (_, stderr) = stop(child);
     assert!(stderr.contains("deep reorg"), "the deep reorg was not reported:\n{stderr}");
     assert!(checkpoint(&t).unwrap() >= before);
+    let status: Value =
+        serde_json::from_str(&t.ok(&s(&["status", "--data", "data", "--json", "--rpc", &net.url])))
+            .unwrap();
+    assert_eq!(status["checkpoint"]["block_number"].as_u64(), checkpoint(&t));
+    assert_eq!(status["head"].as_u64(), Some(net.head()));
+    assert_eq!(status["gaps"], json!([]));
+    assert_eq!(status["lag_blocks"].as_u64(), Some(net.head() - checkpoint(&t).unwrap()));
     assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
 }
 
