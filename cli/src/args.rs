@@ -112,7 +112,7 @@ pub(crate) struct BackfillArgs {
     /// RPC requests per second per provider [default: unlimited]
     #[arg(long)]
     pub(crate) rps: Option<f64>,
-    /// Blocks per chunk (one Parquet file per table per chunk) [default: 1000]
+    /// Blocks per chunk (one Parquet file per table per chunk) [default: 500]
     #[arg(long)]
     pub(crate) chunk_size: Option<u64>,
     /// Chunks fetched and encoded at once [default: 4]
@@ -176,7 +176,7 @@ pub(crate) struct TailArgs {
     #[arg(long, default_value = "30")]
     pub(crate) compact_interval_secs: u64,
     /// Merge cold chunks per this many blocks (one file per table per cell, as a backfill writes)
-    #[arg(long, default_value = "1000")]
+    #[arg(long, default_value = "500")]
     pub(crate) merge_blocks: u64,
     /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout
     #[arg(long)]

@@ -48,8 +48,8 @@ pub const DEFAULT_CONFIRMATIONS: u64 = 64;
 /// Confirmed blocks gathered before a compaction commit (one Parquet file per table).
 pub const DEFAULT_COMPACT_BLOCKS: u64 = 100;
 /// Cold chunks are merged per this many blocks, matching the backfill's default chunk size so
-/// the cold tier has one file per table per 1000 blocks however it was written.
-pub const DEFAULT_MERGE_BLOCKS: u64 = 1_000;
+/// the cold tier has one file per table per 500 blocks however it was written.
+pub const DEFAULT_MERGE_BLOCKS: u64 = 500;
 /// Longest a confirmed block waits in the hot buffer before it is compacted anyway.
 pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(30);
 
