@@ -15,16 +15,21 @@ anvil=$!
 work=$(mktemp -d)
 trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT
 sleep 2
-python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work" "${BENCH_BLOCKS:-200}" "${BENCH_POLL_MS:-10}" <<'PY'
+for mode in "poll:${BENCH_POLL_MS:-250}" "ws"; do
+python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work/$mode" "${BENCH_BLOCKS:-200}" "$mode" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request, statistics, resource
-binary, url, deploy, work, n_blocks, poll = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+binary, url, deploy, work, n_blocks, mode = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+if mode == "ws":
+    follow = ["--ws", url.replace("http://", "ws://"), "--poll-interval-ms", "60000"]
+else:
+    follow = ["--poll-interval-ms", mode.split(":")[1]]
 def rpc(method, params):
     req = urllib.request.Request(url, json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(), {"content-type": "application/json"})
     r = json.load(urllib.request.urlopen(req))
     if "error" in r: raise RuntimeError(r["error"])
     return r["result"]
 p = subprocess.Popen([binary, "run", "--rpc", url, "--data", f"{work}/data", "--confirmations", "20",
-    "--poll-interval-ms", poll, "--print-updates", "--uniswap-v3-factory", deploy["factory"],
+    *follow, "--print-updates", "--uniswap-v3-factory", deploy["factory"],
     "--uniswap-v3-position-manager", deploy["position_manager"]], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 seen = {}
 def reader():
@@ -62,7 +67,8 @@ for depth in (1, 10):
 p.terminate(); p.wait()
 lat.sort()
 q = lambda x: lat[min(len(lat) - 1, int(x * len(lat)))]
-print(f"poll interval {poll} ms, {n_blocks} blocks")
+print(f"mode {mode}, {n_blocks} blocks")
 print(f"mined -> pending in hot buffer: p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms")
 print(f"reorg handled (anvil_reorg returns -> new tip published): depth 1 {reorg[1]:.1f} ms, depth 10 {reorg[10]:.1f} ms (median of 5)")
 PY
+done

@@ -163,6 +163,9 @@ pub(crate) struct DataArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
+    /// WebSocket URL for newHeads notifications (polling stays on as the fallback)
+    #[arg(long)]
+    pub(crate) ws: Option<String>,
     /// Poll the node for new heads every this many milliseconds
     #[arg(long, default_value = "250")]
     pub(crate) poll_interval_ms: u64,

@@ -159,6 +159,13 @@ pub(crate) async fn run(
     log_writer: LogWriter,
 ) -> CmdResult {
     let mut plan = resolve(&a)?;
+    if let Some(ws) = tail.as_ref().and_then(|(_, t)| t.ws.as_deref()) {
+        if !ws.starts_with("ws://") {
+            return Err(usage(eyre!(
+                "--ws {ws:?} must start with ws:// (wss:// is not supported yet)"
+            )));
+        }
+    }
     let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
     if let Some(c) = plan.concurrency {
         rpc_cfg.concurrency = c;
@@ -198,6 +205,7 @@ pub(crate) async fn run(
         compact_interval: Duration::from_secs(t.compact_interval_secs),
         start_block: from,
         merge_blocks: t.merge_blocks.max(1),
+        ws: t.ws.clone(),
     });
     // The backfill's last block: --to, or the watermark when a tail takes over.
     let backfill_to = match (&tail, &tail_cfg) {

@@ -1,6 +1,7 @@
 //! # tidewater-tail
 //!
-//! Owns the chain head: follows new blocks (HTTP polling), keeps unconfirmed blocks in a
+//! Owns the chain head: follows new blocks (WebSocket `newHeads` when given, HTTP polling
+//! always as the fallback), keeps unconfirmed blocks in a
 //! [`HotBuffer`], detects reorgs by parent hash and rolls the buffer back to the common
 //! ancestor, compacts blocks at or below the confirmed watermark into the cold Parquet tables,
 //! and publishes every change on a bus as [`ChainUpdate`]s. It does not own historical ranges.
@@ -22,6 +23,7 @@
 //! from it, re-verifies its hash against the node, and refetches the unconfirmed window.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod heads;
 mod hot;
 
 pub use hot::{ChainUpdate, HotBlock, HotBuffer, NotLinked};
@@ -107,6 +109,8 @@ pub struct TailConfig {
     pub start_block: u64,
     /// Blocks per merged cold chunk.
     pub merge_blocks: u64,
+    /// WebSocket URL for `newHeads` notifications; polling only when absent.
+    pub ws: Option<String>,
 }
 
 impl Default for TailConfig {
@@ -118,6 +122,7 @@ impl Default for TailConfig {
             compact_interval: DEFAULT_COMPACT_INTERVAL,
             start_block: 0,
             merge_blocks: DEFAULT_MERGE_BLOCKS,
+            ws: None,
         }
     }
 }
@@ -217,6 +222,14 @@ impl Tail {
         self.verify_checkpoint(&mut st).await?;
         st.pools = self.discover(&st).await?;
         tracing::info!(checkpoint = ?st.checkpoint.map(|c| c.0), pools = st.pools.len(), "tail started");
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _heads = self.cfg.ws.clone().map(|url| {
+            tidewater_chain::SpawnedTask::spawn(heads::watch_heads(
+                url,
+                wake.clone(),
+                cancel.child_token(),
+            ))
+        });
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let wait = match self.step(&mut st).await {
@@ -240,6 +253,7 @@ impl Tail {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
             }
         }
         Ok(())

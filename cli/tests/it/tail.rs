@@ -104,10 +104,14 @@ fn checkpoint(t: &TestCommand) -> Option<u64> {
 
 /// Waits until the tail has compacted everything at or below `block`.
 fn wait_for_checkpoint(t: &TestCommand, block: u64) {
+    wait_for_checkpoint_within(t, block, Duration::from_secs(60));
+}
+
+fn wait_for_checkpoint_within(t: &TestCommand, block: u64, limit: Duration) {
     let start = Instant::now();
     while checkpoint(t).is_none_or(|c| c < block) {
         assert!(
-            start.elapsed() < Duration::from_secs(60),
+            start.elapsed() < limit,
             "the tail did not reach block {block}: at {:?}",
             checkpoint(t)
         );
@@ -363,5 +367,41 @@ fn the_tail_catches_up_without_gaps_after_the_node_was_unreachable() {
     mine(&net, 5);
     wait_for_checkpoint(&t, net.head() - 4);
     stop(child);
+    assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+}
+
+#[test]
+fn new_heads_over_websocket_wake_the_tail() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let ws = net.url.replace("http://", "ws://");
+    // Polling every 10 minutes: only the newHeads subscription can make the tail move in time.
+    let child = t
+        .cmd()
+        .env("TIDEWATER_LOG", "info")
+        .args(s(&[
+            "run",
+            "--data",
+            "data",
+            "--poll-interval-ms",
+            "600000",
+            "--compact-interval-secs",
+            "0",
+        ]))
+        .args(net.uniswap_flags())
+        .args(s(&["--confirmations", "2", "--compact-blocks", "1", "--ws", &ws]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&t, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..6 {
+        swap(&net, &mut rng);
+    }
+    wait_for_checkpoint_within(&t, net.head() - 2, Duration::from_secs(20));
+    let (_, stderr) = stop(child);
+    assert!(stderr.contains("subscribed to newHeads"), "{stderr}");
     assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
 }
