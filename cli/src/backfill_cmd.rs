@@ -300,7 +300,9 @@ pub(crate) async fn run(
     }
     let (Some((_, targs)), Some(cfg)) = (tail, tail_cfg) else { return Ok(()) };
     let follower = Tail::new(rpc, plan.sources.clone(), chain_id, cfg).map_err(usage)?;
-    let mut updates = follower.subscribe();
+    // Subscribe only when printing: a receiver nobody reads would hold the bus's last
+    // BUS_CAPACITY updates (blocks with their logs) in memory.
+    let mut updates = targs.print_updates.then(|| follower.subscribe());
     let run = follower.run(dataset, cancel.clone());
     tokio::pin!(run);
     let mut stdout = std::io::stdout().lock();
@@ -310,7 +312,7 @@ pub(crate) async fn run(
                 r.wrap_err("tail")?;
                 return Ok(());
             }
-            u = updates.recv(), if targs.print_updates => {
+            u = async { updates.as_mut().expect("invariant: guarded by print_updates").recv().await }, if targs.print_updates => {
                 match u {
                     Ok(u) => print_update(&mut stdout, &u)?,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
