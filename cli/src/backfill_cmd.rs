@@ -336,6 +336,7 @@ fn print_update(out: &mut impl std::io::Write, u: &ChainUpdate) -> eyre::Result<
             "block_number": b.header.number,
             "block_hash": b.header.hash,
             "logs": b.logs.iter().map(|l| serde_json::json!([l.log_index, l.transaction_hash, l.address])).collect::<Vec<_>>(),
+            "events": b.events.iter().map(|(t, batch)| (t.clone(), batch.num_rows())).collect::<std::collections::BTreeMap<_, _>>(),
         }),
         ChainUpdate::Confirmed { number, hash } => {
             serde_json::json!({"status": "confirmed", "block_number": number, "block_hash": hash})

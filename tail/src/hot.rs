@@ -1,21 +1,25 @@
 //! The hot buffer: unconfirmed blocks above the checkpoint, each linked to the one before by
 //! parent hash, and the update events a consumer folds.
 
-use std::collections::VecDeque;
+use arrow::record_batch::RecordBatch;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tidewater_chain::{Header, Log, B256};
 
 /// One unconfirmed block with the watched logs it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HotBlock {
     /// The header.
     pub header: Header,
     /// Watched logs, ordered by log index.
     pub logs: Vec<Log>,
+    /// The block's decoded events, one batch per table that has rows (same schemas as the cold
+    /// tables), so consumers fold typed events without decoding again.
+    pub events: BTreeMap<String, RecordBatch>,
 }
 
 /// What happened to the chain, in an order a consumer can fold: reverts come newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ChainUpdate {
     /// A block joined the canonical chain (unconfirmed).
     Applied(Arc<HotBlock>),
@@ -122,6 +126,7 @@ mod tests {
                 logs_bloom: Bloom::ZERO,
             },
             logs: vec![],
+            events: BTreeMap::new(),
         })
     }
 

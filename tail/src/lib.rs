@@ -347,7 +347,15 @@ impl Tail {
                 st.pools.extend_from_logs(u.factory, &logs);
             }
             if st.pools.len() == before {
-                return Ok(HotBlock { header, logs });
+                let pools = &st.pools;
+                let events =
+                    tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
+                        pools.is_pool_at(a, b)
+                    })?
+                    .into_iter()
+                    .filter(|(_, b)| b.num_rows() > 0)
+                    .collect();
+                return Ok(HotBlock { header, logs, events });
             }
         }
     }

@@ -254,6 +254,7 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
     std::thread::sleep(Duration::from_millis(1500));
     let (stdout, stderr) = stop(child);
     let mut folded: BTreeMap<u64, (String, Vec<Value>)> = BTreeMap::new();
+    let mut updates_by_hash: BTreeMap<String, Value> = BTreeMap::new();
     let mut reverted = 0;
     for line in stdout.lines() {
         let u: Value = serde_json::from_str(line).unwrap();
@@ -262,6 +263,7 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
         match u["status"].as_str().unwrap() {
             "pending" => {
                 assert!(!folded.contains_key(&n), "block {n} applied twice without a revert");
+                updates_by_hash.insert(hash.clone(), u["events"].clone());
                 folded.insert(n, (hash, u["logs"].as_array().unwrap().clone()));
             }
             "reverted" => {
@@ -311,6 +313,14 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
             .map(|l| (l[0].as_u64().unwrap(), l[1].as_str().unwrap().to_string()))
             .collect();
         assert_eq!(got, want, "logs of block {n}");
+        // The block's decoded events: one Swap per swap log of a pool.
+        let swaps_in_block = want.len() as u64;
+        let events = &updates_by_hash[hash.as_str()];
+        assert_eq!(
+            events["swaps"].as_u64().unwrap_or(0),
+            swaps_in_block,
+            "decoded swaps of block {n}"
+        );
     }
 }
 
