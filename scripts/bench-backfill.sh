@@ -12,17 +12,13 @@ conc="${BENCH_CONCURRENCY:-16}"
 scripts/install.sh
 cargo build --release -q -p tidewater -p tidewater-chain --example rpc_ceiling
 chain="$(scripts/devnet.sh build "$preset")"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 scripts/devnet.sh start "$preset" "$port" &
 anvil=$!
 work=$(mktemp -d)
 trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT
 url="http://127.0.0.1:$port"
-for _ in $(seq 1 600); do
-  curl -sf -X POST -H 'content-type: application/json' \
-    --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$url" >/dev/null && break
-  sleep 0.1
-done
+wait_rpc "$url"
 head=$(curl -s -X POST -H 'content-type: application/json' \
   --data '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}' "$url" | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["result"],16))')
 read -r factory npm <<<"$(python3 -c "import json;d=json.load(open('$chain/deploy.json'));print(d['factory'], d['position_manager'])")"

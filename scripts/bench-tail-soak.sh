@@ -8,13 +8,13 @@ source scripts/env.sh
 scripts/install.sh
 cargo build --release -q -p tidewater
 chain="$(scripts/devnet.sh build small)"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 work=$(mktemp -d)
 "$TIDEWATER_ANVIL" --code-size-limit 100000 --gas-limit 1000000000 --silent --port "$port" \
   --load-state "$chain/state.json" --block-time 1 &
 anvil=$!
 trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT
-sleep 2
+wait_rpc "http://127.0.0.1:$port"
 python3 - "$CARGO_TARGET_DIR/release/tidewater" "$port" "$chain/deploy.json" "$work" "${BENCH_SECONDS:-180}" "${BENCH_TXS:-200}" <<'PY'
 import json, subprocess, sys, time, urllib.request, random, os
 binary, port, deploy, work, seconds, txs = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])

@@ -9,12 +9,12 @@ source scripts/env.sh
 scripts/install.sh
 cargo build --release -q -p tidewater
 chain="$(scripts/devnet.sh build small)"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 scripts/devnet.sh start small "$port" &
 anvil=$!
 work=$(mktemp -d)
 trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT
-sleep 2
+wait_rpc "http://127.0.0.1:$port"
 for mode in "poll:${BENCH_POLL_MS:-250}" "ws"; do
 python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work/$mode" "${BENCH_BLOCKS:-200}" "$mode" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request, statistics, resource

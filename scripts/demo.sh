@@ -9,15 +9,11 @@ scripts/install.sh
 cargo build --release -p tidewater
 bin="$CARGO_TARGET_DIR/release/tidewater"
 chain="$(scripts/devnet.sh build small)"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 scripts/devnet.sh start small "$port" &
 anvil=$!
 trap 'kill $anvil 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -sf -X POST -H 'content-type: application/json' \
-    --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "http://127.0.0.1:$port" >/dev/null && break
-  sleep 0.1
-done
+wait_rpc "http://127.0.0.1:$port"
 factory=$(python3 -c "import json;print(json.load(open('$chain/deploy.json'))['factory'])")
 npm=$(python3 -c "import json;print(json.load(open('$chain/deploy.json'))['position_manager'])")
 data="${DATA:-./data}"

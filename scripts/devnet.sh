@@ -29,19 +29,6 @@ chain_dir() {
   echo "$TIDEWATER_HOME/devnet/$name-$key"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_rpc() {
-  for _ in $(seq 1 200); do
-    if curl -sf -X POST -H 'content-type: application/json' \
-      --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$1" >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "devnet: anvil did not answer at $1" >&2; return 1
-}
-
 cmd="${1:-}"; shift || true
 case "$cmd" in
   build)

@@ -10,3 +10,18 @@ export TIDEWATER_ANVIL="$TIDEWATER_TOOLS/node_modules/@foundry-rs/anvil-linux-am
 export TIDEWATER_NODE_MODULES="$TIDEWATER_TOOLS/node_modules"
 export TIDEWATER_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export TIDEWATER_BIN="$CARGO_TARGET_DIR/${TIDEWATER_PROFILE:-debug}/tidewater"
+
+# A free TCP port on loopback.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until a JSON-RPC node answers at $1 (two minutes or more: the large devnet state takes ~40 s to load).
+wait_rpc() {
+  for _ in $(seq 1 2400); do
+    if curl -sf -X POST -H 'content-type: application/json' \
+      --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$1" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "no JSON-RPC node answered at $1" >&2; return 1
+}

@@ -159,21 +159,8 @@ fn range_limiting_proxy_forces_splits_and_the_dataset_is_identical() {
     let proxy = Proxy::start(net.url.clone(), 7);
     let t = TestCommand::new();
     let head = net.head().to_string();
-    let args = s(&[
-        "backfill",
-        "--data",
-        "data",
-        "--chunk-size",
-        "100",
-        "--to",
-        &head,
-        "--rpc",
-        &proxy.url,
-        "--uniswap-v3-factory",
-        &net.factory(),
-        "--uniswap-v3-position-manager",
-        &net.position_manager(),
-    ]);
+    let mut args = s(&["backfill", "--data", "data", "--chunk-size", "100", "--to", &head]);
+    args.extend(net.uniswap_flags_via(&proxy.url));
     t.ok(&args);
     let c = &proxy.counters;
     assert!(c.range_rejections.load(Ordering::Relaxed) > 3, "the proxy forced no split");

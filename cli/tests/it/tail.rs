@@ -330,7 +330,7 @@ fn the_tail_catches_up_without_gaps_after_the_node_was_unreachable() {
     let proxy = crate::proxy::Proxy::start_with(net.url.clone(), u64::MAX, false);
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let args = s(&[
+    let mut args = s(&[
         "run",
         "--data",
         "data",
@@ -342,13 +342,8 @@ fn the_tail_catches_up_without_gaps_after_the_node_was_unreachable() {
         "4",
         "--compact-blocks",
         "2",
-        "--rpc",
-        &proxy.url,
-        "--uniswap-v3-factory",
-        &net.factory(),
-        "--uniswap-v3-position-manager",
-        &net.position_manager(),
     ]);
+    args.extend(net.uniswap_flags_via(&proxy.url));
     let child = t
         .cmd()
         .env("TIDEWATER_LOG", "info")

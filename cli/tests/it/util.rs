@@ -99,9 +99,14 @@ impl Devnet {
 
     /// The flags that point a backfill at this devnet's Uniswap V3 deployment.
     pub fn uniswap_flags(&self) -> Vec<String> {
+        self.uniswap_flags_via(&self.url)
+    }
+
+    /// [`Devnet::uniswap_flags`] through another RPC URL (a proxy in front of this node).
+    pub fn uniswap_flags_via(&self, rpc: &str) -> Vec<String> {
         vec![
             "--rpc".into(),
-            self.url.clone(),
+            rpc.to_string(),
             "--uniswap-v3-factory".into(),
             self.factory(),
             "--uniswap-v3-position-manager".into(),
