@@ -8,7 +8,7 @@ ALLOWED = {
     "tidewater-storage": {"tidewater-chain"},
     "tidewater-backfill": {"tidewater-chain", "tidewater-storage"},
     "tidewater-tail": {"tidewater-chain", "tidewater-storage"},
-    "tidewater-queries": {"tidewater-storage"},
+    "tidewater-queries": {"tidewater-storage", "tidewater-chain"},
     "tidewater": {"tidewater-chain", "tidewater-storage", "tidewater-backfill", "tidewater-tail", "tidewater-queries"},
 }
 meta = json.loads(subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps"]))

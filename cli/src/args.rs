@@ -23,6 +23,8 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Follow the head from the checkpoint (or --from on an empty directory).
     Tail(Box<RunArgs>),
+    /// Uniswap V3 state (pools, ticks, positions) folded from the cold tier, as JSON.
+    State(StateArgs),
     /// Run SQL (DuckDB) over every table of a data directory.
     Sql(SqlArgs),
     /// Show what a data directory holds: checkpoint, coverage, gaps, rows; with --rpc, head,
@@ -201,4 +203,17 @@ pub(crate) struct StatusArgs {
     /// Also ask this node for its head and finalized block
     #[arg(long)]
     pub(crate) rpc: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StateArgs {
+    /// Data directory
+    #[arg(long, default_value = "data")]
+    pub(crate) data: PathBuf,
+    /// State as of this block [default: the last committed block]
+    #[arg(long)]
+    pub(crate) block: Option<u64>,
+    /// Only this pool
+    #[arg(long, value_parser = parse_address)]
+    pub(crate) pool: Option<Address>,
 }

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
                 backfill_cmd::run(a.source, Some((backfill_cmd::Mode::Tail, a.tail)), writer).await
             }
             args::Command::Sql(a) => sql_cmd::sql(a).await,
+            args::Command::State(a) => sql_cmd::state(a).await,
             args::Command::Status(a) => sql_cmd::status(a).await,
             args::Command::Verify(a) => sql_cmd::verify(a).await,
         }

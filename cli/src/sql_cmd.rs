@@ -1,6 +1,6 @@
 //! `tidewater sql`, `status` and `verify`: read-only commands over a data directory.
 
-use crate::args::{DataArgs, OutputFormat, SqlArgs, StatusArgs};
+use crate::args::{DataArgs, OutputFormat, SqlArgs, StateArgs, StatusArgs};
 use crate::{usage, CmdResult, Failure};
 use eyre::{eyre, WrapErr};
 use std::io::Write as _;
@@ -114,4 +114,43 @@ pub(crate) async fn verify(a: DataArgs) -> CmdResult {
         eprintln!("corrupt: {:#}", eyre!(format!("{p}")));
     }
     Err(Failure::Runtime(eyre!("{} file(s) do not match the manifest", problems.len())))
+}
+
+pub(crate) async fn state(a: StateArgs) -> CmdResult {
+    let ds = open(&a.data)?;
+    let sources: tidewater_chain::Sources = serde_json::from_value(ds.identity().sources.clone())
+        .wrap_err("reading the dataset's sources")?;
+    let u = sources
+        .uniswap_v3
+        .ok_or_else(|| usage(eyre!("{} does not index Uniswap V3", a.data.display())))?;
+    let last = ds.manifest().last().map(|c| c.end);
+    let first = ds.manifest().chunks().first().map(|c| c.start);
+    if let (Some(b), Some(last), Some(first)) = (a.block, last, first) {
+        if b > last || b < first {
+            return Err(usage(eyre!(
+                "block {b} is outside the committed blocks [{first}, {last}]"
+            )));
+        }
+    }
+    let block = a.block;
+    let mut st = tokio::task::spawn_blocking(move || {
+        tidewater_queries::pool_state::fold_dataset(&ds, &u, block)
+    })
+    .await
+    .wrap_err("folding state")?
+    .wrap_err("reading the logs table")?;
+    if let Some(p) = a.pool {
+        if !st.pools.contains_key(&p) {
+            return Err(usage(eyre!("no pool {p} was created by the factory")));
+        }
+        st.pools.retain(|k, _| *k == p);
+        st.positions.retain(|_, pos| pos.pool == Some(p));
+    }
+    let out = serde_json::json!({
+        "block": st.block,
+        "pools": st.pools.values().collect::<Vec<_>>(),
+        "positions": st.positions.values().collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).wrap_err("serializing state")?);
+    Ok(())
 }

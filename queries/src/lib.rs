@@ -17,6 +17,8 @@
 //! ```
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod pool_state;
+
 use arrow::array::{Array, ArrayRef, BinaryArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;

@@ -8,5 +8,6 @@ mod backfill;
 mod bad_input;
 mod oracle;
 mod proxy;
+mod state;
 mod tail;
 mod util;

@@ -51,7 +51,7 @@ fn swap_tx(net: &Devnet, rng: &mut impl Rng) -> Value {
     json!({"from": ACCOUNT, "to": net.deploy["swap_router"], "data": format!("0x{data}"), "gas": "0x7a1200"})
 }
 
-fn swap(net: &Devnet, rng: &mut impl Rng) {
+pub(crate) fn swap(net: &Devnet, rng: &mut impl Rng) {
     let hash = rpc(&net.url, "eth_sendTransaction", json!([swap_tx(net, rng)]));
     // anvil answers before the block is mined: wait for it, so reorg depths are what we think.
     let start = Instant::now();
