@@ -297,7 +297,17 @@ impl Tail {
                 }
                 continue;
             }
-            let block = self.fetch_block(st, header).await?;
+            let (n, hash) = (header.number, header.hash);
+            let block = match self.fetch_block(st, header).await {
+                Ok(b) => b,
+                // The block was orphaned between its header and its logs ("unknown block"):
+                // the next round sees the new branch and reorgs.
+                Err(e) if !self.is_canonical(n, hash).await? => {
+                    tracing::debug!(block = n, error = %e, "block orphaned while fetching it");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             let block = Arc::new(block);
             st.hot.push(block.clone()).expect("invariant: the block extends the tip");
             self.stats.blocks_applied.fetch_add(1, Ordering::Relaxed);

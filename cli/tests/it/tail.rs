@@ -127,10 +127,13 @@ fn stop(mut child: Child) -> (String, String) {
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    (
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    );
+    // A tail that died before the signal would make every later assertion meaningless.
+    assert!(out.status.success(), "the tail exited with {}:\n{stderr}", out.status);
+    (stdout, stderr)
 }
 
 fn unsafe_sigterm(child: &Child) {
@@ -299,7 +302,11 @@ fn a_subscriber_folding_updates_ends_with_the_canonical_chain() {
         let h = rpc(&net.url, "eth_getBlockByNumber", json!([format!("{n:#x}"), false]));
         let (hash, logs) =
             folded.get(&n).unwrap_or_else(|| panic!("block {n} missing from the fold"));
-        assert_eq!(h["hash"].as_str().unwrap(), hash, "block {n} is not canonical in the fold");
+        assert_eq!(
+            h["hash"].as_str().unwrap(),
+            hash,
+            "block {n} is not canonical in the fold\n{stderr}"
+        );
         let canonical =
             rpc(&net.url, "eth_getLogs", json!([{"blockHash": hash, "address": addresses}]));
         let want: Vec<(u64, String)> = canonical
