@@ -123,6 +123,8 @@ pub struct Summary {
     pub bloom_refetches: u64,
     /// Wall time, seconds.
     pub elapsed_secs: f64,
+    /// Of which scanning the factory's PoolCreated logs, seconds.
+    pub discovery_secs: f64,
     /// Whether the run stopped early on a cancellation (committed chunks stay committed).
     pub cancelled: bool,
 }
@@ -204,9 +206,11 @@ impl Backfill {
             summary.elapsed_secs = started.elapsed().as_secs_f64();
             return Ok((summary, writer));
         }
+        let discovery = Instant::now();
         let pools =
             Arc::new(self.discover(plan.last().expect("invariant: plan not empty").end).await?);
         summary.pools = pools.len();
+        summary.discovery_secs = discovery.elapsed().as_secs_f64();
         tracing::info!(chunks = plan.len(), pools = pools.len(), range = %self.cfg.range, "backfill planned");
 
         let mut encoded = stream::iter(plan)
