@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::events::{ColumnKind, EventCatalog, EventDef};
 use crate::schema::{blocks_schema, logs_schema, BLOCKS, LOGS};
 use crate::types::{Header, Log};
-use alloy_dyn_abi::{DynSolValue, EventExt};
+use alloy_dyn_abi::DynSolValue;
 use alloy_primitives::Address;
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, StringBuilder,
@@ -197,7 +197,7 @@ pub fn decode_batches(
             continue;
         };
         let decoded =
-            def.event.decode_log_parts(l.topics.iter().copied(), &l.data).map_err(|source| {
+            def.decoder.decode_log_parts(l.topics.iter().copied(), &l.data).map_err(|source| {
                 Error::Decode {
                     event: def.event.name.clone(),
                     block: l.block_number,

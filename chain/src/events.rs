@@ -131,6 +131,9 @@ pub struct EventDef {
     pub table: String,
     /// Parsed ABI event.
     pub event: Event,
+    /// The event resolved for decoding, once (resolving per log re-parses every type string
+    /// and re-hashes the signature: ~10% of a backfill's CPU).
+    pub(crate) decoder: alloy_dyn_abi::DynSolEvent,
     /// topic0.
     pub selector: B256,
     /// Who may emit it.
@@ -205,8 +208,12 @@ impl EventDef {
         }
         let kinds = param_types.iter().map(ColumnKind::of).collect();
         drop(param_types);
+        let decoder = alloy_dyn_abi::Specifier::resolve(&event).map_err(|e| {
+            Error::BadEventSignature { signature: signature.into(), reason: e.to_string() }
+        })?;
         Ok(Self {
             table: table.to_string(),
+            decoder,
             selector: event.selector(),
             event,
             emitter,
