@@ -10,7 +10,7 @@ cargo build --release -q -p tidewater
 chain="$(scripts/devnet.sh build small)"
 port=$(free_port)
 work=$(mktemp -d)
-"$TIDEWATER_ANVIL" --code-size-limit 100000 --gas-limit 1000000000 --silent --port "$port" \
+"$TIDEWATER_ANVIL" --code-size-limit 100000 --gas-limit 1000000000 --silent --port "$port" --max-persisted-states 0 \
   --load-state "$chain/state.json" --block-time 1 &
 anvil=$!
 trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT

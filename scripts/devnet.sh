@@ -12,6 +12,9 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
 ANVIL_FLAGS=(--code-size-limit 100000 --gas-limit 1000000000 --silent)
+# Not part of the cache key: without it anvil persists old states under ~/.foundry/anvil/tmp
+# (tens of GB for the large chain) and never removes them.
+RUNTIME_FLAGS=(--max-persisted-states 0)
 
 preset_flags() {
   case "$1" in
@@ -38,7 +41,7 @@ case "$cmd" in
     if [ -f "$dir/state.json" ] && [ -f "$dir/deploy.json" ]; then echo "$dir"; exit 0; fi
     mkdir -p "$dir"
     port=$(free_port)
-    "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" --port "$port" --dump-state "$dir/state.json.tmp" &
+    "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" "${RUNTIME_FLAGS[@]}" --port "$port" --dump-state "$dir/state.json.tmp" &
     anvil_pid=$!
     trap 'kill $anvil_pid 2>/dev/null || true' EXIT
     wait_rpc "http://127.0.0.1:$port"
@@ -59,7 +62,7 @@ case "$cmd" in
     port="${2:-8545}"
     dir=$(chain_dir "$name" $(preset_flags "$name"))
     test -f "$dir/state.json" || { echo "devnet: '$name' not built; run scripts/devnet.sh build $name" >&2; exit 1; }
-    exec "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" --port "$port" --load-state "$dir/state.json"
+    exec "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" "${RUNTIME_FLAGS[@]}" --port "$port" --load-state "$dir/state.json"
     ;;
   *)
     sed -n '2,10p' "$0" >&2; exit 2 ;;

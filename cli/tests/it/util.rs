@@ -24,6 +24,8 @@ pub struct Devnet {
     child: Child,
     pub url: String,
     pub deploy: Value,
+    /// anvil's state cache (`--cache-path`), removed with the devnet.
+    _cache: tempfile::TempDir,
 }
 
 impl Devnet {
@@ -44,6 +46,7 @@ impl Devnet {
         let anvil = env_path("TIDEWATER_ANVIL");
         for _ in 0..5 {
             let port = free_port();
+            let cache = tempfile::tempdir().unwrap();
             let child = Command::new(&anvil)
                 .args([
                     "--port",
@@ -53,14 +56,20 @@ impl Devnet {
                     "--gas-limit",
                     "1000000000",
                     "--silent",
+                    "--cache-path",
+                    cache.path().to_str().unwrap(),
                 ])
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawning anvil");
-            let mut d =
-                Self { child, url: format!("http://127.0.0.1:{port}"), deploy: deploy.clone() };
+            let mut d = Self {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                deploy: deploy.clone(),
+                _cache: cache,
+            };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(30) {
                 if let Ok(Some(_)) = d.child.try_wait() {
