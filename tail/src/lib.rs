@@ -428,11 +428,32 @@ impl Tail {
             }
         }
         let writer = st.writer.clone();
-        st.checkpoint = tokio::task::spawn_blocking(move || {
+        let (checkpoint, orphaned) = tokio::task::spawn_blocking(move || {
             let mut w = writer.lock().expect("invariant: writer lock not poisoned");
-            w.rollback(keep_through).map(|_| checkpoint_of(&w))
+            // Read the cold blocks being dropped first, so subscribers see them reverted.
+            let root = w.root().to_path_buf();
+            let doomed: Vec<_> = w
+                .manifest()
+                .chunks()
+                .iter()
+                .filter(|c| keep_through.is_none_or(|k| c.end > k))
+                .cloned()
+                .collect();
+            let orphaned = cold_blocks(&root, &doomed)?;
+            w.rollback(keep_through)?;
+            Ok::<_, tidewater_storage::Error>((checkpoint_of(&w), orphaned))
         })
         .await??;
+        st.checkpoint = checkpoint;
+        for (header, logs) in orphaned.into_iter().rev() {
+            let events = tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
+                st.pools.is_pool_at(a, b)
+            })?
+            .into_iter()
+            .filter(|(_, b)| b.num_rows() > 0)
+            .collect();
+            self.publish(ChainUpdate::Reverted(Arc::new(HotBlock { header, logs, events })));
+        }
         st.pools.forget_after(st.checkpoint.map_or(0, |c| c.0));
         self.stats.deep_reorgs.fetch_add(1, Ordering::Relaxed);
         let rolled = cp - st.checkpoint.map_or(self.cfg.start_block.saturating_sub(1), |c| c.0);
@@ -521,4 +542,91 @@ fn checkpoint_of(w: &DatasetWriter) -> Option<(u64, B256)> {
     w.manifest()
         .last()
         .map(|c| (c.end, c.last_block_hash.parse().expect("invariant: manifest hashes are valid")))
+}
+
+/// The headers and logs of committed chunks, read back from the cold tier, oldest first.
+fn cold_blocks(
+    root: &std::path::Path,
+    chunks: &[tidewater_storage::ChunkEntry],
+) -> tidewater_storage::Result<Vec<(Header, Vec<tidewater_chain::Log>)>> {
+    use arrow::array::{Array, BinaryArray, UInt32Array, UInt64Array};
+    use tidewater_chain::schema::{BLOCKS, LOGS, TOPICS};
+    let mut out: Vec<(Header, Vec<tidewater_chain::Log>)> = Vec::new();
+    let bin = |b: &arrow::record_batch::RecordBatch, c: &str| {
+        b.column_by_name(c)
+            .and_then(|a| a.as_any().downcast_ref::<BinaryArray>())
+            .cloned()
+            .expect("invariant: cold schema")
+    };
+    let u64s = |b: &arrow::record_batch::RecordBatch, c: &str| {
+        b.column_by_name(c)
+            .and_then(|a| a.as_any().downcast_ref::<UInt64Array>())
+            .cloned()
+            .expect("invariant: cold schema")
+    };
+    for c in chunks {
+        let mut index = std::collections::HashMap::new();
+        if let Some(f) = c.tables.get(BLOCKS) {
+            for b in tidewater_storage::read_parquet(&root.join(&f.path))? {
+                let (n, h, p, ts, bloom) = (
+                    u64s(&b, "block_number"),
+                    bin(&b, "block_hash"),
+                    bin(&b, "parent_hash"),
+                    u64s(&b, "timestamp"),
+                    bin(&b, "logs_bloom"),
+                );
+                for i in 0..b.num_rows() {
+                    index.insert(n.value(i), out.len());
+                    out.push((
+                        Header {
+                            number: n.value(i),
+                            hash: B256::from_slice(h.value(i)),
+                            parent_hash: B256::from_slice(p.value(i)),
+                            timestamp: ts.value(i),
+                            logs_bloom: tidewater_chain::Bloom::from_slice(bloom.value(i)),
+                        },
+                        Vec::new(),
+                    ));
+                }
+            }
+        }
+        if let Some(f) = c.tables.get(LOGS) {
+            for b in tidewater_storage::read_parquet(&root.join(&f.path))? {
+                let n = u64s(&b, "block_number");
+                let u32s = |c: &str| {
+                    b.column_by_name(c)
+                        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
+                        .cloned()
+                        .expect("invariant: cold schema")
+                };
+                let (ti, li) = (u32s("transaction_index"), u32s("log_index"));
+                let (bh, th, addr, data) = (
+                    bin(&b, "block_hash"),
+                    bin(&b, "transaction_hash"),
+                    bin(&b, "address"),
+                    bin(&b, "data"),
+                );
+                let topics: Vec<BinaryArray> = TOPICS.iter().map(|t| bin(&b, t)).collect();
+                for i in 0..b.num_rows() {
+                    let Some(at) = index.get(&n.value(i)) else { continue };
+                    out[*at].1.push(tidewater_chain::Log {
+                        address: tidewater_chain::Address::from_slice(addr.value(i)),
+                        topics: topics
+                            .iter()
+                            .filter(|t| !t.is_null(i))
+                            .map(|t| B256::from_slice(t.value(i)))
+                            .collect(),
+                        data: data.value(i).to_vec().into(),
+                        block_number: n.value(i),
+                        block_hash: B256::from_slice(bh.value(i)),
+                        transaction_hash: B256::from_slice(th.value(i)),
+                        transaction_index: u64::from(ti.value(i)),
+                        log_index: u64::from(li.value(i)),
+                        removed: false,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
 }

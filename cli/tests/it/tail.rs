@@ -200,7 +200,9 @@ fn a_reorg_deeper_than_the_watermark_is_repaired() {
     let net = Devnet::small();
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let child = start_tail(&t, &net, &["--confirmations", "2", "--compact-blocks", "1"]);
+    let child =
+        start_tail(&t, &net, &["--confirmations", "2", "--compact-blocks", "1", "--print-updates"]);
+    wait_for_checkpoint(&t, 0);
     warm_up(&net, &mut rng);
     wait_for_checkpoint(&t, net.head() - 2);
     let before = checkpoint(&t).unwrap();
@@ -208,8 +210,29 @@ fn a_reorg_deeper_than_the_watermark_is_repaired() {
     reorg(&net, 5, &mut rng);
     mine(&net, 4);
     wait_for_checkpoint(&t, net.head() - 2);
-    let (_, stderr) = stop(child);
+    let (stdout, stderr) = stop(child);
     assert!(stderr.contains("deep reorg"), "the deep reorg was not reported:\n{stderr}");
+    // Every confirmed block the reorg orphaned reaches subscribers as reverted.
+    let updates: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reverted: std::collections::HashSet<&str> = updates
+        .iter()
+        .filter(|u| u["status"] == "reverted")
+        .map(|u| u["block_hash"].as_str().unwrap())
+        .collect();
+    let mut orphaned_confirmed = 0;
+    for u in updates.iter().filter(|u| u["status"] == "confirmed") {
+        let n = u["block_number"].as_u64().unwrap();
+        let canonical = rpc(&net.url, "eth_getBlockByNumber", json!([format!("{n:#x}"), false]));
+        let hash = u["block_hash"].as_str().unwrap();
+        if canonical["hash"].as_str() != Some(hash) {
+            orphaned_confirmed += 1;
+            assert!(
+                reverted.contains(hash),
+                "confirmed block {n} {hash} was orphaned but never reverted"
+            );
+        }
+    }
+    assert!(orphaned_confirmed > 0, "the reorg orphaned no confirmed block: not a deep reorg");
     assert!(checkpoint(&t).unwrap() >= before);
     let status: Value =
         serde_json::from_str(&t.ok(&s(&["status", "--data", "data", "--json", "--rpc", &net.url])))
