@@ -62,12 +62,14 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
         _ => vec![],
     };
     let checkpoint = m.last().map(|c| c.end);
+    let deep_reorgs = ds.deep_reorgs().wrap_err("reading the deep-reorg log")?;
     let rows: std::collections::BTreeMap<&str, u64> =
         ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
     if a.json {
         let v = serde_json::json!({
             "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
             "gaps": gaps,
+            "deep_reorgs": deep_reorgs,
             "head": node.map(|n| n.0),
             "finalized": node.and_then(|n| n.1),
             "lag_blocks": node.and_then(|n| checkpoint.map(|c| n.0.saturating_sub(c))),
@@ -89,6 +91,9 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
         }
         for (s, e) in &gaps {
             println!("  gap [{s}, {e}]");
+        }
+        if let Some(last) = deep_reorgs.last() {
+            println!("deep reorgs: {} (last: {last})", deep_reorgs.len());
         }
         if let Some((head, finalized)) = node {
             println!(

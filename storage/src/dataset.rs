@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+/// Log of reorgs deeper than the watermark, one JSON object a line.
+pub const DEEP_REORGS_FILE: &str = "_deep_reorgs.jsonl";
 /// Identity file of a data directory.
 pub const IDENTITY_FILE: &str = "dataset.json";
 /// Empty Parquet files carrying each table's schema, so views exist before any rows do.
@@ -120,6 +122,22 @@ impl Dataset {
     /// The empty schema-carrying file of `table`.
     pub fn schema_file(&self, table: &str) -> PathBuf {
         self.root.join(SCHEMA_DIR).join(format!("{table}.parquet"))
+    }
+
+    /// Reorgs deeper than the watermark this directory went through, oldest first.
+    pub fn deep_reorgs(&self) -> Result<Vec<serde_json::Value>> {
+        let p = self.root.join(DEEP_REORGS_FILE);
+        match std::fs::read_to_string(&p) {
+            Ok(text) => text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l)
+                        .map_err(|source| Error::Json { path: p.clone(), source })
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(Error::Io { op: "reading", path: p, source: e }),
+        }
     }
 
     /// Checks every committed file against its manifest entry: present, same size, same
@@ -271,6 +289,19 @@ impl DatasetWriter {
     pub fn refresh(&mut self) -> Result<()> {
         self.manifest = Manifest::load(&self.root)?;
         Ok(())
+    }
+
+    /// Appends a deep-reorg record (durably) for `status` and operators.
+    pub fn record_deep_reorg(&self, record: &serde_json::Value) -> Result<()> {
+        use std::io::Write as _;
+        let p = self.root.join(DEEP_REORGS_FILE);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(Error::io("opening", &p))?;
+        f.write_all(format!("{record}\n").as_bytes()).map_err(Error::io("writing", &p))?;
+        f.sync_all().map_err(Error::io("fsync", &p))
     }
 
     /// Rolls cold storage back so no chunk ends after `keep_through` (`None`: remove every

@@ -36,7 +36,8 @@ mod parquet_io;
 
 pub use chunk::encode_chunk;
 pub use dataset::{
-    read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, IDENTITY_FILE, SCHEMA_DIR,
+    read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, DEEP_REORGS_FILE,
+    IDENTITY_FILE, SCHEMA_DIR,
 };
 pub use error::{Error, Result};
 pub use files::{sync_dir, write_atomic};

@@ -441,7 +441,17 @@ impl Tail {
                 .collect();
             let orphaned = cold_blocks(&root, &doomed)?;
             w.rollback(keep_through)?;
-            Ok::<_, tidewater_storage::Error>((checkpoint_of(&w), orphaned))
+            let new_cp = checkpoint_of(&w);
+            w.record_deep_reorg(&serde_json::json!({
+                "old_checkpoint": cp,
+                "old_checkpoint_hash": cp_hash,
+                "new_checkpoint": new_cp.map(|c| c.0),
+                "rolled_back_blocks": orphaned.len(),
+                "unix_time": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            }))?;
+            Ok::<_, tidewater_storage::Error>((new_cp, orphaned))
         })
         .await??;
         st.checkpoint = checkpoint;

@@ -240,6 +240,7 @@ fn a_reorg_deeper_than_the_watermark_is_repaired() {
     assert_eq!(status["checkpoint"]["block_number"].as_u64(), checkpoint(&t));
     assert_eq!(status["head"].as_u64(), Some(net.head()));
     assert_eq!(status["gaps"], json!([]));
+    assert!(!status["deep_reorgs"].as_array().unwrap().is_empty(), "{status}");
     assert_eq!(status["lag_blocks"].as_u64(), Some(net.head() - checkpoint(&t).unwrap()));
     assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
 }
