@@ -174,11 +174,6 @@ impl Backfill {
         self.progress.clone()
     }
 
-    /// The event catalog (tables and schemas).
-    pub fn catalog(&self) -> &EventCatalog {
-        &self.shared.catalog
-    }
-
     /// Runs to completion or cancellation. Chunks are fetched out of order and committed in
     /// block order; cancellation is honoured between commits.
     pub async fn run(&self, writer: DatasetWriter, cancel: CancellationToken) -> Result<Summary> {

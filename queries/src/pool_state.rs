@@ -342,16 +342,3 @@ pub fn check_invariants(p: &PoolState) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// Active liquidity per interval between initialized ticks, for a chart: (tick, liquidity from
-/// this tick up to the next).
-pub fn liquidity_distribution(p: &PoolState) -> Vec<(i32, i128)> {
-    let mut acc = 0i128;
-    p.ticks
-        .iter()
-        .map(|(t, l)| {
-            acc += l.liquidity_net;
-            (*t, acc)
-        })
-        .collect()
-}

@@ -80,9 +80,6 @@ pub enum Error {
         /// Blocks being encoded.
         range: BlockRange,
     },
-    /// The node's chain does not reach the dataset's start.
-    #[error("the node has no block {0}")]
-    NoBlock(u64),
 }
 
 /// How the watermark is computed.
