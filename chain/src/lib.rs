@@ -29,12 +29,14 @@ pub mod encode;
 mod error;
 pub mod events;
 mod fetch;
+pub mod metrics;
 mod pools;
 mod range;
 mod rpc;
 pub mod schema;
 mod task;
 mod types;
+mod update;
 
 pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
@@ -50,5 +52,6 @@ pub use rpc::{
 };
 pub use task::SpawnedTask;
 pub use types::{quantity, Header, Log, LogFilter, MAX_ADDRESSES_PER_REQUEST};
+pub use update::{ChainUpdate, HotBlock};
 
 pub use alloy_primitives::{Address, Bloom, B256};

@@ -151,6 +151,22 @@ impl RpcClient {
         self.inner.providers.iter().map(|p| &p.stats)
     }
 
+    /// Renders the per-provider counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (name, help, pick) in [
+            ("tidewater_rpc_requests_total", "JSON-RPC requests sent, per provider.", 0),
+            ("tidewater_rpc_errors_total", "JSON-RPC requests that failed, per provider.", 1),
+        ] {
+            crate::metrics::header(out, name, help, "counter");
+            for s in self.stats() {
+                let v = if pick == 0 { &s.requests } else { &s.errors };
+                let url = crate::metrics::label_value(&redact(&s.url));
+                let _ = writeln!(out, "{name}{{provider=\"{url}\"}} {}", v.load(Ordering::Relaxed));
+            }
+        }
+    }
+
     /// The first provider's URL (for messages).
     pub fn primary_url(&self) -> &str {
         &self.inner.cfg.urls[0]
@@ -441,6 +457,19 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let cap = base.saturating_mul(1u32 << attempt.min(20)).min(max);
     let nanos = rand::thread_rng().gen_range(0..=cap.as_nanos() as u64);
     Duration::from_nanos(nanos)
+}
+
+/// A provider URL without its path and query, which often carry an API key.
+pub(crate) fn redact(url: &str) -> String {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let host = rest.split(['/', '?']).next().unwrap_or(rest);
+            let host = host.rsplit('@').next().unwrap_or(host);
+            format!("{}://{host}", &url[..i])
+        }
+        None => url.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,12 @@ use std::sync::{Arc, LazyLock};
 pub const LOGS: &str = "logs";
 /// One row per block of every committed range.
 pub const BLOCKS: &str = "blocks";
+/// Derived Uniswap V3 pool state at snapshot heights.
+pub const POOL_SNAPSHOTS: &str = "pool_snapshots";
+/// Derived initialized ticks at snapshot heights.
+pub const TICK_SNAPSHOTS: &str = "tick_snapshots";
+/// Derived position manager positions at snapshot heights.
+pub const POSITION_SNAPSHOTS: &str = "position_snapshots";
 
 /// Block number (UInt64).
 pub const BLOCK_NUMBER: &str = "block_number";

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Tidewater: an indexer of EVM contract events into Parquet.
 #[derive(Debug, Parser)]
-#[command(name = "tidewater", version, about, propagate_version = true)]
+#[command(name = "tidewater", version, about, propagate_version = true, args_override_self = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -32,6 +32,9 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Check every committed file against the manifest (size, SHA-256, Parquet footer, rows).
     Verify(DataArgs),
+    /// Serve the HTTP API (state, stream, SQL, metrics) over a data directory another process
+    /// writes; `run` and `tail` serve the same API with the live hot buffer.
+    Serve(ServeArgs),
 }
 
 /// A block bound: a number or a tag.
@@ -186,6 +189,42 @@ pub(crate) struct TailArgs {
     /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout
     #[arg(long)]
     pub(crate) print_updates: bool,
+    /// Do not serve the HTTP API
+    #[arg(long)]
+    pub(crate) no_serve: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ApiArgs {
+    /// Address the HTTP API listens on (port 0 picks a free one; the log says which)
+    #[arg(long, default_value = tidewater_queries::server::DEFAULT_LISTEN)]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Write a derived-state snapshot every this many blocks of confirmed data (0: none)
+    #[arg(long, default_value_t = tidewater_queries::pool_state::DEFAULT_SNAPSHOT_INTERVAL)]
+    pub(crate) snapshot_interval: u64,
+    /// Most rows a POST /v1/sql answer may hold
+    #[arg(long, default_value_t = tidewater_queries::df_sql::DEFAULT_MAX_ROWS)]
+    pub(crate) sql_max_rows: usize,
+    /// Time limit of a POST /v1/sql query, in milliseconds
+    #[arg(long, default_value = "10000")]
+    pub(crate) sql_timeout_ms: u64,
+    /// Memory limit of a POST /v1/sql query, in MiB
+    #[arg(long, default_value = "256")]
+    pub(crate) sql_memory_mib: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory
+    #[arg(long, default_value = "data")]
+    pub(crate) data: PathBuf,
+    /// Look for newly committed blocks this often, in milliseconds
+    #[arg(long, default_value = "1000")]
+    pub(crate) poll_interval_ms: u64,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Debug, Args)]

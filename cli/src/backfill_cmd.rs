@@ -228,6 +228,11 @@ pub(crate) async fn run(
         _ => None,
     };
 
+    // The API's port is taken before anything is written: a conflict is bad input.
+    let listener = match &tail {
+        Some((_, t)) if !t.no_serve => Some(crate::serve_cmd::bind(&t.api).await?),
+        _ => None,
+    };
     let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
     let catalog = EventCatalog::new(&plan.sources).map_err(usage)?;
     let mut schemas = catalog.tables();
@@ -299,7 +304,34 @@ pub(crate) async fn run(
         }
     }
     let (Some((_, targs)), Some(cfg)) = (tail, tail_cfg) else { return Ok(()) };
-    let follower = Tail::new(rpc, plan.sources.clone(), chain_id, cfg).map_err(usage)?;
+    let follower = Tail::new(rpc.clone(), plan.sources.clone(), chain_id, cfg).map_err(usage)?;
+    let _api = match listener {
+        Some(listener) => {
+            let live = std::sync::Arc::new(std::sync::RwLock::new(
+                crate::serve_cmd::load(&plan.data, &targs.api).await?,
+            ));
+            tidewater_queries::live::spawn_consumer(live.clone(), follower.subscribe())
+                .wrap_err("starting the live state")?;
+            let (stats, caught) = (follower.stats(), follower.stats());
+            let metrics: tidewater_queries::server::MetricsFn =
+                std::sync::Arc::new(move |out: &mut String| {
+                    stats.render_metrics(out);
+                    rpc.render_metrics(out);
+                });
+            let caught_up: tidewater_queries::server::CaughtUpFn = std::sync::Arc::new(move || {
+                caught.caught_up.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            Some(crate::serve_cmd::start(
+                live,
+                listener,
+                &targs.api,
+                metrics,
+                caught_up,
+                cancel.clone(),
+            ))
+        }
+        None => None,
+    };
     // Subscribe only when printing: a receiver nobody reads would hold the bus's last
     // BUS_CAPACITY updates (blocks with their logs) in memory.
     let mut updates = targs.print_updates.then(|| follower.subscribe());
@@ -374,13 +406,13 @@ fn print_summary(summary: &tidewater_backfill::Summary, json: bool) -> eyre::Res
 }
 
 /// SIGINT and SIGTERM as one stream.
-struct Signals {
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> eyre::Result<Self> {
+    pub(crate) fn new() -> eyre::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Self {
             int: signal(SignalKind::interrupt()).wrap_err("installing the SIGINT handler")?,
@@ -388,7 +420,7 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}

@@ -7,6 +7,7 @@ mod args;
 mod backfill_cmd;
 mod config;
 mod progress;
+mod serve_cmd;
 mod sql_cmd;
 
 use clap::Parser as _;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             args::Command::State(a) => sql_cmd::state(a).await,
             args::Command::Status(a) => sql_cmd::status(a).await,
             args::Command::Verify(a) => sql_cmd::verify(a).await,
+            args::Command::Serve(a) => serve_cmd::serve(a).await,
         }
     });
     match result {

@@ -149,13 +149,10 @@ pub(crate) async fn state(a: StateArgs) -> CmdResult {
             return Err(usage(eyre!("no pool {p} was created by the factory")));
         }
         st.pools.retain(|k, _| *k == p);
+        st.ticks.retain(|k, _| *k == p);
         st.positions.retain(|_, pos| pos.pool == Some(p));
     }
-    let out = serde_json::json!({
-        "block": st.block,
-        "pools": st.pools.values().collect::<Vec<_>>(),
-        "positions": st.positions.values().collect::<Vec<_>>(),
-    });
+    let out = st.to_json();
     println!("{}", serde_json::to_string_pretty(&out).wrap_err("serializing state")?);
     Ok(())
 }

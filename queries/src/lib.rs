@@ -17,7 +17,11 @@
 //! ```
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod df_sql;
+pub mod live;
+mod openapi;
 pub mod pool_state;
+pub mod server;
 
 use arrow::array::{Array, ArrayRef, BinaryArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -47,6 +51,9 @@ pub enum Error {
     /// The query failed (bad SQL, unknown table, ...).
     #[error("query failed")]
     Query(#[source] duckdb::Error),
+    /// Listing the state snapshots failed.
+    #[error("listing state snapshots")]
+    Snapshots(#[source] tidewater_storage::Error),
     /// Formatting the result failed.
     #[error("formatting the result")]
     Format(#[source] arrow::error::ArrowError),
@@ -100,6 +107,30 @@ impl SqlSession {
             );
             conn.execute_batch(&sql)
                 .map_err(|source| Error::View { table: table.clone(), source })?;
+        }
+        // Derived-state snapshots: one view per table over every committed snapshot.
+        let snaps = tidewater_storage::list_snapshots(ds.root()).map_err(Error::Snapshots)?;
+        for table in [
+            tidewater_chain::schema::POOL_SNAPSHOTS,
+            tidewater_chain::schema::TICK_SNAPSHOTS,
+            tidewater_chain::schema::POSITION_SNAPSHOTS,
+        ] {
+            let files: Vec<String> = snaps
+                .iter()
+                .map(|s| s.file(ds.root(), table))
+                .filter(|p| p.exists())
+                .map(|p| quote_str(&p.to_string_lossy()))
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "CREATE VIEW {} AS SELECT * FROM read_parquet([{}])",
+                quote_ident(table),
+                files.join(", ")
+            );
+            conn.execute_batch(&sql)
+                .map_err(|source| Error::View { table: table.to_string(), source })?;
         }
         Ok(Self { conn })
     }

@@ -12,9 +12,11 @@
 use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::{sol, SolEvent};
 use arrow::array::{Array, BinaryArray, UInt64Array};
-use serde::Serialize;
-use std::collections::BTreeMap;
-use tidewater_chain::UniswapV3;
+use arrow::record_batch::RecordBatch;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tidewater_chain::{schema, UniswapV3};
 use tidewater_storage::Dataset;
 
 sol! {
@@ -29,18 +31,16 @@ sol! {
 }
 
 /// Liquidity at one initialized tick.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickLiquidity {
     /// Total liquidity referencing the tick.
-    #[serde(serialize_with = "as_string")]
     pub liquidity_gross: u128,
     /// Liquidity added when the price crosses the tick upwards.
-    #[serde(serialize_with = "as_string")]
     pub liquidity_net: i128,
 }
 
-/// One pool's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One pool's scalar state (its ticks live in [`UniswapState::ticks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolState {
     /// Pool address.
     pub address: Address,
@@ -53,23 +53,33 @@ pub struct PoolState {
     /// Tick spacing.
     pub tick_spacing: i32,
     /// sqrt(price) as Q64.96 (0 before Initialize).
-    #[serde(serialize_with = "as_string")]
     pub sqrt_price_x96: U256,
     /// Current tick.
     pub tick: i32,
     /// In-range liquidity.
-    #[serde(serialize_with = "as_string")]
     pub liquidity: u128,
-    /// Initialized ticks.
-    #[serde(serialize_with = "ticks_as_list")]
-    pub ticks: BTreeMap<i32, TickLiquidity>,
+}
+
+impl PoolState {
+    /// The JSON the API and `tidewater state` print: big integers as decimal strings.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "address": self.address,
+            "token0": self.token0,
+            "token1": self.token1,
+            "fee": self.fee,
+            "tick_spacing": self.tick_spacing,
+            "sqrt_price_x96": self.sqrt_price_x96.to_string(),
+            "tick": self.tick,
+            "liquidity": self.liquidity.to_string(),
+        })
+    }
 }
 
 /// One position manager token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     /// Token id.
-    #[serde(serialize_with = "as_string")]
     pub token_id: U256,
     /// Owner.
     pub owner: Address,
@@ -80,42 +90,91 @@ pub struct Position {
     /// Upper tick.
     pub tick_upper: i32,
     /// Liquidity.
-    #[serde(serialize_with = "as_string")]
     pub liquidity: u128,
 }
 
-fn as_string<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&v.to_string())
+impl Position {
+    /// The JSON the API prints.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "token_id": self.token_id.to_string(),
+            "owner": self.owner,
+            "pool": self.pool,
+            "tick_lower": self.tick_lower,
+            "tick_upper": self.tick_upper,
+            "liquidity": self.liquidity.to_string(),
+        })
+    }
 }
 
-fn ticks_as_list<S: serde::Serializer>(
-    t: &BTreeMap<i32, TickLiquidity>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(t.len()))?;
-    for (tick, l) in t {
-        seq.serialize_element(&serde_json::json!({
-            "tick": tick,
-            "liquidity_gross": l.liquidity_gross.to_string(),
-            "liquidity_net": l.liquidity_net.to_string(),
-        }))?;
+/// Initialized ticks of one pool, by tick.
+pub type Ticks = BTreeMap<i32, TickLiquidity>;
+
+/// Ticks as the JSON list the API prints.
+pub fn ticks_json(ticks: Option<&Ticks>) -> Value {
+    Value::Array(
+        ticks
+            .into_iter()
+            .flatten()
+            .map(|(t, l)| {
+                json!({
+                    "tick": t,
+                    "liquidity_gross": l.liquidity_gross.to_string(),
+                    "liquidity_net": l.liquidity_net.to_string(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The liquidity distribution: for each interval between consecutive initialized ticks, the
+/// liquidity active while the price is inside it (the prefix sum of liquidityNet).
+pub fn intervals_json(ticks: Option<&Ticks>) -> Value {
+    let mut out = Vec::new();
+    let mut active: i128 = 0;
+    let mut prev: Option<i32> = None;
+    for (t, l) in ticks.into_iter().flatten() {
+        if let Some(p) = prev {
+            out.push(json!({"tick_lower": p, "tick_upper": t, "liquidity": active.to_string()}));
+        }
+        active += l.liquidity_net;
+        prev = Some(*t);
     }
-    seq.end()
+    Value::Array(out)
 }
 
 /// The folded state as of `block`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UniswapState {
     /// Last block folded.
     pub block: u64,
+    /// Its hash (zero when unknown, e.g. before any block).
+    pub block_hash: B256,
     /// Pools by address.
     pub pools: BTreeMap<Address, PoolState>,
+    /// Initialized ticks by pool.
+    pub ticks: BTreeMap<Address, Ticks>,
     /// Positions by token id.
     pub positions: BTreeMap<U256, Position>,
 }
 
-/// A raw log as read back from the `logs` table.
+impl UniswapState {
+    /// Everything as one JSON document (pools with their ticks, then positions).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "block": self.block,
+            "block_hash": self.block_hash,
+            "pools": self.pools.values().map(|p| {
+                let mut v = p.to_json();
+                v["ticks"] = ticks_json(self.ticks.get(&p.address));
+                v
+            }).collect::<Vec<_>>(),
+            "positions": self.positions.values().map(Position::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A raw log as the folder reads it (from the `logs` table or a hot block).
 #[derive(Debug)]
 pub struct RawLog<'a> {
     /// Block.
@@ -125,28 +184,112 @@ pub struct RawLog<'a> {
     /// Emitter.
     pub address: Address,
     /// Topics.
-    pub topics: Vec<B256>,
+    pub topics: &'a [B256],
     /// Data.
     pub data: &'a [u8],
 }
 
+impl<'a> From<&'a tidewater_chain::Log> for RawLog<'a> {
+    fn from(l: &'a tidewater_chain::Log) -> Self {
+        Self {
+            block_number: l.block_number,
+            transaction_hash: l.transaction_hash.as_slice(),
+            address: l.address,
+            topics: &l.topics,
+            data: &l.data,
+        }
+    }
+}
+
+/// The values a block changed, as they were before it: applying the journal undoes the block.
+/// Its keys are also what the block touched, which the live stream reports.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// Pools before (None: did not exist).
+    pub pools: HashMap<Address, Option<PoolState>>,
+    /// Ticks before.
+    pub ticks: HashMap<(Address, i32), Option<TickLiquidity>>,
+    /// Positions before.
+    pub positions: HashMap<U256, Option<Position>>,
+}
+
+impl Journal {
+    fn pool(&mut self, st: &UniswapState, a: Address) {
+        self.pools.entry(a).or_insert_with(|| st.pools.get(&a).copied());
+    }
+
+    fn tick(&mut self, st: &UniswapState, a: Address, t: i32) {
+        self.ticks
+            .entry((a, t))
+            .or_insert_with(|| st.ticks.get(&a).and_then(|m| m.get(&t)).copied());
+    }
+
+    fn position(&mut self, st: &UniswapState, id: U256) {
+        self.positions.entry(id).or_insert_with(|| st.positions.get(&id).copied());
+    }
+
+    /// Restores the values recorded (the state before the journaled block).
+    pub fn undo(&self, st: &mut UniswapState) {
+        for (a, p) in &self.pools {
+            match p {
+                Some(p) => st.pools.insert(*a, *p),
+                None => st.pools.remove(a),
+            };
+        }
+        for ((a, t), v) in &self.ticks {
+            let m = st.ticks.entry(*a).or_default();
+            match v {
+                Some(v) => m.insert(*t, *v),
+                None => m.remove(t),
+            };
+            if m.is_empty() {
+                st.ticks.remove(a);
+            }
+        }
+        for (id, p) in &self.positions {
+            match p {
+                Some(p) => st.positions.insert(*id, *p),
+                None => st.positions.remove(id),
+            };
+        }
+    }
+
+    /// Merges a later block's journal (the earliest "before" value wins).
+    pub fn absorb(&mut self, later: &Self) {
+        for (k, v) in &later.pools {
+            self.pools.entry(*k).or_insert(*v);
+        }
+        for (k, v) in &later.ticks {
+            self.ticks.entry(*k).or_insert(*v);
+        }
+        for (k, v) in &later.positions {
+            self.positions.entry(*k).or_insert(*v);
+        }
+    }
+}
+
 /// Folds events one by one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Folder {
     factory: Address,
     position_manager: Option<Address>,
     state: UniswapState,
     /// The last pool Mint owned by the position manager: (tx hash, pool, lower, upper).
-    last_npm_mint: Option<(Vec<u8>, Address, i32, i32)>,
+    last_npm_mint: Option<(B256, Address, i32, i32)>,
 }
 
 impl Folder {
     /// A folder for one Uniswap V3 deployment.
     pub fn new(u: &UniswapV3) -> Self {
+        Self::with_state(u, UniswapState::default())
+    }
+
+    /// A folder that continues from `state` (a snapshot).
+    pub fn with_state(u: &UniswapV3, state: UniswapState) -> Self {
         Self {
             factory: u.factory,
             position_manager: u.position_manager,
-            state: UniswapState::default(),
+            state,
             last_npm_mint: None,
         }
     }
@@ -156,14 +299,34 @@ impl Folder {
         &self.state
     }
 
-    /// Applies one log (logs must come in chain order).
-    pub fn apply(&mut self, l: &RawLog<'_>) {
+    /// The state, mutably (the live service undoes journals on it).
+    pub fn state_mut(&mut self) -> &mut UniswapState {
+        &mut self.state
+    }
+
+    /// Takes the state out.
+    pub fn into_state(self) -> UniswapState {
+        self.state
+    }
+
+    /// Marks the end of a block: the state is now as of (`number`, `hash`).
+    pub fn end_block(&mut self, number: u64, hash: B256) {
+        self.state.block = number;
+        self.state.block_hash = hash;
+        self.last_npm_mint = None;
+    }
+
+    /// Applies one log (logs must come in chain order), recording prior values in `journal`.
+    pub fn apply(&mut self, l: &RawLog<'_>, mut journal: Option<&mut Journal>) {
         self.state.block = self.state.block.max(l.block_number);
         let Some(t0) = l.topics.first() else { return };
         let topics = l.topics.iter().copied();
         if l.address == self.factory {
             if *t0 == PoolCreated::SIGNATURE_HASH {
                 if let Ok(e) = PoolCreated::decode_raw_log(topics, l.data) {
+                    if let Some(j) = journal.as_deref_mut() {
+                        j.pool(&self.state, e.pool);
+                    }
                     self.state.pools.insert(
                         e.pool,
                         PoolState {
@@ -175,7 +338,6 @@ impl Folder {
                             sqrt_price_x96: U256::ZERO,
                             tick: 0,
                             liquidity: 0,
-                            ticks: BTreeMap::new(),
                         },
                     );
                 }
@@ -183,11 +345,17 @@ impl Folder {
             return;
         }
         if Some(l.address) == self.position_manager {
-            self.apply_position(l, t0);
+            self.apply_position(l, t0, journal);
             return;
         }
+        if !self.state.pools.contains_key(&l.address) {
+            return;
+        }
+        if let Some(j) = journal.as_deref_mut() {
+            j.pool(&self.state, l.address);
+        }
         let npm = self.position_manager;
-        let Some(pool) = self.state.pools.get_mut(&l.address) else { return };
+        let pool = self.state.pools.get_mut(&l.address).expect("invariant: checked above");
         if *t0 == Swap::SIGNATURE_HASH {
             if let Ok(e) = Swap::decode_raw_log(topics, l.data) {
                 pool.sqrt_price_x96 = U256::from(e.sqrtPriceX96);
@@ -202,20 +370,35 @@ impl Folder {
         } else if *t0 == Mint::SIGNATURE_HASH {
             if let Ok(e) = Mint::decode_raw_log(topics, l.data) {
                 let (lo, hi) = (e.tickLower.as_i32(), e.tickUpper.as_i32());
-                update_ticks(pool, lo, hi, e.amount as i128);
+                self.update_ticks(l.address, lo, hi, e.amount as i128, journal);
                 if Some(e.owner) == npm {
-                    self.last_npm_mint = Some((l.transaction_hash.to_vec(), l.address, lo, hi));
+                    self.last_npm_mint =
+                        Some((B256::from_slice(l.transaction_hash), l.address, lo, hi));
                 }
             }
         } else if *t0 == Burn::SIGNATURE_HASH {
             if let Ok(e) = Burn::decode_raw_log(topics, l.data) {
-                update_ticks(pool, e.tickLower.as_i32(), e.tickUpper.as_i32(), -(e.amount as i128));
+                let (lo, hi) = (e.tickLower.as_i32(), e.tickUpper.as_i32());
+                self.update_ticks(l.address, lo, hi, -(e.amount as i128), journal);
             }
         }
     }
 
-    fn apply_position(&mut self, l: &RawLog<'_>, t0: &B256) {
+    fn apply_position(&mut self, l: &RawLog<'_>, t0: &B256, journal: Option<&mut Journal>) {
         let topics = l.topics.iter().copied();
+        let id = if *t0 == Transfer::SIGNATURE_HASH {
+            Transfer::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
+        } else if *t0 == IncreaseLiquidity::SIGNATURE_HASH {
+            IncreaseLiquidity::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
+        } else if *t0 == DecreaseLiquidity::SIGNATURE_HASH {
+            DecreaseLiquidity::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
+        } else {
+            None
+        };
+        let Some(id) = id else { return };
+        if let Some(j) = journal {
+            j.position(&self.state, id);
+        }
         let positions = &mut self.state.positions;
         if *t0 == Transfer::SIGNATURE_HASH {
             let Ok(e) = Transfer::decode_raw_log(topics, l.data) else { return };
@@ -253,20 +436,209 @@ impl Folder {
             }
         }
     }
-}
 
-fn update_ticks(pool: &mut PoolState, lo: i32, hi: i32, delta: i128) {
-    for (t, sign) in [(lo, 1i128), (hi, -1i128)] {
-        let entry = pool.ticks.entry(t).or_default();
-        entry.liquidity_gross = (entry.liquidity_gross as i128 + delta) as u128;
-        entry.liquidity_net += sign * delta;
-        if entry.liquidity_gross == 0 {
-            pool.ticks.remove(&t);
+    fn update_ticks(
+        &mut self,
+        pool: Address,
+        lo: i32,
+        hi: i32,
+        delta: i128,
+        mut journal: Option<&mut Journal>,
+    ) {
+        if delta == 0 {
+            // A position manager `collect` burns 0: nothing moves.
+            return;
+        }
+        for (t, sign) in [(lo, 1i128), (hi, -1i128)] {
+            if let Some(j) = journal.as_deref_mut() {
+                j.tick(&self.state, pool, t);
+            }
+            let m = self.state.ticks.entry(pool).or_default();
+            let entry = m.entry(t).or_default();
+            entry.liquidity_gross = (entry.liquidity_gross as i128 + delta) as u128;
+            entry.liquidity_net += sign * delta;
+            if entry.liquidity_gross == 0 {
+                m.remove(&t);
+                if m.is_empty() {
+                    self.state.ticks.remove(&pool);
+                }
+            }
+        }
+        let p = self.state.pools.get_mut(&pool).expect("invariant: pool exists");
+        if lo <= p.tick && p.tick < hi {
+            p.liquidity = (p.liquidity as i128 + delta) as u128;
         }
     }
-    if lo <= pool.tick && pool.tick < hi {
-        pool.liquidity = (pool.liquidity as i128 + delta) as u128;
+}
+
+/// Blocks between derived-state snapshots: 256 blocks is under an hour of mainnet and a fold
+/// of at most ~20k logs on a busy Uniswap chain, which keeps a past-block lookup well under
+/// 100 ms.
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 256;
+
+/// Columns the fold reads from the `logs` table.
+const FOLD_COLUMNS: [&str; 8] = [
+    schema::BLOCK_NUMBER,
+    schema::TRANSACTION_HASH,
+    schema::ADDRESS,
+    schema::TOPICS[0],
+    schema::TOPICS[1],
+    schema::TOPICS[2],
+    schema::TOPICS[3],
+    schema::DATA,
+];
+
+fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .expect("invariant: the column has the type the schema gives it")
+}
+
+/// Callback of [`fold_cold`] at a marked block: the folder is as of the block, the journal holds
+/// what changed since the previous mark (when journaling).
+pub type AtMark<'a> =
+    dyn FnMut(u64, &Folder, Option<&mut Journal>) -> tidewater_storage::Result<()> + 'a;
+
+/// Folds the cold `logs` of blocks in `(after, through]` into `folder`, calling `at` for every
+/// `n` in `marks` (ascending) once the state is as of block `n` (snapshots, per-block updates).
+/// With `journal`, prior values are recorded in it. Returns the number of logs applied.
+pub fn fold_cold(
+    ds: &Dataset,
+    folder: &mut Folder,
+    after: Option<u64>,
+    through: u64,
+    marks: &mut dyn Iterator<Item = u64>,
+    mut journal: Option<&mut Journal>,
+    at: &mut AtMark<'_>,
+) -> tidewater_storage::Result<u64> {
+    let mut marks = marks.peekable();
+    let mut applied = 0;
+    let lo = after.map_or(0, |a| a + 1);
+    let mut topics_buf: Vec<B256> = Vec::with_capacity(4);
+    for chunk in ds.manifest().chunks() {
+        if chunk.end < lo || chunk.start > through {
+            continue;
+        }
+        let Some(f) = chunk.tables.get(schema::LOGS) else { continue };
+        let path = ds.root().join(&f.path);
+        for b in tidewater_storage::read_parquet_columns(&path, &FOLD_COLUMNS)? {
+            let bn: &UInt64Array = column(&b, schema::BLOCK_NUMBER);
+            let tx: &BinaryArray = column(&b, schema::TRANSACTION_HASH);
+            let addr: &BinaryArray = column(&b, schema::ADDRESS);
+            let data: &BinaryArray = column(&b, schema::DATA);
+            let topics: Vec<&BinaryArray> =
+                schema::TOPICS.iter().map(|t| column::<BinaryArray>(&b, t)).collect();
+            for i in 0..b.num_rows() {
+                let n = bn.value(i);
+                if n < lo {
+                    continue;
+                }
+                if n > through {
+                    break;
+                }
+                while let Some(m) = marks.next_if(|m| *m < n) {
+                    folder.state.block = m;
+                    folder.last_npm_mint = None;
+                    at(m, folder, journal.as_deref_mut())?;
+                }
+                topics_buf.clear();
+                topics_buf.extend(
+                    topics.iter().filter(|t| !t.is_null(i)).map(|t| B256::from_slice(t.value(i))),
+                );
+                folder.apply(
+                    &RawLog {
+                        block_number: n,
+                        transaction_hash: tx.value(i),
+                        address: Address::from_slice(addr.value(i)),
+                        topics: &topics_buf,
+                        data: data.value(i),
+                    },
+                    journal.as_deref_mut(),
+                );
+                applied += 1;
+            }
+        }
     }
+    for m in marks.by_ref().take_while(|m| *m <= through) {
+        folder.state.block = m;
+        folder.last_npm_mint = None;
+        at(m, folder, journal.as_deref_mut())?;
+    }
+    folder.state.block = through;
+    folder.last_npm_mint = None;
+    Ok(applied)
+}
+
+/// The hash of cold block `n`, read from the `blocks` table.
+pub fn cold_block_hash(ds: &Dataset, n: u64) -> tidewater_storage::Result<Option<B256>> {
+    let Some(chunk) = ds.manifest().chunks().iter().find(|c| c.start <= n && n <= c.end) else {
+        return Ok(None);
+    };
+    if chunk.end == n {
+        return Ok(chunk.last_block_hash.parse().ok());
+    }
+    let Some(f) = chunk.tables.get(schema::BLOCKS) else { return Ok(None) };
+    let path = ds.root().join(&f.path);
+    for b in
+        tidewater_storage::read_parquet_columns(&path, &[schema::BLOCK_NUMBER, schema::BLOCK_HASH])?
+    {
+        let bn: &UInt64Array = column(&b, schema::BLOCK_NUMBER);
+        let h: &BinaryArray = column(&b, schema::BLOCK_HASH);
+        if let Some(i) = (0..b.num_rows()).find(|i| bn.value(*i) == n) {
+            return Ok(Some(B256::from_slice(h.value(i))));
+        }
+    }
+    Ok(None)
+}
+
+/// The newest committed snapshot at or below `block` whose hash is the cold block's hash.
+pub fn usable_snapshot(
+    ds: &Dataset,
+    block: u64,
+) -> tidewater_storage::Result<Option<tidewater_storage::Snapshot>> {
+    for s in tidewater_storage::list_snapshots(ds.root())?.into_iter().rev() {
+        if s.block_number > block {
+            continue;
+        }
+        let want: Option<B256> = s.block_hash.parse().ok();
+        if want.is_some() && cold_block_hash(ds, s.block_number)? == want {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// The state as of cold block `block`: the newest usable snapshot at or below it plus a fold
+/// of the logs after it. With `write_every`, snapshots missing on the way are written (at the
+/// multiples of the interval).
+pub fn cold_state_at(
+    ds: &Dataset,
+    u: &UniswapV3,
+    block: u64,
+    write_every: Option<u64>,
+) -> tidewater_storage::Result<UniswapState> {
+    let snap = usable_snapshot(ds, block)?;
+    let (mut folder, after) = match &snap {
+        Some(s) => (Folder::with_state(u, read_snapshot(ds, s)?), Some(s.block_number)),
+        None => (Folder::new(u), None),
+    };
+    let first = after.map_or(0, |a| a + 1);
+    let mut marks: Box<dyn Iterator<Item = u64>> = match write_every.filter(|e| *e > 0) {
+        Some(e) => Box::new((first.div_ceil(e).max(1) * e..=block).step_by(e as usize)),
+        None => Box::new(std::iter::empty()),
+    };
+    fold_cold(ds, &mut folder, after, block, &mut marks, None, &mut |m, f, _| {
+        if let Some(h) = cold_block_hash(ds, m)? {
+            let mut st = f.state().clone();
+            st.block_hash = h;
+            write_snapshot(ds.root(), &st)?;
+        }
+        Ok(())
+    })?;
+    let mut st = folder.into_state();
+    st.block = block;
+    st.block_hash = cold_block_hash(ds, block)?.unwrap_or_default();
+    Ok(st)
 }
 
 /// Folds the committed `logs` of `ds` up to `block` (inclusive; everything when `None`).
@@ -275,64 +647,194 @@ pub fn fold_dataset(
     u: &UniswapV3,
     block: Option<u64>,
 ) -> tidewater_storage::Result<UniswapState> {
-    let mut folder = Folder::new(u);
-    for f in ds.files(tidewater_chain::schema::LOGS) {
-        for b in tidewater_storage::read_parquet(&f)? {
-            let col = |n: &str| b.column_by_name(n).expect("invariant: logs schema");
-            let bn = col("block_number")
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .expect("invariant: logs schema");
-            let tx = col("transaction_hash")
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .expect("invariant: logs schema");
-            let addr = col("address")
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .expect("invariant: logs schema");
-            let data =
-                col("data").as_any().downcast_ref::<BinaryArray>().expect("invariant: logs schema");
-            let topics: Vec<&BinaryArray> = tidewater_chain::schema::TOPICS
-                .iter()
-                .map(|t| {
-                    col(t).as_any().downcast_ref::<BinaryArray>().expect("invariant: logs schema")
-                })
-                .collect();
-            for i in 0..b.num_rows() {
-                if block.is_some_and(|n| bn.value(i) > n) {
-                    return Ok(folder.state);
-                }
-                let raw = RawLog {
-                    block_number: bn.value(i),
-                    transaction_hash: tx.value(i),
-                    address: Address::from_slice(addr.value(i)),
-                    topics: topics
-                        .iter()
-                        .filter(|t| !t.is_null(i))
-                        .map(|t| B256::from_slice(t.value(i)))
-                        .collect(),
-                    data: data.value(i),
-                };
-                folder.apply(&raw);
+    let Some(last) = ds.manifest().last().map(|c| c.end) else {
+        return Ok(UniswapState::default());
+    };
+    cold_state_at(ds, u, block.unwrap_or(last).min(last), None)
+}
+
+fn snapshot_batches(st: &UniswapState) -> [(&'static str, RecordBatch); 3] {
+    use arrow::array::{ArrayRef, BinaryBuilder, Int32Array, StringArray, UInt32Array};
+    let n = st.block;
+    let bin = |it: &mut dyn Iterator<Item = Option<Address>>| {
+        let mut b = BinaryBuilder::new();
+        for a in it {
+            match a {
+                Some(a) => b.append_value(a.as_slice()),
+                None => b.append_null(),
             }
         }
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let p: Vec<&PoolState> = st.pools.values().collect();
+    let pools = RecordBatch::try_from_iter([
+        (schema::BLOCK_NUMBER, Arc::new(UInt64Array::from(vec![n; p.len()])) as ArrayRef),
+        ("address", bin(&mut p.iter().map(|p| Some(p.address)))),
+        ("token0", bin(&mut p.iter().map(|p| Some(p.token0)))),
+        ("token1", bin(&mut p.iter().map(|p| Some(p.token1)))),
+        ("fee", Arc::new(UInt32Array::from_iter_values(p.iter().map(|p| p.fee)))),
+        ("tick_spacing", Arc::new(Int32Array::from_iter_values(p.iter().map(|p| p.tick_spacing)))),
+        (
+            "sqrt_price_x96",
+            Arc::new(StringArray::from_iter_values(p.iter().map(|p| p.sqrt_price_x96.to_string()))),
+        ),
+        ("tick", Arc::new(Int32Array::from_iter_values(p.iter().map(|p| p.tick)))),
+        (
+            "liquidity",
+            Arc::new(StringArray::from_iter_values(p.iter().map(|p| p.liquidity.to_string()))),
+        ),
+    ])
+    .expect("invariant: columns have equal lengths");
+    let t: Vec<(Address, i32, TickLiquidity)> =
+        st.ticks.iter().flat_map(|(a, m)| m.iter().map(move |(t, l)| (*a, *t, *l))).collect();
+    let ticks = RecordBatch::try_from_iter([
+        (schema::BLOCK_NUMBER, Arc::new(UInt64Array::from(vec![n; t.len()])) as ArrayRef),
+        ("pool", bin(&mut t.iter().map(|x| Some(x.0)))),
+        ("tick", Arc::new(Int32Array::from_iter_values(t.iter().map(|x| x.1)))),
+        (
+            "liquidity_gross",
+            Arc::new(StringArray::from_iter_values(
+                t.iter().map(|x| x.2.liquidity_gross.to_string()),
+            )),
+        ),
+        (
+            "liquidity_net",
+            Arc::new(StringArray::from_iter_values(
+                t.iter().map(|x| x.2.liquidity_net.to_string()),
+            )),
+        ),
+    ])
+    .expect("invariant: columns have equal lengths");
+    let q: Vec<&Position> = st.positions.values().collect();
+    let positions = RecordBatch::try_from_iter([
+        (schema::BLOCK_NUMBER, Arc::new(UInt64Array::from(vec![n; q.len()])) as ArrayRef),
+        (
+            "token_id",
+            Arc::new(StringArray::from_iter_values(q.iter().map(|p| p.token_id.to_string()))),
+        ),
+        ("owner", bin(&mut q.iter().map(|p| Some(p.owner)))),
+        ("pool", bin(&mut q.iter().map(|p| p.pool))),
+        ("tick_lower", Arc::new(Int32Array::from_iter_values(q.iter().map(|p| p.tick_lower)))),
+        ("tick_upper", Arc::new(Int32Array::from_iter_values(q.iter().map(|p| p.tick_upper)))),
+        (
+            "liquidity",
+            Arc::new(StringArray::from_iter_values(q.iter().map(|p| p.liquidity.to_string()))),
+        ),
+    ])
+    .expect("invariant: columns have equal lengths");
+    [
+        (schema::POOL_SNAPSHOTS, pools),
+        (schema::TICK_SNAPSHOTS, ticks),
+        (schema::POSITION_SNAPSHOTS, positions),
+    ]
+}
+
+/// Writes `st` as the snapshot at `st.block` into the data directory `root` (blocking I/O).
+pub fn write_snapshot(root: &std::path::Path, st: &UniswapState) -> tidewater_storage::Result<()> {
+    let batches = snapshot_batches(st);
+    tidewater_storage::write_snapshot(root, st.block, &st.block_hash.to_string(), &batches)?;
+    Ok(())
+}
+
+fn corrupt(ds: &Dataset, what: String) -> tidewater_storage::Error {
+    tidewater_storage::Error::Corrupt {
+        path: ds.root().join(tidewater_storage::SNAPSHOT_DIR),
+        what,
     }
-    if let Some(n) = block {
-        folder.state.block = n;
+}
+
+/// Reads a snapshot back into a state.
+pub fn read_snapshot(
+    ds: &Dataset,
+    s: &tidewater_storage::Snapshot,
+) -> tidewater_storage::Result<UniswapState> {
+    use arrow::array::{Int32Array, StringArray, UInt32Array};
+    let addr = |a: &BinaryArray, i: usize| Address::from_slice(a.value(i));
+    let num = |a: &StringArray, i: usize, what: &str| -> tidewater_storage::Result<U256> {
+        a.value(i)
+            .parse()
+            .map_err(|_| corrupt(ds, format!("{what} {:?} is not a number", a.value(i))))
+    };
+    let mut st = UniswapState {
+        block: s.block_number,
+        block_hash: s.block_hash.parse().map_err(|_| corrupt(ds, "bad block hash".into()))?,
+        ..Default::default()
+    };
+    for b in s.read(ds.root(), schema::POOL_SNAPSHOTS)? {
+        let (a, t0, t1): (&BinaryArray, &BinaryArray, &BinaryArray) =
+            (column(&b, "address"), column(&b, "token0"), column(&b, "token1"));
+        let (fee, ts, tick): (&UInt32Array, &Int32Array, &Int32Array) =
+            (column(&b, "fee"), column(&b, "tick_spacing"), column(&b, "tick"));
+        let (px, liq): (&StringArray, &StringArray) =
+            (column(&b, "sqrt_price_x96"), column(&b, "liquidity"));
+        for i in 0..b.num_rows() {
+            st.pools.insert(
+                addr(a, i),
+                PoolState {
+                    address: addr(a, i),
+                    token0: addr(t0, i),
+                    token1: addr(t1, i),
+                    fee: fee.value(i),
+                    tick_spacing: ts.value(i),
+                    sqrt_price_x96: num(px, i, "sqrt_price_x96")?,
+                    tick: tick.value(i),
+                    liquidity: num(liq, i, "liquidity")?.to::<u128>(),
+                },
+            );
+        }
     }
-    Ok(folder.state)
+    for b in s.read(ds.root(), schema::TICK_SNAPSHOTS)? {
+        let (p, t): (&BinaryArray, &Int32Array) = (column(&b, "pool"), column(&b, "tick"));
+        let (g, n): (&StringArray, &StringArray) =
+            (column(&b, "liquidity_gross"), column(&b, "liquidity_net"));
+        for i in 0..b.num_rows() {
+            let net: i128 = n
+                .value(i)
+                .parse()
+                .map_err(|_| corrupt(ds, format!("liquidity_net {:?}", n.value(i))))?;
+            st.ticks.entry(addr(p, i)).or_default().insert(
+                t.value(i),
+                TickLiquidity {
+                    liquidity_gross: num(g, i, "liquidity_gross")?.to::<u128>(),
+                    liquidity_net: net,
+                },
+            );
+        }
+    }
+    for b in s.read(ds.root(), schema::POSITION_SNAPSHOTS)? {
+        let (id, liq): (&StringArray, &StringArray) =
+            (column(&b, "token_id"), column(&b, "liquidity"));
+        let (o, p): (&BinaryArray, &BinaryArray) = (column(&b, "owner"), column(&b, "pool"));
+        let (lo, hi): (&Int32Array, &Int32Array) =
+            (column(&b, "tick_lower"), column(&b, "tick_upper"));
+        for i in 0..b.num_rows() {
+            let token_id = num(id, i, "token_id")?;
+            st.positions.insert(
+                token_id,
+                Position {
+                    token_id,
+                    owner: addr(o, i),
+                    pool: (!p.is_null(i)).then(|| addr(p, i)),
+                    tick_lower: lo.value(i),
+                    tick_upper: hi.value(i),
+                    liquidity: num(liq, i, "liquidity")?.to::<u128>(),
+                },
+            );
+        }
+    }
+    Ok(st)
 }
 
 /// Checks the invariants every consistent pool state has: the liquidityNet of all ticks sums to
 /// zero and the in-range liquidity equals the prefix sum of liquidityNet up to the current tick.
-pub fn check_invariants(p: &PoolState) -> Result<(), String> {
-    let sum: i128 = p.ticks.values().map(|t| t.liquidity_net).sum();
+pub fn check_invariants(p: &PoolState, ticks: Option<&Ticks>) -> Result<(), String> {
+    let ticks = ticks.cloned().unwrap_or_default();
+    let sum: i128 = ticks.values().map(|t| t.liquidity_net).sum();
     if sum != 0 {
         return Err(format!("pool {}: liquidityNet sums to {sum}", p.address));
     }
     if p.sqrt_price_x96 != U256::ZERO {
-        let prefix: i128 = p.ticks.range(..=p.tick).map(|(_, t)| t.liquidity_net).sum();
+        let prefix: i128 = ticks.range(..=p.tick).map(|(_, t)| t.liquidity_net).sum();
         if prefix != p.liquidity as i128 {
             return Err(format!(
                 "pool {}: liquidity {} but prefix sum {prefix}",

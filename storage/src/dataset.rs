@@ -306,8 +306,12 @@ impl DatasetWriter {
 
     /// Rolls cold storage back so no chunk ends after `keep_through` (`None`: remove every
     /// chunk), for a reorg deeper than the watermark. Blocking I/O.
+    /// Derived-state snapshots above the new end go too.
     pub fn rollback(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
-        self.manifest.rollback(&self.root, keep_through)
+        let removed = self.manifest.rollback(&self.root, keep_through)?;
+        let end = self.manifest.last().map(|c| c.end);
+        crate::remove_snapshots_after(&self.root, end)?;
+        Ok(removed)
     }
 
     /// Merges the committed chunks inside `[start, end]` into one chunk (one file per table), so

@@ -33,6 +33,8 @@ mod error;
 mod files;
 mod manifest;
 mod parquet_io;
+mod replay;
+mod snapshot;
 
 pub use chunk::encode_chunk;
 pub use dataset::{
@@ -42,4 +44,10 @@ pub use dataset::{
 pub use error::{Error, Result};
 pub use files::{sync_dir, write_atomic};
 pub use manifest::{ChunkEntry, FileEntry, Manifest, MANIFEST_DIR};
-pub use parquet_io::{encode_parquet, read_parquet, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL};
+pub use parquet_io::{
+    encode_parquet, read_parquet, read_parquet_columns, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL,
+};
+pub use replay::cold_blocks;
+pub use snapshot::{
+    list_snapshots, remove_snapshots_after, write_snapshot, Snapshot, SNAPSHOT_DIR,
+};

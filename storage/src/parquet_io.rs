@@ -40,3 +40,17 @@ pub fn read_parquet(path: &std::path::Path) -> Result<Vec<RecordBatch>> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Parquet { path: path.to_path_buf(), source: e.into() })
 }
+
+/// Reads the named columns (all rows) of a Parquet file; unknown names are ignored.
+pub fn read_parquet_columns(path: &std::path::Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    let err = |source| Error::Parquet { path: path.to_path_buf(), source };
+    let f = std::fs::File::open(path).map_err(Error::io("opening", path))?;
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).map_err(err)?;
+    let mask =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(err)?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Parquet { path: path.to_path_buf(), source: e.into() })
+}

@@ -1,57 +1,9 @@
 //! The hot buffer: unconfirmed blocks above the checkpoint, each linked to the one before by
 //! parent hash, and the update events a consumer folds.
 
-use arrow::record_batch::RecordBatch;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use tidewater_chain::{Header, Log, B256};
-
-/// One unconfirmed block with the watched logs it holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HotBlock {
-    /// The header.
-    pub header: Header,
-    /// Watched logs, ordered by log index.
-    pub logs: Vec<Log>,
-    /// The block's decoded events, one batch per table that has rows (same schemas as the cold
-    /// tables), so consumers fold typed events without decoding again.
-    pub events: BTreeMap<String, RecordBatch>,
-}
-
-/// What happened to the chain, in an order a consumer can fold: reverts come newest first.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChainUpdate {
-    /// A block joined the canonical chain (unconfirmed).
-    Applied(Arc<HotBlock>),
-    /// A block left the canonical chain (reorg); undo its logs.
-    Reverted(Arc<HotBlock>),
-    /// A block is final and stored in the cold tier.
-    Confirmed {
-        /// Block number.
-        number: u64,
-        /// Block hash.
-        hash: B256,
-    },
-}
-
-impl ChainUpdate {
-    /// The update that undoes this one (Applied ↔ Reverted; Confirmed stays).
-    pub fn into_inverted(self) -> Self {
-        match self {
-            Self::Applied(b) => Self::Reverted(b),
-            Self::Reverted(b) => Self::Applied(b),
-            c @ Self::Confirmed { .. } => c,
-        }
-    }
-
-    /// Block number the update is about.
-    pub fn number(&self) -> u64 {
-        match self {
-            Self::Applied(b) | Self::Reverted(b) => b.header.number,
-            Self::Confirmed { number, .. } => *number,
-        }
-    }
-}
+pub use tidewater_chain::{ChainUpdate, HotBlock};
 
 /// Unconfirmed blocks, contiguous and hash-linked.
 #[derive(Debug, Default)]
@@ -114,7 +66,8 @@ impl HotBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidewater_chain::Bloom;
+    use std::collections::BTreeMap;
+    use tidewater_chain::{Bloom, Header, B256};
 
     fn block(number: u64, hash: u8, parent: u8) -> Arc<HotBlock> {
         Arc::new(HotBlock {

@@ -32,6 +32,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS, DEPTH_BUCKETS};
 use tidewater_chain::{
     discover_pools, BlockRange, EventCatalog, Header, LogFilter, PoolSet, RangeData, RangeSizer,
     RpcClient, Sources, B256, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
@@ -125,7 +126,7 @@ impl Default for TailConfig {
 }
 
 /// Live counters (for `status` and metrics).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TailStats {
     /// Latest head seen.
     pub head: AtomicU64,
@@ -141,6 +142,130 @@ pub struct TailStats {
     pub deep_reorgs: AtomicU64,
     /// Blocks applied.
     pub blocks_applied: AtomicU64,
+    /// Blocks in the hot buffer (detected, not yet persisted).
+    pub hot_blocks: AtomicU64,
+    /// Timestamp of the newest block applied (unix seconds).
+    pub tip_timestamp: AtomicU64,
+    /// The newest block applied (hot tip, else the checkpoint).
+    pub tip: AtomicU64,
+    /// Whether the tail has reached the head at least once since it started.
+    pub caught_up: std::sync::atomic::AtomicBool,
+    /// Block timestamp to detected (header and logs in the hot buffer), seconds.
+    pub detect_delay: Histogram,
+    /// Block timestamp to persisted (committed to the cold tier), seconds.
+    pub persist_delay: Histogram,
+    /// Depth of each reorg handled, in blocks.
+    pub reorg_depth: Histogram,
+}
+
+impl Default for TailStats {
+    fn default() -> Self {
+        Self {
+            head: AtomicU64::new(0),
+            watermark: AtomicU64::new(0),
+            checkpoint: AtomicU64::new(0),
+            reorgs: AtomicU64::new(0),
+            max_reorg_depth: AtomicU64::new(0),
+            deep_reorgs: AtomicU64::new(0),
+            blocks_applied: AtomicU64::new(0),
+            hot_blocks: AtomicU64::new(0),
+            tip_timestamp: AtomicU64::new(0),
+            tip: AtomicU64::new(0),
+            caught_up: Default::default(),
+            detect_delay: Histogram::new(DELAY_BUCKETS),
+            persist_delay: Histogram::new(DELAY_BUCKETS),
+            reorg_depth: Histogram::new(DEPTH_BUCKETS),
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl TailStats {
+    /// Renders the counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use tidewater_chain::metrics::single;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let head = g(&self.head);
+        let tip = g(&self.tip);
+        single(out, "tidewater_head_block", "Latest head block seen on the node.", "gauge", head);
+        single(
+            out,
+            "tidewater_watermark_block",
+            "Confirmed watermark (finalized, or head - confirmations).",
+            "gauge",
+            g(&self.watermark),
+        );
+        single(
+            out,
+            "tidewater_checkpoint_block",
+            "Last block persisted to the cold tier.",
+            "gauge",
+            g(&self.checkpoint),
+        );
+        single(
+            out,
+            "tidewater_lag_blocks",
+            "Head minus the newest block in the hot buffer.",
+            "gauge",
+            (head - tip).max(0.0),
+        );
+        let ts = g(&self.tip_timestamp);
+        single(
+            out,
+            "tidewater_lag_seconds",
+            "Now minus the timestamp of the newest block applied.",
+            "gauge",
+            if ts > 0.0 { (unix_now() - ts).max(0.0) } else { 0.0 },
+        );
+        single(
+            out,
+            "tidewater_backlog_blocks",
+            "Blocks detected but not yet persisted (hot buffer) plus blocks not yet fetched.",
+            "gauge",
+            g(&self.hot_blocks) + (head - tip).max(0.0),
+        );
+        single(out, "tidewater_reorgs_total", "Reorgs handled.", "counter", g(&self.reorgs));
+        single(
+            out,
+            "tidewater_deep_reorgs_total",
+            "Reorgs deeper than the watermark (cold data rolled back).",
+            "counter",
+            g(&self.deep_reorgs),
+        );
+        single(
+            out,
+            "tidewater_blocks_applied_total",
+            "Blocks applied to the hot buffer.",
+            "counter",
+            g(&self.blocks_applied),
+        );
+        self.reorg_depth.render(out, "tidewater_reorg_depth_blocks", "Depth of reorgs.", "");
+        tidewater_chain::metrics::header(
+            out,
+            "tidewater_stage_delay_seconds",
+            "Delay from the block timestamp to each stage (detected, persisted).",
+            "histogram",
+        );
+        let mut body = String::new();
+        self.detect_delay.render(
+            &mut body,
+            "tidewater_stage_delay_seconds",
+            "",
+            "stage=\"detected\"",
+        );
+        self.persist_delay.render(
+            &mut body,
+            "tidewater_stage_delay_seconds",
+            "",
+            "stage=\"persisted\"",
+        );
+        out.extend(body.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")));
+    }
 }
 
 /// The head follower.
@@ -308,8 +433,16 @@ impl Tail {
             let block = Arc::new(block);
             st.hot.push(block.clone()).expect("invariant: the block extends the tip");
             self.stats.blocks_applied.fetch_add(1, Ordering::Relaxed);
+            self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
+            self.stats.tip_timestamp.store(block.header.timestamp, Ordering::Relaxed);
+            self.stats.tip.store(block.header.number, Ordering::Relaxed);
+            self.stats.detect_delay.observe(unix_now() - block.header.timestamp as f64);
             self.publish(ChainUpdate::Applied(block));
         }
+        if self.next_block(st) > head {
+            self.stats.caught_up.store(true, Ordering::Relaxed);
+        }
+        self.stats.tip.store(self.next_block(st).saturating_sub(1), Ordering::Relaxed);
         let watermark = self.watermark(head).await?;
         self.stats.watermark.store(watermark, Ordering::Relaxed);
         self.compact(st, watermark).await
@@ -390,7 +523,10 @@ impl Tail {
         }
         if depth > 0 {
             self.stats.reorgs.fetch_add(1, Ordering::Relaxed);
+            self.stats.reorg_depth.observe(depth as f64);
         }
+        self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
+        self.stats.tip.store(self.next_block(st).saturating_sub(1), Ordering::Relaxed);
         self.stats.max_reorg_depth.fetch_max(depth, Ordering::Relaxed);
         tracing::info!(depth, tip = ?st.hot.tip().map(|t| t.header.number), "reorg handled");
         Ok(depth)
@@ -436,7 +572,7 @@ impl Tail {
                 .filter(|c| keep_through.is_none_or(|k| c.end > k))
                 .cloned()
                 .collect();
-            let orphaned = cold_blocks(&root, &doomed)?;
+            let orphaned = tidewater_storage::cold_blocks(&root, &doomed)?;
             w.rollback(keep_through)?;
             let new_cp = checkpoint_of(&w);
             w.record_deep_reorg(&serde_json::json!({
@@ -537,7 +673,10 @@ impl Tail {
         st.checkpoint = Some((last.header.number, last.header.hash));
         st.last_compaction = Instant::now();
         self.stats.checkpoint.store(last.header.number, Ordering::Relaxed);
+        self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
+        let now = unix_now();
         for b in &blocks {
+            self.stats.persist_delay.observe(now - b.header.timestamp as f64);
             self.publish(ChainUpdate::Confirmed { number: b.header.number, hash: b.header.hash });
         }
         tracing::debug!(%range, "compacted confirmed blocks");
@@ -549,91 +688,4 @@ fn checkpoint_of(w: &DatasetWriter) -> Option<(u64, B256)> {
     w.manifest()
         .last()
         .map(|c| (c.end, c.last_block_hash.parse().expect("invariant: manifest hashes are valid")))
-}
-
-/// The headers and logs of committed chunks, read back from the cold tier, oldest first.
-fn cold_blocks(
-    root: &std::path::Path,
-    chunks: &[tidewater_storage::ChunkEntry],
-) -> tidewater_storage::Result<Vec<(Header, Vec<tidewater_chain::Log>)>> {
-    use arrow::array::{Array, BinaryArray, UInt32Array, UInt64Array};
-    use tidewater_chain::schema::{BLOCKS, LOGS, TOPICS};
-    let mut out: Vec<(Header, Vec<tidewater_chain::Log>)> = Vec::new();
-    let bin = |b: &arrow::record_batch::RecordBatch, c: &str| {
-        b.column_by_name(c)
-            .and_then(|a| a.as_any().downcast_ref::<BinaryArray>())
-            .cloned()
-            .expect("invariant: cold schema")
-    };
-    let u64s = |b: &arrow::record_batch::RecordBatch, c: &str| {
-        b.column_by_name(c)
-            .and_then(|a| a.as_any().downcast_ref::<UInt64Array>())
-            .cloned()
-            .expect("invariant: cold schema")
-    };
-    for c in chunks {
-        let mut index = std::collections::HashMap::new();
-        if let Some(f) = c.tables.get(BLOCKS) {
-            for b in tidewater_storage::read_parquet(&root.join(&f.path))? {
-                let (n, h, p, ts, bloom) = (
-                    u64s(&b, "block_number"),
-                    bin(&b, "block_hash"),
-                    bin(&b, "parent_hash"),
-                    u64s(&b, "timestamp"),
-                    bin(&b, "logs_bloom"),
-                );
-                for i in 0..b.num_rows() {
-                    index.insert(n.value(i), out.len());
-                    out.push((
-                        Header {
-                            number: n.value(i),
-                            hash: B256::from_slice(h.value(i)),
-                            parent_hash: B256::from_slice(p.value(i)),
-                            timestamp: ts.value(i),
-                            logs_bloom: tidewater_chain::Bloom::from_slice(bloom.value(i)),
-                        },
-                        Vec::new(),
-                    ));
-                }
-            }
-        }
-        if let Some(f) = c.tables.get(LOGS) {
-            for b in tidewater_storage::read_parquet(&root.join(&f.path))? {
-                let n = u64s(&b, "block_number");
-                let u32s = |c: &str| {
-                    b.column_by_name(c)
-                        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
-                        .cloned()
-                        .expect("invariant: cold schema")
-                };
-                let (ti, li) = (u32s("transaction_index"), u32s("log_index"));
-                let (bh, th, addr, data) = (
-                    bin(&b, "block_hash"),
-                    bin(&b, "transaction_hash"),
-                    bin(&b, "address"),
-                    bin(&b, "data"),
-                );
-                let topics: Vec<BinaryArray> = TOPICS.iter().map(|t| bin(&b, t)).collect();
-                for i in 0..b.num_rows() {
-                    let Some(at) = index.get(&n.value(i)) else { continue };
-                    out[*at].1.push(tidewater_chain::Log {
-                        address: tidewater_chain::Address::from_slice(addr.value(i)),
-                        topics: topics
-                            .iter()
-                            .filter(|t| !t.is_null(i))
-                            .map(|t| B256::from_slice(t.value(i)))
-                            .collect(),
-                        data: data.value(i).to_vec().into(),
-                        block_number: n.value(i),
-                        block_hash: B256::from_slice(bh.value(i)),
-                        transaction_hash: B256::from_slice(th.value(i)),
-                        transaction_index: u64::from(ti.value(i)),
-                        log_index: u64::from(li.value(i)),
-                        removed: false,
-                    });
-                }
-            }
-        }
-    }
-    Ok(out)
 }

@@ -8,6 +8,7 @@ mod backfill;
 mod bad_input;
 mod oracle;
 mod proxy;
+mod serve;
 mod state;
 mod tail;
 mod util;

@@ -23,10 +23,10 @@ sol! {
     function exactInputSingle(ExactInputSingleParams params) external payable returns (uint256 amountOut);
 }
 
-const ACCOUNT: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+pub(crate) const ACCOUNT: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
 
 /// A swap transaction request through the real SwapRouter, on a random pool.
-fn swap_tx(net: &Devnet, rng: &mut impl Rng) -> Value {
+pub(crate) fn swap_tx(net: &Devnet, rng: &mut impl Rng) -> Value {
     let pools = net.deploy["pools"].as_array().unwrap();
     let p = &pools[rng.gen_range(0..pools.len())];
     let (t0, t1) = (p["token0"].as_str().unwrap(), p["token1"].as_str().unwrap());
@@ -52,7 +52,16 @@ fn swap_tx(net: &Devnet, rng: &mut impl Rng) -> Value {
 }
 
 pub(crate) fn swap(net: &Devnet, rng: &mut impl Rng) {
-    let hash = rpc(&net.url, "eth_sendTransaction", json!([swap_tx(net, rng)]));
+    wait_mined(net, rpc(&net.url, "eth_sendTransaction", json!([swap_tx(net, rng)])));
+}
+
+/// Sends a transaction from the test account and waits until it is mined.
+pub(crate) fn send_tx(net: &Devnet, to: &str, data: String) {
+    let tx = json!({"from": ACCOUNT, "to": to, "data": data, "gas": "0x7a1200"});
+    wait_mined(net, rpc(&net.url, "eth_sendTransaction", json!([tx])));
+}
+
+fn wait_mined(net: &Devnet, hash: Value) {
     // anvil answers before the block is mined: wait for it, so reorg depths are what we think.
     let start = Instant::now();
     while rpc(&net.url, "eth_getTransactionReceipt", json!([hash])).is_null() {
@@ -62,7 +71,7 @@ pub(crate) fn swap(net: &Devnet, rng: &mut impl Rng) {
 }
 
 /// A reorg of `depth` blocks whose new branch carries fresh swaps.
-fn reorg(net: &Devnet, depth: u64, rng: &mut impl Rng) {
+pub(crate) fn reorg(net: &Devnet, depth: u64, rng: &mut impl Rng) {
     let txs: Vec<Value> =
         (0..rng.gen_range(1..=depth)).map(|i| json!([swap_tx(net, rng), i])).collect();
     if let Err(e) = try_rpc(&net.url, "anvil_reorg", json!([depth, txs.clone()])) {
@@ -71,21 +80,30 @@ fn reorg(net: &Devnet, depth: u64, rng: &mut impl Rng) {
 }
 
 /// anvil can only reorg blocks it mined itself (not ones loaded with --load-state).
-fn warm_up(net: &Devnet, rng: &mut impl Rng) {
+pub(crate) fn warm_up(net: &Devnet, rng: &mut impl Rng) {
     for _ in 0..6 {
         swap(net, rng);
     }
 }
 
-fn mine(net: &Devnet, n: usize) {
+pub(crate) fn mine(net: &Devnet, n: usize) {
     for _ in 0..n {
         rpc(&net.url, "evm_mine", json!([]));
     }
 }
 
-fn start_tail(t: &TestCommand, net: &Devnet, extra: &[&str]) -> Child {
-    let mut args =
-        s(&["run", "--data", "data", "--poll-interval-ms", "20", "--compact-interval-secs", "0"]);
+pub(crate) fn start_tail(t: &TestCommand, net: &Devnet, extra: &[&str]) -> Child {
+    let mut args = s(&[
+        "run",
+        "--data",
+        "data",
+        "--poll-interval-ms",
+        "20",
+        "--compact-interval-secs",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     args.extend(net.uniswap_flags());
     args.extend(s(extra));
     t.cmd()
@@ -97,13 +115,13 @@ fn start_tail(t: &TestCommand, net: &Devnet, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-fn checkpoint(t: &TestCommand) -> Option<u64> {
+pub(crate) fn checkpoint(t: &TestCommand) -> Option<u64> {
     let ds = tidewater_storage::Dataset::open(&t.path("data")).ok()?;
     ds.manifest().last().map(|c| c.end)
 }
 
 /// Waits until the tail has compacted everything at or below `block`.
-fn wait_for_checkpoint(t: &TestCommand, block: u64) {
+pub(crate) fn wait_for_checkpoint(t: &TestCommand, block: u64) {
     wait_for_checkpoint_within(t, block, Duration::from_secs(60));
 }
 
@@ -119,7 +137,7 @@ fn wait_for_checkpoint_within(t: &TestCommand, block: u64, limit: Duration) {
     }
 }
 
-fn stop(mut child: Child) -> (String, String) {
+pub(crate) fn stop(mut child: Child) -> (String, String) {
     unsafe_sigterm(&child);
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
@@ -373,6 +391,7 @@ fn the_tail_catches_up_without_gaps_after_the_node_was_unreachable() {
         "4",
         "--compact-blocks",
         "2",
+        "--no-serve",
     ]);
     args.extend(net.uniswap_flags_via(&proxy.url));
     let child = t
@@ -426,7 +445,7 @@ fn new_heads_over_websocket_wake_the_tail() {
             "0",
         ]))
         .args(net.uniswap_flags())
-        .args(s(&["--confirmations", "2", "--compact-blocks", "1", "--ws", &ws]))
+        .args(s(&["--confirmations", "2", "--compact-blocks", "1", "--ws", &ws, "--no-serve"]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

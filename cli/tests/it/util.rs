@@ -137,17 +137,46 @@ pub fn hex_u64(v: &Value) -> u64 {
 
 /// One HTTP POST with a JSON body; returns the response body.
 pub fn http_post(url: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    Ok(http("POST", url, &[], body)?.1)
+}
+
+/// An HTTP GET of `url` (`http://host:port/path?query`): status and body.
+pub fn http_get(url: &str) -> (u16, Vec<u8>) {
+    http("GET", url, &[], b"").unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// An HTTP GET whose body is JSON: status and value.
+pub fn get_json(url: &str) -> (u16, Value) {
+    let (status, body) = http_get(url);
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("GET {url}: {status} {e}: {}", String::from_utf8_lossy(&body)));
+    (status, v)
+}
+
+/// One HTTP/1.1 request with `Connection: close`: status and body.
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;
     let mut r = BufReader::new(s);
-    let (_, headers) = read_head(&mut r)?;
+    let (first, headers) = read_head(&mut r)?;
+    let status = first.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let mut out = Vec::new();
     if chunked {
@@ -168,7 +197,29 @@ pub fn http_post(url: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
     } else {
         r.read_to_end(&mut out)?;
     }
-    Ok(out)
+    Ok((status, out))
+}
+
+/// Several JSON-RPC calls in one batch request; results in order (panics on any error).
+pub fn rpc_batch(url: &str, calls: &[(&str, Value)]) -> Vec<Value> {
+    if calls.is_empty() {
+        return vec![];
+    }
+    let body: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (m, p))| json!({"jsonrpc": "2.0", "id": i, "method": m, "params": p}))
+        .collect();
+    let resp = http_post(url, serde_json::to_vec(&body).unwrap().as_slice()).unwrap();
+    let v: Vec<Value> = serde_json::from_slice(&resp).unwrap();
+    let mut out = vec![Value::Null; calls.len()];
+    for r in v {
+        if let Some(e) = r.get("error") {
+            panic!("batch call {}: {e}", r["id"]);
+        }
+        out[r["id"].as_u64().unwrap() as usize] = r["result"].clone();
+    }
+    out
 }
 
 /// Reads an HTTP head: the first line and lower-cased headers.

@@ -1,0 +1,111 @@
+//! `tidewater serve`, and the API that `run` and `tail` start beside the tail.
+
+use crate::args::{ApiArgs, ServeArgs};
+use crate::{usage, CmdResult, Failure};
+use eyre::{eyre, WrapErr as _};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tidewater_queries::df_sql::SqlLimits;
+use tidewater_queries::live::LiveState;
+use tidewater_queries::server::{CaughtUpFn, MetricsFn, Service};
+use tidewater_storage::Dataset;
+use tokio_util::sync::CancellationToken;
+
+/// Binds the API's address (before anything is written, so a taken port is bad input).
+pub(crate) async fn bind(api: &ApiArgs) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(api.listen).await.map_err(|e| {
+        usage(eyre!(e).wrap_err(format!(
+            "cannot listen on {} (pass another --listen, or --no-serve)",
+            api.listen
+        )))
+    })
+}
+
+/// Loads the live state of the data directory at `root` (blocking: folds the cold tier).
+pub(crate) async fn load(root: &std::path::Path, api: &ApiArgs) -> Result<LiveState, Failure> {
+    let root = root.to_path_buf();
+    let interval = api.snapshot_interval;
+    tokio::task::spawn_blocking(move || -> Result<LiveState, Failure> {
+        let ds = Dataset::open(&root).map_err(|e| {
+            if e.is_usage() {
+                usage(e)
+            } else {
+                Failure::Runtime(eyre!(e))
+            }
+        })?;
+        let sources: tidewater_chain::Sources =
+            serde_json::from_value(ds.identity().sources.clone())
+                .wrap_err("reading the dataset's sources")?;
+        // Without Uniswap V3 sources the state stays empty; SQL, stream and metrics still work.
+        let u = sources.uniswap_v3.unwrap_or(tidewater_chain::UniswapV3 {
+            factory: tidewater_chain::Address::ZERO,
+            position_manager: None,
+            factory_start_block: 0,
+        });
+        LiveState::load(ds, u, interval).map_err(|e| {
+            Failure::Runtime(eyre!(e).wrap_err("loading the state from the cold tier"))
+        })
+    })
+    .await
+    .wrap_err("loading the state")?
+}
+
+/// Starts the API on `listener` until `cancel`.
+pub(crate) fn start(
+    live: Arc<RwLock<LiveState>>,
+    listener: tokio::net::TcpListener,
+    api: &ApiArgs,
+    metrics: MetricsFn,
+    caught_up: CaughtUpFn,
+    cancel: CancellationToken,
+) -> tidewater_chain::SpawnedTask<std::io::Result<()>> {
+    let limits = SqlLimits {
+        max_rows: api.sql_max_rows,
+        timeout: Duration::from_millis(api.sql_timeout_ms.max(1)),
+        memory: api.sql_memory_mib.max(1) << 20,
+    };
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!("HTTP API on http://{a} (see /openapi.json)");
+    }
+    let svc = Service::new(live, metrics, caught_up, limits);
+    tidewater_chain::SpawnedTask::spawn(tidewater_queries::server::serve(svc, listener, cancel))
+}
+
+pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
+    let listener = bind(&a.api).await?;
+    let live = Arc::new(RwLock::new(load(&a.data, &a.api).await?));
+    let cancel = CancellationToken::new();
+    let server = start(
+        live.clone(),
+        listener,
+        &a.api,
+        Arc::new(|_: &mut String| {}),
+        Arc::new(|| true),
+        cancel.clone(),
+    );
+    let mut signals = crate::backfill_cmd::Signals::new()?;
+    let mut tick = tokio::time::interval(Duration::from_millis(a.poll_interval_ms.max(10)));
+    let server_done = server.join();
+    tokio::pin!(server_done);
+    loop {
+        tokio::select! {
+            r = &mut server_done => {
+                r.wrap_err("HTTP server")?;
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                let l = live.clone();
+                let r = tokio::task::spawn_blocking(move || LiveState::catch_up_with_cold(&l))
+                    .await
+                    .wrap_err("following the data directory")?;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "reading newly committed blocks; retrying");
+                }
+            }
+            _ = signals.recv() => {
+                tracing::info!("stopping the server (signal received)");
+                cancel.cancel();
+            }
+        }
+    }
+}

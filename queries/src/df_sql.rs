@@ -1,0 +1,224 @@
+//! Read-only SQL over the whole dataset with DataFusion: each table is one view of its cold
+//! Parquet files (exactly those the manifest lists) plus the unconfirmed blocks of the hot
+//! buffer, with a `confirmed` column telling them apart.
+//!
+//! Only queries run: DDL, DML (`COPY`, `INSERT`), `SET` and other statements are refused by the
+//! planner, URL tables (`SELECT * FROM '/etc/passwd'`) are off, and each query has a row cap,
+//! a time limit and a memory pool of fixed size.
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::MemTable;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{lit, SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tidewater_chain::{schema, HotBlock};
+use tidewater_storage::Dataset;
+
+/// Rows a query may return: 10,000 rows of logs is a few MiB of JSON; larger extracts belong
+/// to `tidewater sql` or the Parquet files themselves.
+pub const DEFAULT_MAX_ROWS: usize = 10_000;
+/// Time a query may run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Memory a query's operators may hold (sorts, joins, aggregates): 256 MiB leaves the rest of
+/// a small machine to the indexer.
+pub const DEFAULT_MEMORY: usize = 256 << 20;
+/// Longest SQL text accepted.
+pub const MAX_SQL_BYTES: usize = 64 << 10;
+
+/// Limits of one query.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    /// Rows returned.
+    pub max_rows: usize,
+    /// Wall time.
+    pub timeout: Duration,
+    /// Operator memory, bytes.
+    pub memory: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self { max_rows: DEFAULT_MAX_ROWS, timeout: DEFAULT_TIMEOUT, memory: DEFAULT_MEMORY }
+    }
+}
+
+/// Why a query was not answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqlError {
+    /// Not a read (DDL, DML, statements).
+    #[error("only read queries are allowed: {0}")]
+    NotAllowed(String),
+    /// Parse or planning error, unknown table or column.
+    #[error("{0}")]
+    Invalid(String),
+    /// The result or the work is over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Over the time limit.
+    #[error("the query ran longer than {0:?}")]
+    Timeout(Duration),
+    /// Reading the dataset failed.
+    #[error("reading the dataset")]
+    Storage(#[from] tidewater_storage::Error),
+    /// Anything else DataFusion reports at run time.
+    #[error("query failed: {0}")]
+    Execution(String),
+}
+
+fn classify(e: datafusion::error::DataFusionError) -> SqlError {
+    use datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::ResourcesExhausted(m) => {
+            SqlError::TooLarge(format!("the query needs more memory than allowed: {m}"))
+        }
+        E::SQL(..) | E::Plan(..) | E::SchemaError(..) | E::NotImplemented(..) => {
+            let msg = e.to_string();
+            if msg.contains("not supported")
+                && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement"))
+            {
+                SqlError::NotAllowed(msg)
+            } else {
+                SqlError::Invalid(msg)
+            }
+        }
+        _ => SqlError::Execution(e.to_string()),
+    }
+}
+
+fn cold_schema(ds: &Dataset, table: &str) -> Result<SchemaRef, SqlError> {
+    let path = ds.schema_file(table);
+    let f = std::fs::File::open(&path).map_err(|source| {
+        SqlError::Storage(tidewater_storage::Error::Io {
+            op: "opening",
+            path: path.clone(),
+            source,
+        })
+    })?;
+    let b = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| {
+        SqlError::Storage(tidewater_storage::Error::Parquet {
+            path: ds.schema_file(table),
+            source: e,
+        })
+    })?;
+    Ok(b.schema().clone())
+}
+
+/// The hot buffer's rows per table (blocks, logs and decoded events).
+pub fn hot_batches(blocks: &[Arc<HotBlock>], chain_id: u64) -> BTreeMap<String, Vec<RecordBatch>> {
+    let mut out: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    if blocks.is_empty() {
+        return out;
+    }
+    let headers: Vec<_> = blocks.iter().map(|b| b.header.clone()).collect();
+    let logs: Vec<_> = blocks.iter().flat_map(|b| b.logs.iter().cloned()).collect();
+    if let Ok(b) = tidewater_chain::encode::blocks_batch(&headers, chain_id) {
+        out.entry(schema::BLOCKS.to_string()).or_default().push(b);
+    }
+    if let Ok(b) = tidewater_chain::encode::logs_batch(&logs, chain_id) {
+        out.entry(schema::LOGS.to_string()).or_default().push(b);
+    }
+    for b in blocks {
+        for (t, batch) in &b.events {
+            out.entry(t.clone()).or_default().push(batch.clone());
+        }
+    }
+    out
+}
+
+/// Runs one read-only query over the cold tier of the dataset at `root` plus `hot`.
+pub async fn run_sql(
+    root: &std::path::Path,
+    hot: BTreeMap<String, Vec<RecordBatch>>,
+    sql: &str,
+    limits: SqlLimits,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(SqlError::TooLarge(format!("the SQL text is over {MAX_SQL_BYTES} bytes")));
+    }
+    let root = root.to_path_buf();
+    let ds = tokio::task::spawn_blocking(move || Dataset::open(&root))
+        .await
+        .map_err(|e| SqlError::Execution(e.to_string()))??;
+    // No spilling: a query gets its memory pool and no disk.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory, 1.0)
+        .with_disk_manager_builder(
+            datafusion::execution::disk_manager::DiskManagerBuilder::default()
+                .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled),
+        )
+        .build_arc()
+        .map_err(classify)?;
+    let config = SessionConfig::new().with_target_partitions(2).with_information_schema(true);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let mut tables = ds.identity().tables.clone();
+    tables.sort();
+    tables.dedup();
+    for table in tables {
+        let schema = cold_schema(&ds, &table)?;
+        let files = ds.files(&table);
+        let cold: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
+            Arc::new(MemTable::try_new(schema.clone(), vec![vec![]]).map_err(classify)?)
+        } else {
+            let urls = files
+                .iter()
+                .map(|f| ListingTableUrl::parse(f.to_string_lossy()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(classify)?;
+            let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            let cfg = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(opts)
+                .with_schema(schema.clone());
+            Arc::new(ListingTable::try_new(cfg).map_err(classify)?)
+        };
+        let mut df = ctx
+            .read_table(cold)
+            .map_err(classify)?
+            .with_column("confirmed", lit(true))
+            .map_err(classify)?;
+        if let Some(batches) = hot.get(&table).filter(|b| !b.is_empty()) {
+            let mem =
+                MemTable::try_new(batches[0].schema(), vec![batches.clone()]).map_err(classify)?;
+            let h = ctx
+                .read_table(Arc::new(mem))
+                .map_err(classify)?
+                .with_column("confirmed", lit(false))
+                .map_err(classify)?;
+            df = df.union(h).map_err(classify)?;
+        }
+        ctx.register_table(table.as_str(), df.into_view()).map_err(classify)?;
+    }
+    let opts =
+        SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let work = async {
+        let df = ctx.sql_with_options(sql, opts).await.map_err(classify)?;
+        let mut stream = df.execute_stream().await.map_err(classify)?;
+        let mut out = Vec::new();
+        let mut rows = 0;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(classify)?;
+            rows += b.num_rows();
+            if rows > limits.max_rows {
+                return Err(SqlError::TooLarge(format!(
+                    "the result has more than {} rows; add a LIMIT or aggregate",
+                    limits.max_rows
+                )));
+            }
+            out.push(b);
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(limits.timeout, work)
+        .await
+        .map_err(|_| SqlError::Timeout(limits.timeout))?
+}

@@ -1,0 +1,572 @@
+//! The HTTP API (axum): pool, tick and position state at the head and at past blocks, the SSE
+//! stream, read-only SQL, health, readiness, Prometheus metrics and the OpenAPI document.
+//!
+//! Every error is JSON `{"error": "..."}` with a 4xx status for bad input (malformed address,
+//! unknown pool, a block outside the indexed range, bad or non-read SQL) and 5xx otherwise.
+
+use crate::df_sql::{hot_batches, run_sql, SqlError, SqlLimits};
+use crate::live::{LiveState, StateAt, StreamEvent};
+use crate::pool_state::{cold_state_at, intervals_json, ticks_json, UniswapState};
+use alloy_primitives::{Address, U256};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS};
+use tokio::sync::broadcast;
+
+/// The default listen address: loopback only, so nothing is exposed unless asked.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Renders extra Prometheus text (the tail's and the RPC client's counters).
+pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Whether the indexer behind the service has caught up with the chain head.
+pub type CaughtUpFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Service {
+    live: Arc<RwLock<LiveState>>,
+    metrics: MetricsFn,
+    caught_up: CaughtUpFn,
+    limits: SqlLimits,
+    stats: Arc<ServerStats>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct ServerStats {
+    requests: AtomicU64,
+    stream_clients: AtomicU64,
+    stream_delay: Histogram,
+    sql_queries: AtomicU64,
+}
+
+impl Service {
+    /// A service over `live`; `metrics` and `caught_up` come from the tail when there is one.
+    pub fn new(
+        live: Arc<RwLock<LiveState>>,
+        metrics: MetricsFn,
+        caught_up: CaughtUpFn,
+        limits: SqlLimits,
+    ) -> Self {
+        Self {
+            live,
+            metrics,
+            caught_up,
+            limits,
+            stats: Arc::new(ServerStats {
+                requests: AtomicU64::new(0),
+                stream_clients: AtomicU64::new(0),
+                stream_delay: Histogram::new(DELAY_BUCKETS),
+                sql_queries: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/pools", get(pools))
+            .route("/v1/pools/{address}", get(pool))
+            .route("/v1/pools/{address}/ticks", get(pool_ticks))
+            .route("/v1/positions", get(positions))
+            .route("/v1/positions/{token_id}", get(position))
+            .route("/v1/owners/{address}/positions", get(owner_positions))
+            .route("/v1/stream", get(stream))
+            .route("/v1/sql", post(sql))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi))
+            .fallback(not_found)
+            .with_state(self)
+    }
+
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, LiveState> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.live.read().expect("invariant: live lock not poisoned")
+    }
+}
+
+/// Serves until `cancel` fires.
+pub async fn serve(
+    service: Service,
+    listener: tokio::net::TcpListener,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, service.router())
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// An API error: status and message.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn missing(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn parse_address(s: &str) -> Result<Address, ApiError> {
+    let ok = s.len() == 42 && s.starts_with("0x") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !ok {
+        return Err(bad(format!("malformed address {s:?}: expected 0x and 40 hex digits")));
+    }
+    s.parse().map_err(|_| bad(format!("malformed address {s:?}")))
+}
+
+fn parse_block(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    match q.get("block") {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| bad(format!("malformed block {s:?}: expected a block number (decimal)"))),
+    }
+}
+
+fn parse_token_id(s: &str) -> Result<U256, ApiError> {
+    U256::from_str_radix(s, 10)
+        .map_err(|_| bad(format!("malformed token id {s:?}: expected a decimal integer")))
+}
+
+/// The state at `block` (the head without one), and whether that block is confirmed.
+async fn state_at(
+    svc: &Service,
+    block: Option<u64>,
+) -> Result<(Arc<UniswapState>, bool), ApiError> {
+    let at = svc.live().state_at(block).map_err(|e| match e {
+        crate::live::BlockError::Empty => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        e => bad(e.to_string()),
+    })?;
+    match at {
+        StateAt::Ready(st, confirmed) => Ok((Arc::from(st), confirmed)),
+        StateAt::Cold(root, u) => {
+            let n = block.expect("invariant: the head is never cold-only");
+            let st = tokio::task::spawn_blocking(move || {
+                // A merge may replace files between listing and reading: retry once.
+                let once = || {
+                    let ds = tidewater_storage::Dataset::open(&root)?;
+                    cold_state_at(&ds, &u, n, None)
+                };
+                once().or_else(|_| once())
+            })
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the cold tier: {e}"))
+            })?;
+            Ok((Arc::new(st), true))
+        }
+    }
+}
+
+fn block_json(st: &UniswapState, confirmed: bool) -> Value {
+    json!({"number": st.block, "hash": st.block_hash, "confirmed": confirmed})
+}
+
+fn json_response(v: &Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).expect("invariant: JSON values serialize"),
+    )
+        .into_response()
+}
+
+async fn pools(State(svc): State<Service>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+    let (st, confirmed) = state_at(&svc, parse_block(&q)?).await?;
+    let pools: Vec<Value> = st
+        .pools
+        .values()
+        .map(|p| {
+            let mut v = p.to_json();
+            v["initialized_ticks"] = st.ticks.get(&p.address).map_or(0, |t| t.len()).into();
+            v
+        })
+        .collect();
+    Ok(json_response(&json!({"block": block_json(&st, confirmed), "pools": pools})))
+}
+
+async fn pool(
+    State(svc): State<Service>,
+    Path(address): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let a = parse_address(&address)?;
+    let block = parse_block(&q)?;
+    if block.is_none() {
+        // The hot path: read the head under the lock, no clone of the whole state.
+        let live = svc.live();
+        let st = live.head();
+        let p = st.pools.get(&a).ok_or_else(|| missing(format!("unknown pool {address}")))?;
+        let mut v = p.to_json();
+        v["block"] = block_json(st, live.is_confirmed(st.block));
+        return Ok(json_response(&v));
+    }
+    let (st, confirmed) = state_at(&svc, block).await?;
+    let p = st
+        .pools
+        .get(&a)
+        .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?;
+    let mut v = p.to_json();
+    v["block"] = block_json(&st, confirmed);
+    Ok(json_response(&v))
+}
+
+fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Value> {
+    let p = st.pools.get(a)?;
+    let t = st.ticks.get(a);
+    Some(json!({
+        "pool": a,
+        "block": block_json(st, confirmed),
+        "tick": p.tick,
+        "liquidity": p.liquidity.to_string(),
+        "sqrt_price_x96": p.sqrt_price_x96.to_string(),
+        "tick_spacing": p.tick_spacing,
+        "ticks": ticks_json(t),
+        "intervals": intervals_json(t),
+    }))
+}
+
+async fn pool_ticks(
+    State(svc): State<Service>,
+    Path(address): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let a = parse_address(&address)?;
+    let block = parse_block(&q)?;
+    if block.is_none() {
+        let live = svc.live();
+        let st = live.head();
+        let v = ticks_body(st, &a, live.is_confirmed(st.block))
+            .ok_or_else(|| missing(format!("unknown pool {address}")))?;
+        return Ok(json_response(&v));
+    }
+    let (st, confirmed) = state_at(&svc, block).await?;
+    let v = ticks_body(&st, &a, confirmed)
+        .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?;
+    Ok(json_response(&v))
+}
+
+async fn positions(
+    State(svc): State<Service>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let pool = q.get("pool").map(|p| parse_address(p)).transpose()?;
+    let (st, confirmed) = state_at(&svc, parse_block(&q)?).await?;
+    if let Some(p) = pool {
+        if !st.pools.contains_key(&p) {
+            return Err(missing(format!("unknown pool {p}")));
+        }
+    }
+    let list: Vec<Value> = st
+        .positions
+        .values()
+        .filter(|p| pool.is_none() || p.pool == pool)
+        .map(|p| p.to_json())
+        .collect();
+    Ok(json_response(&json!({"block": block_json(&st, confirmed), "positions": list})))
+}
+
+async fn position(
+    State(svc): State<Service>,
+    Path(token_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id = parse_token_id(&token_id)?;
+    let (st, confirmed) = state_at(&svc, parse_block(&q)?).await?;
+    let p = st
+        .positions
+        .get(&id)
+        .ok_or_else(|| missing(format!("no position {id} at block {}", st.block)))?;
+    let mut v = p.to_json();
+    v["block"] = block_json(&st, confirmed);
+    Ok(json_response(&v))
+}
+
+async fn owner_positions(
+    State(svc): State<Service>,
+    Path(address): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let owner = parse_address(&address)?;
+    let (st, confirmed) = state_at(&svc, parse_block(&q)?).await?;
+    let list: Vec<Value> =
+        st.positions.values().filter(|p| p.owner == owner).map(|p| p.to_json()).collect();
+    Ok(json_response(&json!({
+        "owner": owner,
+        "block": block_json(&st, confirmed),
+        "positions": list,
+    })))
+}
+
+struct StreamState {
+    svc: Service,
+    queue: VecDeque<Arc<StreamEvent>>,
+    rx: broadcast::Receiver<Arc<StreamEvent>>,
+    last_id: u64,
+    filter: Option<HashSet<Address>>,
+    first: Option<Event>,
+    done: bool,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.svc.stats.stream_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn sse_event(ev: &StreamEvent, filter: Option<&HashSet<Address>>) -> Option<Event> {
+    let data = ev.to_json(filter)?;
+    Some(Event::default().id(ev.id.to_string()).event(ev.status.as_str()).data(data.to_string()))
+}
+
+fn resync_event(oldest: u64) -> Event {
+    Event::default().event("resync").data(
+        json!({"error": "events since Last-Event-ID are no longer kept; reload the state", "oldest_id": oldest})
+            .to_string(),
+    )
+}
+
+async fn stream(
+    State(svc): State<Service>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filter = match q.get("pools").filter(|s| !s.is_empty()) {
+        Some(s) => Some(s.split(',').map(parse_address).collect::<Result<HashSet<_>, _>>()?),
+        None => None,
+    };
+    let last_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("malformed Last-Event-ID: expected an event id"))?,
+        ),
+        None => None,
+    };
+    let (queue, rx, last, first) = {
+        let live = svc.live();
+        if let Some(f) = &filter {
+            if let Some(a) = f.iter().find(|a| !live.head().pools.contains_key(*a)) {
+                return Err(missing(format!("unknown pool {a}")));
+            }
+        }
+        match live.subscribe(last_id) {
+            Ok((missed, rx)) => {
+                let last = last_id.unwrap_or(live.last_event_id());
+                // A new client starts from the head state, then folds the events after it.
+                let first = last_id.is_none().then(|| {
+                    let st = live.head();
+                    let keep = |a: &Address| filter.as_ref().is_none_or(|f| f.contains(a));
+                    let snapshot = json!({
+                        "block": block_json(st, live.is_confirmed(st.block)),
+                        "pools": st.pools.values().filter(|p| keep(&p.address)).map(|p| {
+                            let mut v = p.to_json();
+                            v["ticks"] = ticks_json(st.ticks.get(&p.address));
+                            v
+                        }).collect::<Vec<_>>(),
+                        "positions": st.positions.values().filter(|p| p.pool.is_none_or(|a| keep(&a))).map(|p| p.to_json()).collect::<Vec<_>>(),
+                    });
+                    Event::default().id(last.to_string()).event("snapshot").data(snapshot.to_string())
+                });
+                (missed.into_iter().collect(), rx, last, first)
+            }
+            Err(oldest) => {
+                let (_, rx) = live.subscribe(None).expect("invariant: no cursor never fails");
+                (VecDeque::new(), rx, live.last_event_id(), Some(resync_event(oldest)))
+            }
+        }
+    };
+    svc.stats.stream_clients.fetch_add(1, Ordering::Relaxed);
+    let st = StreamState { svc, queue, rx, last_id: last, filter, first, done: false };
+    let s = futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(e) = st.first.take() {
+            return Some((Ok(e), st));
+        }
+        loop {
+            let ev = match st.queue.pop_front() {
+                Some(ev) => ev,
+                None => match st.rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow for the channel: catch up from the history.
+                        let since = st.svc.live().since(st.last_id);
+                        match since {
+                            Ok(evs) => {
+                                st.queue.extend(evs);
+                                continue;
+                            }
+                            Err(oldest) => {
+                                st.done = true;
+                                return Some((Ok(resync_event(oldest)), st));
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if ev.id <= st.last_id {
+                continue;
+            }
+            st.last_id = ev.id;
+            if let Some(e) = sse_event(&ev, st.filter.as_ref()) {
+                st.svc.stats.stream_delay.observe(ev.received.elapsed().as_secs_f64());
+                return Some((Ok(e), st));
+            }
+        }
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}
+
+async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
+    svc.stats.sql_queries.fetch_add(1, Ordering::Relaxed);
+    let text =
+        match serde_json::from_str::<Value>(&body) {
+            Ok(v) => v.get("sql").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+                bad("expected a JSON body {\"sql\": \"SELECT ...\"} or plain SQL")
+            })?,
+            Err(_) => body,
+        };
+    if text.trim().is_empty() {
+        return Err(bad("empty SQL"));
+    }
+    let (root, hot, chain_id) = {
+        let live = svc.live();
+        (live.root().to_path_buf(), live.hot_blocks(), live.chain_id())
+    };
+    let hot = hot_batches(&hot, chain_id);
+    let batches = run_sql(&root, hot, &text, svc.limits).await.map_err(|e| match e {
+        SqlError::NotAllowed(_) => ApiError(StatusCode::FORBIDDEN, e.to_string()),
+        SqlError::Invalid(_) => bad(e.to_string()),
+        SqlError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        SqlError::Timeout(_) => ApiError(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    })?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let text = crate::format_batches(&batches, crate::Format::Json)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let rows_json: Value = serde_json::from_str(&text)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(json_response(&json!({"row_count": rows, "rows": rows_json})))
+}
+
+async fn health() -> Response {
+    json_response(&json!({"status": "ok"}))
+}
+
+async fn ready(State(svc): State<Service>) -> Response {
+    let (head, confirmed, degraded) = {
+        let live = svc.live();
+        (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded())
+    };
+    let caught_up = (svc.caught_up)();
+    let ok = caught_up && !degraded && head.is_some();
+    let body = json!({
+        "ready": ok,
+        "caught_up": caught_up,
+        "degraded": degraded,
+        "head": head,
+        "confirmed": confirmed,
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(svc): State<Service>) -> Response {
+    use tidewater_chain::metrics::single;
+    let mut out = String::new();
+    (svc.metrics)(&mut out);
+    let (hot, head, confirmed) = {
+        let live = svc.live.read().expect("invariant: live lock not poisoned");
+        (live.hot_len(), live.head_block(), live.confirmed().map(|c| c.0))
+    };
+    single(
+        &mut out,
+        "tidewater_state_head_block",
+        "Newest block in the live state.",
+        "gauge",
+        head.unwrap_or(0) as f64,
+    );
+    single(
+        &mut out,
+        "tidewater_state_confirmed_block",
+        "Newest confirmed block in the live state.",
+        "gauge",
+        confirmed.unwrap_or(0) as f64,
+    );
+    single(
+        &mut out,
+        "tidewater_state_hot_blocks",
+        "Unconfirmed blocks in the live state.",
+        "gauge",
+        hot as f64,
+    );
+    let s = &svc.stats;
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    single(
+        &mut out,
+        "tidewater_http_requests_total",
+        "API requests served.",
+        "counter",
+        g(&s.requests),
+    );
+    single(
+        &mut out,
+        "tidewater_sql_queries_total",
+        "POST /v1/sql queries.",
+        "counter",
+        g(&s.sql_queries),
+    );
+    single(
+        &mut out,
+        "tidewater_stream_clients",
+        "Connected SSE clients.",
+        "gauge",
+        g(&s.stream_clients),
+    );
+    s.stream_delay.render(
+        &mut out,
+        "tidewater_stream_delay_seconds",
+        "From an update reaching the live state to its SSE event being handed to a client.",
+        "",
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn not_found() -> ApiError {
+    missing("no such endpoint; see /openapi.json")
+}
+
+async fn openapi() -> Response {
+    json_response(&crate::openapi::document())
+}
