@@ -844,3 +844,218 @@ pub fn check_invariants(p: &PoolState, ticks: Option<&Ticks>) -> Result<(), Stri
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::aliases::{I24, U160, U24};
+    use proptest::prelude::*;
+
+    const FACTORY: Address = Address::repeat_byte(0xfa);
+    const NPM: Address = Address::repeat_byte(0xee);
+    const POOL: Address = Address::repeat_byte(0x01);
+
+    fn u() -> UniswapV3 {
+        UniswapV3 { factory: FACTORY, position_manager: Some(NPM), factory_start_block: 0 }
+    }
+
+    struct Owned {
+        address: Address,
+        tx: B256,
+        topics: Vec<B256>,
+        data: Vec<u8>,
+    }
+
+    fn log<E: SolEvent>(address: Address, tx: u8, e: &E) -> Owned {
+        let d = e.encode_log_data();
+        Owned {
+            address,
+            tx: B256::repeat_byte(tx),
+            topics: d.topics().to_vec(),
+            data: d.data.to_vec(),
+        }
+    }
+
+    fn apply_all(f: &mut Folder, logs: &[Owned], block: u64, j: Option<&mut Journal>) {
+        let mut j = j;
+        for l in logs {
+            let raw = RawLog {
+                block_number: block,
+                transaction_hash: l.tx.as_slice(),
+                address: l.address,
+                topics: &l.topics,
+                data: &l.data,
+            };
+            f.apply(&raw, j.as_deref_mut());
+        }
+        f.end_block(block, B256::with_last_byte(block as u8));
+    }
+
+    fn i24(v: i32) -> I24 {
+        I24::try_from(v).unwrap()
+    }
+
+    /// A block of random pool and position-manager events (what a block can hold).
+    fn block_ops() -> impl Strategy<Value = Vec<(u8, i32, i32, u64)>> {
+        prop::collection::vec((0u8..5, -20i32..20, 1i32..20, 1u64..1_000_000), 1..12)
+    }
+
+    fn events(ops: &[(u8, i32, i32, u64)], next_id: &mut u64) -> Vec<Owned> {
+        let mut out = Vec::new();
+        for (i, (kind, lo, width, amount)) in ops.iter().enumerate() {
+            let tx = i as u8 + 1;
+            let (lo, hi) = (lo * 10, (lo + width) * 10);
+            match kind {
+                0 => out.push(log(
+                    POOL,
+                    tx,
+                    &Swap {
+                        sender: Address::ZERO,
+                        recipient: Address::ZERO,
+                        amount0: Default::default(),
+                        amount1: Default::default(),
+                        sqrtPriceX96: U160::from(*amount),
+                        liquidity: *amount as u128,
+                        tick: i24(lo + 5),
+                    },
+                )),
+                1 | 2 => {
+                    // A position manager mint: pool Mint, Transfer from 0, IncreaseLiquidity.
+                    let id = U256::from(*next_id);
+                    *next_id += 1;
+                    out.push(log(
+                        POOL,
+                        tx,
+                        &Mint {
+                            sender: NPM,
+                            owner: NPM,
+                            tickLower: i24(lo),
+                            tickUpper: i24(hi),
+                            amount: *amount as u128,
+                            amount0: U256::ZERO,
+                            amount1: U256::ZERO,
+                        },
+                    ));
+                    out.push(log(
+                        NPM,
+                        tx,
+                        &Transfer { from: Address::ZERO, to: Address::repeat_byte(7), tokenId: id },
+                    ));
+                    out.push(log(
+                        NPM,
+                        tx,
+                        &IncreaseLiquidity {
+                            tokenId: id,
+                            liquidity: *amount as u128,
+                            amount0: U256::ZERO,
+                            amount1: U256::ZERO,
+                        },
+                    ));
+                }
+                3 => out.push(log(
+                    NPM,
+                    tx,
+                    &Transfer {
+                        from: Address::repeat_byte(7),
+                        to: Address::repeat_byte(8),
+                        tokenId: U256::from(1),
+                    },
+                )),
+                _ => out.push(log(
+                    POOL,
+                    tx,
+                    &Burn {
+                        owner: NPM,
+                        tickLower: i24(lo),
+                        tickUpper: i24(hi),
+                        amount: 0,
+                        amount0: U256::ZERO,
+                        amount1: U256::ZERO,
+                    },
+                )),
+            }
+        }
+        out
+    }
+
+    fn genesis() -> Folder {
+        let mut f = Folder::new(&u());
+        let created = [
+            log(
+                FACTORY,
+                1,
+                &PoolCreated {
+                    token0: Address::repeat_byte(2),
+                    token1: Address::repeat_byte(3),
+                    fee: U24::from(3000),
+                    tickSpacing: i24(10),
+                    pool: POOL,
+                },
+            ),
+            log(POOL, 1, &Initialize { sqrtPriceX96: U160::from(1u64 << 40), tick: i24(0) }),
+        ];
+        apply_all(&mut f, &created, 1, None);
+        f
+    }
+
+    proptest! {
+        /// Applying a block and then undoing its journal leaves the state unchanged, and the
+        /// journal's keys are exactly what changed.
+        #[test]
+        fn apply_then_undo_is_identity(first in block_ops(), second in block_ops()) {
+            let mut next_id = 1;
+            let mut f = genesis();
+            apply_all(&mut f, &events(&first, &mut next_id), 2, None);
+            let before = f.state().clone();
+            let mut j = Journal::default();
+            apply_all(&mut f, &events(&second, &mut next_id), 3, Some(&mut j));
+            let after = f.state().clone();
+            for (a, p) in &before.pools {
+                if after.pools.get(a) != Some(p) {
+                    prop_assert!(j.pools.contains_key(a));
+                }
+            }
+            let mut st = after;
+            j.undo(&mut st);
+            st.block = before.block;
+            st.block_hash = before.block_hash;
+            prop_assert_eq!(st, before);
+        }
+
+        /// Every consistent state: liquidityNet sums to 0 and the pool's liquidity is the prefix
+        /// sum up to its tick, when every mint is folded (no swaps in between move the tick).
+        #[test]
+        fn mints_keep_the_invariants(ops in prop::collection::vec((1u8..3, -20i32..20, 1i32..20, 1u64..1_000_000), 1..20)) {
+            let mut next_id = 1;
+            let mut f = genesis();
+            apply_all(&mut f, &events(&ops, &mut next_id), 2, None);
+            let st = f.state();
+            prop_assert!(check_invariants(&st.pools[&POOL], st.ticks.get(&POOL)).is_ok());
+            prop_assert_eq!(st.positions.len(), ops.len());
+        }
+    }
+
+    #[test]
+    fn collect_burns_zero_and_changes_nothing() {
+        let mut f = genesis();
+        let mut next_id = 1;
+        apply_all(&mut f, &events(&[(1, -5, 10, 500)], &mut next_id), 2, None);
+        let before = f.state().clone();
+        let mut j = Journal::default();
+        apply_all(&mut f, &events(&[(4, -5, 10, 0)], &mut next_id), 3, Some(&mut j));
+        assert_eq!(f.state().ticks, before.ticks);
+        assert!(j.ticks.is_empty(), "a zero burn touches no tick");
+    }
+
+    #[test]
+    fn intervals_carry_the_prefix_sum() {
+        let mut t = Ticks::new();
+        t.insert(-10, TickLiquidity { liquidity_gross: 5, liquidity_net: 5 });
+        t.insert(0, TickLiquidity { liquidity_gross: 3, liquidity_net: 3 });
+        t.insert(10, TickLiquidity { liquidity_gross: 8, liquidity_net: -8 });
+        let v = intervals_json(Some(&t));
+        assert_eq!(v[0]["liquidity"], "5");
+        assert_eq!(v[1]["liquidity"], "8");
+        assert_eq!(v.as_array().unwrap().len(), 2);
+    }
+}

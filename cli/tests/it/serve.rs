@@ -353,6 +353,29 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
         totals = (totals.0 + p, totals.1 + tk, totals.2 + pos);
     }
     assert!(totals.2 / 21 >= 100, "too few positions checked: {totals:?}");
+    // SQL over cold plus hot: every block once, the newest ones unconfirmed; the swaps table
+    // holds every Swap the node has.
+    let (status, v) = post_sql(
+        &api,
+        "SELECT confirmed, count(*) AS n, min(block_number) AS lo, max(block_number) AS hi \
+         FROM blocks GROUP BY confirmed ORDER BY confirmed",
+    );
+    assert_eq!(status, 200, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[0]["confirmed"], false);
+    assert_eq!(rows[0]["hi"].as_u64(), Some(head));
+    assert_eq!(rows[1]["hi"].as_u64().unwrap() + 1, rows[0]["lo"].as_u64().unwrap());
+    assert_eq!(rows[0]["n"].as_u64().unwrap() + rows[1]["n"].as_u64().unwrap(), head + 1);
+    let swap_topic = "0xc42079f94a6350d7e6235f29174924f928cc2ac818eb64fed8004e115fbcca67";
+    let node_swaps = rpc(
+        &net.url,
+        "eth_getLogs",
+        json!([{"fromBlock": "0x0", "toBlock": format!("{head:#x}"), "topics": [swap_topic]}]),
+    );
+    let (status, v) = post_sql(&api, "SELECT count(*) AS n, count(DISTINCT confirmed) AS tiers FROM swaps");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rows"][0]["n"].as_u64(), Some(node_swaps.as_array().unwrap().len() as u64));
     // Snapshots were written, and DuckDB sees them as tables.
     let snaps = tidewater_storage::list_snapshots(&t.path("data")).unwrap();
     assert!(snaps.len() >= 3, "{snaps:?}");
