@@ -1,9 +1,24 @@
 //! # tidewater-queries
 //!
-//! Owns reading the dataset with SQL: a DuckDB session with one view per table over exactly
-//! the files the manifest lists (never a glob, so a file renamed into place by a writer that
-//! crashed before its manifest entry is invisible), and output formatting. It does not write
-//! data.
+//! Owns reading the dataset: a DuckDB session with one view per table over exactly the files
+//! the manifest lists (never a glob, so a file renamed into place by a writer that crashed
+//! before its manifest entry is invisible) plus the derived-state snapshot tables; read-only
+//! DataFusion SQL over cold Parquet plus the hot buffer ([`df_sql`]); the exact Uniswap V3
+//! state fold ([`pool_state`]); the live state kept from the tail's updates ([`live`]); and the
+//! HTTP API with its SSE stream ([`server`]). It writes nothing but derived-state snapshots.
+//!
+//! ```text
+//!   cold Parquet ──snapshot + fold──▶ LiveState ◀── ChainUpdate bus (Applied / Reverted / Confirmed)
+//!                                        │  head state + undo journal per hot block
+//!             ┌──────────────────────────┼──────────────────────────┐
+//!   GET /v1/pools, /ticks, /positions    GET /v1/stream (SSE)        POST /v1/sql (DataFusion:
+//!   (head: in memory; hot past block:    pending / confirmed /       cold files + hot blocks,
+//!    undo journals; confirmed past        reverted, Last-Event-ID    `confirmed` column)
+//!    block: snapshot + fold)
+//! ```
+//!
+//! Invariants: the head state equals a fold of the canonical chain through the newest applied
+//! block; a revert restores exactly the values the block changed; stream ids increase by one.
 //!
 //! Big integers (uint128, uint160, int256, uint256) are stored as exact decimal strings; cast
 //! them in SQL: `amount0::HUGEINT` (int256 values within ±2^127), `liquidity::UHUGEINT`

@@ -212,30 +212,33 @@ async fn pools(State(svc): State<Service>, Query(q): Query<HashMap<String, Strin
     Ok(json_response(&json!({"block": block_json(&st, confirmed), "pools": pools})))
 }
 
-async fn pool(
-    State(svc): State<Service>,
-    Path(address): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+/// Answers `body(state, confirmed)` for one pool: at the head under the read lock (no clone of
+/// the state: the hot path), else from the state at the block.
+async fn pool_view(
+    svc: &Service,
+    address: &str,
+    q: &HashMap<String, String>,
+    body: fn(&UniswapState, &Address, bool) -> Option<Value>,
 ) -> ApiResult {
-    let a = parse_address(&address)?;
-    let block = parse_block(&q)?;
+    let a = parse_address(address)?;
+    let block = parse_block(q)?;
     if block.is_none() {
-        // The hot path: read the head under the lock, no clone of the whole state.
         let live = svc.live();
         let st = live.head();
-        let p = st.pools.get(&a).ok_or_else(|| missing(format!("unknown pool {address}")))?;
-        let mut v = p.to_json();
-        v["block"] = block_json(st, live.is_confirmed(st.block));
+        let v = body(st, &a, live.is_confirmed(st.block))
+            .ok_or_else(|| missing(format!("unknown pool {address}")))?;
         return Ok(json_response(&v));
     }
-    let (st, confirmed) = state_at(&svc, block).await?;
-    let p = st
-        .pools
-        .get(&a)
+    let (st, confirmed) = state_at(svc, block).await?;
+    let v = body(&st, &a, confirmed)
         .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?;
-    let mut v = p.to_json();
-    v["block"] = block_json(&st, confirmed);
     Ok(json_response(&v))
+}
+
+fn pool_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Value> {
+    let mut v = st.pools.get(a)?.to_json();
+    v["block"] = block_json(st, confirmed);
+    Some(v)
 }
 
 fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Value> {
@@ -253,24 +256,20 @@ fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Value> 
     }))
 }
 
+async fn pool(
+    State(svc): State<Service>,
+    Path(address): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    pool_view(&svc, &address, &q, pool_body).await
+}
+
 async fn pool_ticks(
     State(svc): State<Service>,
     Path(address): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let a = parse_address(&address)?;
-    let block = parse_block(&q)?;
-    if block.is_none() {
-        let live = svc.live();
-        let st = live.head();
-        let v = ticks_body(st, &a, live.is_confirmed(st.block))
-            .ok_or_else(|| missing(format!("unknown pool {address}")))?;
-        return Ok(json_response(&v));
-    }
-    let (st, confirmed) = state_at(&svc, block).await?;
-    let v = ticks_body(&st, &a, confirmed)
-        .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?;
-    Ok(json_response(&v))
+    pool_view(&svc, &address, &q, ticks_body).await
 }
 
 async fn positions(

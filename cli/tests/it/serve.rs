@@ -185,7 +185,33 @@ fn check_against_contracts(api: &str, net: &Devnet, block: u64) -> (usize, usize
     let (status, pools) = get_json(&format!("{api}/v1/pools?block={block}"));
     assert_eq!(status, 200, "{pools}");
     assert_eq!(pools["block"]["number"].as_u64(), Some(block));
-    let pools = pools["pools"].as_array().unwrap().clone();
+    let mut pools = pools["pools"].as_array().unwrap().clone();
+    for p in &mut pools {
+        let a = p["address"].as_str().unwrap().to_string();
+        let (status, t) = get_json(&format!("{api}/v1/pools/{a}/ticks?block={block}"));
+        assert_eq!(status, 200, "{t}");
+        // The interval holding the current tick carries the pool's liquidity.
+        let cur = p["tick"].as_i64().unwrap();
+        if let Some(iv) = t["intervals"].as_array().unwrap().iter().find(|iv| {
+            iv["tick_lower"].as_i64().unwrap() <= cur && cur < iv["tick_upper"].as_i64().unwrap()
+        }) {
+            assert_eq!(iv["liquidity"], p["liquidity"], "active interval of {a} at {block}");
+        }
+        p["ticks"] = t["ticks"].clone();
+    }
+    let (status, pos) = get_json(&format!("{api}/v1/positions?block={block}"));
+    assert_eq!(status, 200, "{pos}");
+    check_state(net, block, &pools, pos["positions"].as_array().unwrap())
+}
+
+/// Checks pools (each with its `ticks`) and positions, as the API and `tidewater state` print
+/// them, against eth_call at `block`, and the liquidity invariants; returns what was checked.
+pub(crate) fn check_state(
+    net: &Devnet,
+    block: u64,
+    pools: &[Value],
+    positions: &[Value],
+) -> (usize, usize, usize) {
     let calls: Vec<_> = pools
         .iter()
         .flat_map(|p| {
@@ -214,20 +240,12 @@ fn check_against_contracts(api: &str, net: &Devnet, block: u64) -> (usize, usize
             liq.to_string(),
             "liquidity of {a} at {block}"
         );
-        let (status, t) = get_json(&format!("{api}/v1/pools/{a}/ticks?block={block}"));
-        assert_eq!(status, 200, "{t}");
-        let ticks = t["ticks"].as_array().unwrap();
+        let ticks = p["ticks"].as_array().unwrap();
         let tick_calls: Vec<_> = ticks
             .iter()
             .map(|tk| {
-                let w = format!(
-                    "{:0>64}",
-                    format!(
-                        "{:x}",
-                        I256::try_from(tk["tick"].as_i64().unwrap()).unwrap().into_raw()
-                    )
-                );
-                call(a, format!("0xf30dba93{w}"), block)
+                let t = I256::try_from(tk["tick"].as_i64().unwrap()).unwrap();
+                call(a, format!("0xf30dba93{:0>64}", format!("{:x}", t.into_raw())), block)
             })
             .collect();
         let (mut sum, mut prefix) = (I256::ZERO, I256::ZERO);
@@ -257,23 +275,9 @@ fn check_against_contracts(api: &str, net: &Devnet, block: u64) -> (usize, usize
             liq.to_string(),
             "liquidity of {a} at {block} is not the prefix sum"
         );
-        // The interval holding the current tick carries the pool's liquidity.
-        let cur = p["tick"].as_i64().unwrap();
-        if let Some(iv) = t["intervals"].as_array().unwrap().iter().find(|iv| {
-            iv["tick_lower"].as_i64().unwrap() <= cur && cur < iv["tick_upper"].as_i64().unwrap()
-        }) {
-            assert_eq!(
-                iv["liquidity"].as_str().unwrap(),
-                liq.to_string(),
-                "active interval of {a}"
-            );
-        }
     }
-    let (status, pos) = get_json(&format!("{api}/v1/positions?block={block}"));
-    assert_eq!(status, 200, "{pos}");
-    let pos = pos["positions"].as_array().unwrap().clone();
     let npm = net.position_manager();
-    let calls: Vec<_> = pos
+    let calls: Vec<_> = positions
         .iter()
         .flat_map(|p| {
             let id = U256::from_str_radix(p["token_id"].as_str().unwrap(), 10).unwrap();
@@ -285,7 +289,7 @@ fn check_against_contracts(api: &str, net: &Devnet, block: u64) -> (usize, usize
         })
         .collect();
     let got = rpc_batch(&net.url, &calls);
-    for (i, p) in pos.iter().enumerate() {
+    for (i, p) in positions.iter().enumerate() {
         let id = p["token_id"].as_str().unwrap();
         let w = words(&got[2 * i]);
         assert_eq!(
@@ -310,7 +314,7 @@ fn check_against_contracts(api: &str, net: &Devnet, block: u64) -> (usize, usize
             "owner of {id} at {block}"
         );
     }
-    (pools.len(), ticks_checked, pos.len())
+    (pools.len(), ticks_checked, positions.len())
 }
 
 fn api_flags(port: u16) -> Vec<String> {
@@ -373,7 +377,8 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
         "eth_getLogs",
         json!([{"fromBlock": "0x0", "toBlock": format!("{head:#x}"), "topics": [swap_topic]}]),
     );
-    let (status, v) = post_sql(&api, "SELECT count(*) AS n, count(DISTINCT confirmed) AS tiers FROM swaps");
+    let (status, v) =
+        post_sql(&api, "SELECT count(*) AS n, count(DISTINCT confirmed) AS tiers FROM swaps");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rows"][0]["n"].as_u64(), Some(node_swaps.as_array().unwrap().len() as u64));
     // Snapshots were written, and DuckDB sees them as tables.

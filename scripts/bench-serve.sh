@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The HTTP API under load, on loopback:
+#  1. small devnet, `tidewater run --ws` with the API: how long after a block reaches the hot
+#     buffer (its `pending` line on --print-updates) its SSE `pending` event reaches a client;
+#     and mined -> SSE end to end;
+#  2. head-state reads of one pool and of its ticks with wrk: at a paced ~5,000 requests/s
+#     (each of 50 connections waits 10 ms between requests) and flat out, requests/s and p99;
+#  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
+#     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
+# BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state). Prints one report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/install.sh
+command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null || sudo apt-get install -y -q wrk >/dev/null; }
+cargo build --release -q -p tidewater
+bin="$CARGO_TARGET_DIR/release/tidewater"
+work=$(mktemp -d)
+pids=()
+trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+small="$(scripts/devnet.sh build small)"
+port=$(free_port)
+scripts/devnet.sh start small "$port" &
+pids+=($!)
+wait_rpc "http://127.0.0.1:$port"
+api_port=$(free_port)
+python3 - "$bin" "http://127.0.0.1:$port" "$small/deploy.json" "$work/small" "$api_port" "${BENCH_BLOCKS:-200}" <<'PY'
+import json, subprocess, sys, threading, time, urllib.request, http.client
+binary, url, deploy, work, api_port, n_blocks = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+def rpc(method, params):
+    req = urllib.request.Request(url, json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(), {"content-type": "application/json"})
+    r = json.load(urllib.request.urlopen(req))
+    if "error" in r: raise RuntimeError(r["error"])
+    return r["result"]
+p = subprocess.Popen([binary, "run", "--rpc", url, "--data", f"{work}/data", "--confirmations", "20",
+    "--ws", url.replace("http://", "ws://"), "--poll-interval-ms", "60000", "--print-updates",
+    "--listen", f"127.0.0.1:{api_port}", "--uniswap-v3-factory", deploy["factory"],
+    "--uniswap-v3-position-manager", deploy["position_manager"]], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+hot, sse = {}, {}
+def bus_reader():
+    for line in p.stdout:
+        u = json.loads(line)
+        if u["status"] == "pending":
+            hot[u["block_hash"]] = time.perf_counter()
+threading.Thread(target=bus_reader, daemon=True).start()
+for _ in range(200):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", api_port); c.request("GET", "/ready")
+        if c.getresponse().status == 200: break
+    except OSError: pass
+    time.sleep(0.1)
+def sse_reader():
+    c = http.client.HTTPConnection("127.0.0.1", api_port)
+    c.request("GET", "/v1/stream", headers={"Accept": "text/event-stream"})
+    r = c.getresponse()
+    event = None
+    while True:
+        line = r.fp.readline()
+        if not line: return
+        line = line.decode().rstrip("\n")
+        if line.startswith("event:"): event = line[6:].strip()
+        elif line.startswith("data:") and event == "pending":
+            sse[json.loads(line[5:])["block"]["hash"]] = time.perf_counter()
+threading.Thread(target=sse_reader, daemon=True).start()
+time.sleep(1)
+def wait_for(d, h, timeout=10):
+    end = time.perf_counter() + timeout
+    while h not in d:
+        if time.perf_counter() > end: raise RuntimeError(f"block {h} never seen")
+        time.sleep(0.0002)
+    return d[h]
+e2e, delta = [], []
+for i in range(n_blocks):
+    rpc("evm_mine", [])
+    t0 = time.perf_counter()
+    h = rpc("eth_getBlockByNumber", ["latest", False])["hash"]
+    t_sse = wait_for(sse, h)
+    t_hot = wait_for(hot, h)
+    e2e.append((t_sse - t0) * 1000)
+    delta.append((t_sse - t_hot) * 1000)
+metrics = urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics").read().decode()
+p.terminate(); p.wait()
+q = lambda xs, x: sorted(xs)[min(len(xs) - 1, int(x * len(xs)))]
+print(f"[stream] {n_blocks} blocks over --ws")
+print(f"[stream] hot buffer -> SSE client (print-updates line vs SSE event, same reader process): p50 {q(delta, .5):.2f} ms, p99 {q(delta, .99):.2f} ms, max {max(delta):.2f} ms")
+print(f"[stream] mined -> SSE client: p50 {q(e2e, .5):.2f} ms, p99 {q(e2e, .99):.2f} ms")
+for l in metrics.splitlines():
+    if l.startswith("tidewater_stream_delay_seconds_bucket") and ('le="0.001"' in l or 'le="0.005"' in l or 'le="0.01"' in l or '+Inf' in l):
+        print(f"[stream] metric {l}")
+PY
+
+# Head reads under wrk, against `tidewater serve` on the small dataset just written.
+"$bin" serve --data "$work/small/data" --listen "127.0.0.1:$api_port" >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
+pool=$(curl -s "http://127.0.0.1:$api_port/v1/pools" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(max(d["pools"], key=lambda p: p["initialized_ticks"])["address"])')
+ticks=$(curl -s "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ticks"]))')
+echo 'function delay() return 10 end' > "$work/pace.lua"
+bench() { # name url extra-args
+  local out; out=$(wrk -t2 -c50 -d"${BENCH_SECONDS:-15}"s --latency "${@:3}" "$2")
+  local rps p99 p50
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "[reads] $1: $rps req/s, p50 $p50, p99 $p99"
+}
+bench "pool, paced" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+bench "ticks ($ticks initialized), paced" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" -s "$work/pace.lua"
+bench "pool, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool"
+bench "ticks, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks"
+kill "${pids[@]}" 2>/dev/null || true
+wait 2>/dev/null || true
+pids=()
+
+[ "${BENCH_SKIP_LARGE:-0}" = 1 ] && exit 0
+large="$(scripts/devnet.sh build large)"
+port=$(free_port)
+scripts/devnet.sh start large "$port" &
+pids+=($!)
+wait_rpc "http://127.0.0.1:$port"
+read -r factory npm < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["factory"], d["position_manager"])' "$large/deploy.json")
+"$bin" backfill --rpc "http://127.0.0.1:$port" --data "$work/large" --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" >/dev/null 2>&1
+t0=$(date +%s.%N)
+"$bin" serve --data "$work/large" --listen "127.0.0.1:$api_port" >/dev/null 2>&1 &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null; do sleep 0.05; done
+t1=$(date +%s.%N)
+echo "[past] serve start on 507k logs (fold + first snapshots): $(python3 -c "print(f'{$t1-$t0:.2f}')") s"
+python3 - "$api_port" <<'PY'
+import json, random, sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+get = lambda p: json.load(urllib.request.urlopen(base + p))
+pools = get("/v1/pools")
+head = pools["block"]["number"]
+pool = max(pools["pools"], key=lambda p: p["initialized_ticks"])["address"]
+random.seed(7)
+blocks = random.sample(range(head // 2, head), 60)
+lat = {"pool": [], "ticks": []}
+for b in blocks:
+    for kind, path in (("pool", f"/v1/pools/{pool}?block={b}"), ("ticks", f"/v1/pools/{pool}/ticks?block={b}")):
+        t0 = time.perf_counter()
+        try:
+            urllib.request.urlopen(base + path).read()
+        except urllib.error.HTTPError as e:
+            if e.code != 404: raise
+        lat[kind].append((time.perf_counter() - t0) * 1000)
+for kind, xs in lat.items():
+    xs.sort()
+    print(f"[past] {kind} at {len(xs)} distinct random confirmed blocks: p50 {xs[len(xs)//2]:.1f} ms, p99 {xs[min(len(xs)-1, int(.99*len(xs)))]:.1f} ms, max {xs[-1]:.1f} ms")
+PY
