@@ -4,7 +4,7 @@
 #     buffer (its `pending` line on --print-updates) its SSE `pending` event reaches a client;
 #     and mined -> SSE end to end;
 #  2. head-state reads of one pool and of its ticks with wrk: at a paced ~5,000 requests/s
-#     (each of 50 connections waits 10 ms between requests) and flat out, requests/s and p99;
+#     (each of 50 connections waits 9 ms between requests) and flat out, requests/s and p99;
 #  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
 #     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
 # BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state). Prints one report.
@@ -96,7 +96,7 @@ pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
 pool=$(curl -s "http://127.0.0.1:$api_port/v1/pools" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(max(d["pools"], key=lambda p: p["initialized_ticks"])["address"])')
 ticks=$(curl -s "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ticks"]))')
-echo 'function delay() return 10 end' > "$work/pace.lua"
+echo 'function delay() return 9 end' > "$work/pace.lua"
 bench() { # name url extra-args
   local out; out=$(wrk -t2 -c50 -d"${BENCH_SECONDS:-15}"s --latency "${@:3}" "$2")
   local rps p99 p50

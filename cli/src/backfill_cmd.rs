@@ -144,6 +144,9 @@ async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
     })
 }
 
+/// Blocks the tail may be behind the node's head and still be ready: a poll or two.
+const READY_MAX_LAG_BLOCKS: u64 = 3;
+
 /// Whether a head follower takes over after (or instead of) the backfill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -318,8 +321,11 @@ pub(crate) async fn run(
                     stats.render_metrics(out);
                     rpc.render_metrics(out);
                 });
+            // Ready once the tail has reached the head, and while it stays within a few blocks.
             let caught_up: tidewater_queries::server::CaughtUpFn = std::sync::Arc::new(move || {
-                caught.caught_up.load(std::sync::atomic::Ordering::Relaxed)
+                use std::sync::atomic::Ordering::Relaxed;
+                let lag = caught.head.load(Relaxed).saturating_sub(caught.tip.load(Relaxed));
+                caught.caught_up.load(Relaxed) && lag <= READY_MAX_LAG_BLOCKS
             });
             Some(crate::serve_cmd::start(
                 live,

@@ -317,6 +317,25 @@ pub(crate) fn check_state(
     (pools.len(), ticks_checked, positions.len())
 }
 
+/// A child process killed when the test ends, passing or not (a failed assertion must not
+/// leave a tail polling a dead node).
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn stop(mut self) -> (String, String) {
+        stop(self.0.take().unwrap())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn api_flags(port: u16) -> Vec<String> {
     s(&["--listen", &format!("127.0.0.1:{port}")])
 }
@@ -331,7 +350,8 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
     let mut extra =
         s(&["--confirmations", "6", "--compact-blocks", "1", "--snapshot-interval", "8"]);
     extra.extend(api_flags(port));
-    let child = start_tail(&t, &net, &extra.iter().map(String::as_str).collect::<Vec<_>>());
+    let child =
+        Running(Some(start_tail(&t, &net, &extra.iter().map(String::as_str).collect::<Vec<_>>())));
     wait_synced(&api, &net);
     // anvil answers eth_call only for blocks it mined itself: make them, with every kind of
     // change (swaps, mints, partial decreases, transfers), while the API follows.
@@ -393,7 +413,7 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
         v["pools"].as_array().unwrap().len(),
         "{out}"
     );
-    stop(child);
+    child.stop();
 }
 
 /// A minimal SSE client over a raw socket (HTTP/1.1, chunked).
@@ -585,7 +605,8 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
     let mut extra =
         s(&["--confirmations", "3", "--compact-blocks", "1", "--snapshot-interval", "16"]);
     extra.extend(api_flags(port));
-    let child = start_tail(&t, &net, &extra.iter().map(String::as_str).collect::<Vec<_>>());
+    let child =
+        Running(Some(start_tail(&t, &net, &extra.iter().map(String::as_str).collect::<Vec<_>>())));
     wait_synced(&api, &net);
     let (mut rx, mut sock) = listen(&api, None);
     let mut events = Vec::new();
@@ -685,7 +706,7 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
-    let (_, stderr) = stop(child);
+    let (_, stderr) = child.stop();
     assert!(stderr.contains("deep reorg"), "{stderr}");
 }
 
@@ -708,7 +729,7 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
     t.ok(&args);
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let mut server = t
+    let server = t
         .cmd()
         .args(s(&[
             "serve",
@@ -728,6 +749,7 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _server = Running(Some(server));
     let start = Instant::now();
     while http("GET", &format!("{api}/ready"), &[], b"").map(|r| r.0).ok() != Some(200) {
         assert!(start.elapsed() < Duration::from_secs(30), "serve never became ready");
@@ -820,8 +842,6 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
     for p in ["/v1/pools/{address}/ticks", "/v1/stream", "/v1/sql", "/metrics"] {
         assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]
