@@ -7,7 +7,8 @@
 #     (each of 50 connections waits 9 ms between requests) and flat out, requests/s and p99;
 #  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
 #     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
-# BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state). Prints one report.
+# BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state), BENCH_SKIP_SMALL=1 skips 1 and 2.
+# Prints one report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,12 +20,22 @@ work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
+bench() { # name url extra-args
+  local out; out=$(wrk -t2 -c50 -d"${BENCH_SECONDS:-15}"s --latency "${@:3}" "$2")
+  local rps p99 p50
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "[reads] $1: $rps req/s, p50 $p50, p99 $p99"
+}
+echo 'function delay() return 9 end' > "$work/pace.lua"
+api_port=$(free_port)
+if [ "${BENCH_SKIP_SMALL:-0}" != 1 ]; then
 small="$(scripts/devnet.sh build small)"
 port=$(free_port)
 scripts/devnet.sh start small "$port" &
 pids+=($!)
 wait_rpc "http://127.0.0.1:$port"
-api_port=$(free_port)
 python3 - "$bin" "http://127.0.0.1:$port" "$small/deploy.json" "$work/small" "$api_port" "${BENCH_BLOCKS:-200}" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request, http.client
 binary, url, deploy, work, api_port, n_blocks = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
@@ -96,15 +107,6 @@ pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
 pool=$(curl -s "http://127.0.0.1:$api_port/v1/pools" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(max(d["pools"], key=lambda p: p["initialized_ticks"])["address"])')
 ticks=$(curl -s "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ticks"]))')
-echo 'function delay() return 9 end' > "$work/pace.lua"
-bench() { # name url extra-args
-  local out; out=$(wrk -t2 -c50 -d"${BENCH_SECONDS:-15}"s --latency "${@:3}" "$2")
-  local rps p99 p50
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "[reads] $1: $rps req/s, p50 $p50, p99 $p99"
-}
 bench "pool, paced" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
 bench "ticks ($ticks initialized), paced" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" -s "$work/pace.lua"
 bench "pool, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool"
@@ -112,6 +114,7 @@ bench "ticks, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks"
 kill "${pids[@]}" 2>/dev/null || true
 wait 2>/dev/null || true
 pids=()
+fi
 
 [ "${BENCH_SKIP_LARGE:-0}" = 1 ] && exit 0
 large="$(scripts/devnet.sh build large)"
@@ -126,7 +129,13 @@ t0=$(date +%s.%N)
 pids+=($!)
 until curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null; do sleep 0.05; done
 t1=$(date +%s.%N)
-echo "[past] serve start on 507k logs (fold + first snapshots): $(python3 -c "print(f'{$t1-$t0:.2f}')") s"
+logs=$("$bin" sql --data "$work/large" --format csv "SELECT count(*) FROM logs" | tail -1)
+snaps=$(ls "$work/large/_snapshots" | grep -c json)
+echo "[past] serve start on $logs logs (fold + $snaps snapshots written): $(python3 -c "print(f'{$t1-$t0:.2f}')") s"
+pool=$(curl -s "http://127.0.0.1:$api_port/v1/pools" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(max(d["pools"], key=lambda p: p["initialized_ticks"])["address"])')
+ticks=$(curl -s "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ticks"]))')
+bench "large chain: pool, paced" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+bench "large chain: ticks ($ticks initialized), paced" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" -s "$work/pace.lua"
 python3 - "$api_port" <<'PY'
 import json, random, sys, time, urllib.request
 base = f"http://127.0.0.1:{sys.argv[1]}"

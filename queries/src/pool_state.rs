@@ -127,20 +127,21 @@ pub fn ticks_json(ticks: Option<&Ticks>) -> Value {
     )
 }
 
-/// The liquidity distribution: for each interval between consecutive initialized ticks, the
-/// liquidity active while the price is inside it (the prefix sum of liquidityNet).
-pub fn intervals_json(ticks: Option<&Ticks>) -> Value {
+/// The liquidity distribution: for each interval between consecutive initialized ticks,
+/// (lower, upper, the liquidity active while the price is inside it: the prefix sum of
+/// liquidityNet).
+pub fn intervals(ticks: Option<&Ticks>) -> Vec<(i32, i32, i128)> {
     let mut out = Vec::new();
     let mut active: i128 = 0;
     let mut prev: Option<i32> = None;
     for (t, l) in ticks.into_iter().flatten() {
         if let Some(p) = prev {
-            out.push(json!({"tick_lower": p, "tick_upper": t, "liquidity": active.to_string()}));
+            out.push((p, *t, active));
         }
         active += l.liquidity_net;
         prev = Some(*t);
     }
-    Value::Array(out)
+    out
 }
 
 /// The folded state as of `block`.
@@ -1053,9 +1054,6 @@ mod tests {
         t.insert(-10, TickLiquidity { liquidity_gross: 5, liquidity_net: 5 });
         t.insert(0, TickLiquidity { liquidity_gross: 3, liquidity_net: 3 });
         t.insert(10, TickLiquidity { liquidity_gross: 8, liquidity_net: -8 });
-        let v = intervals_json(Some(&t));
-        assert_eq!(v[0]["liquidity"], "5");
-        assert_eq!(v[1]["liquidity"], "8");
-        assert_eq!(v.as_array().unwrap().len(), 2);
+        assert_eq!(intervals(Some(&t)), vec![(-10, 0, 5), (0, 10, 8)]);
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::df_sql::{hot_batches, run_sql, SqlError, SqlLimits};
 use crate::live::{LiveState, StateAt, StreamEvent};
-use crate::pool_state::{cold_state_at, intervals_json, ticks_json, UniswapState};
+use crate::pool_state::{cold_state_at, ticks_json, UniswapState};
 use alloy_primitives::{Address, U256};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -218,42 +218,127 @@ async fn pool_view(
     svc: &Service,
     address: &str,
     q: &HashMap<String, String>,
-    body: fn(&UniswapState, &Address, bool) -> Option<Value>,
+    body: fn(&UniswapState, &Address, bool) -> Option<Vec<u8>>,
 ) -> ApiResult {
     let a = parse_address(address)?;
     let block = parse_block(q)?;
-    if block.is_none() {
+    let bytes = if block.is_none() {
         let live = svc.live();
         let st = live.head();
-        let v = body(st, &a, live.is_confirmed(st.block))
-            .ok_or_else(|| missing(format!("unknown pool {address}")))?;
-        return Ok(json_response(&v));
+        body(st, &a, live.is_confirmed(st.block))
+            .ok_or_else(|| missing(format!("unknown pool {address}")))?
+    } else {
+        let (st, confirmed) = state_at(svc, block).await?;
+        body(&st, &a, confirmed)
+            .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// An integer as a decimal string, written without an intermediate `String`.
+struct Dec<T>(T);
+
+impl<T: std::fmt::Display> serde::Serialize for Dec<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
-    let (st, confirmed) = state_at(svc, block).await?;
-    let v = body(&st, &a, confirmed)
-        .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?;
-    Ok(json_response(&v))
 }
 
-fn pool_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Value> {
-    let mut v = st.pools.get(a)?.to_json();
-    v["block"] = block_json(st, confirmed);
-    Some(v)
+#[derive(serde::Serialize)]
+struct BlockOut {
+    number: u64,
+    hash: alloy_primitives::B256,
+    confirmed: bool,
 }
 
-fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Value> {
+impl BlockOut {
+    fn of(st: &UniswapState, confirmed: bool) -> Self {
+        Self { number: st.block, hash: st.block_hash, confirmed }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PoolOut {
+    address: Address,
+    token0: Address,
+    token1: Address,
+    fee: u32,
+    tick_spacing: i32,
+    sqrt_price_x96: Dec<U256>,
+    tick: i32,
+    liquidity: Dec<u128>,
+    block: BlockOut,
+}
+
+#[derive(serde::Serialize)]
+struct TickOut {
+    tick: i32,
+    liquidity_gross: Dec<u128>,
+    liquidity_net: Dec<i128>,
+}
+
+#[derive(serde::Serialize)]
+struct IntervalOut {
+    tick_lower: i32,
+    tick_upper: i32,
+    liquidity: Dec<i128>,
+}
+
+#[derive(serde::Serialize)]
+struct TicksOut {
+    pool: Address,
+    block: BlockOut,
+    tick: i32,
+    liquidity: Dec<u128>,
+    sqrt_price_x96: Dec<U256>,
+    tick_spacing: i32,
+    ticks: Vec<TickOut>,
+    intervals: Vec<IntervalOut>,
+}
+
+fn pool_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Vec<u8>> {
+    let p = st.pools.get(a)?;
+    let out = PoolOut {
+        address: p.address,
+        token0: p.token0,
+        token1: p.token1,
+        fee: p.fee,
+        tick_spacing: p.tick_spacing,
+        sqrt_price_x96: Dec(p.sqrt_price_x96),
+        tick: p.tick,
+        liquidity: Dec(p.liquidity),
+        block: BlockOut::of(st, confirmed),
+    };
+    Some(serde_json::to_vec(&out).expect("invariant: plain structs serialize"))
+}
+
+fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Vec<u8>> {
     let p = st.pools.get(a)?;
     let t = st.ticks.get(a);
-    Some(json!({
-        "pool": a,
-        "block": block_json(st, confirmed),
-        "tick": p.tick,
-        "liquidity": p.liquidity.to_string(),
-        "sqrt_price_x96": p.sqrt_price_x96.to_string(),
-        "tick_spacing": p.tick_spacing,
-        "ticks": ticks_json(t),
-        "intervals": intervals_json(t),
-    }))
+    let ticks: Vec<TickOut> = t
+        .into_iter()
+        .flatten()
+        .map(|(tick, l)| TickOut {
+            tick: *tick,
+            liquidity_gross: Dec(l.liquidity_gross),
+            liquidity_net: Dec(l.liquidity_net),
+        })
+        .collect();
+    let intervals = crate::pool_state::intervals(t)
+        .into_iter()
+        .map(|(lo, hi, l)| IntervalOut { tick_lower: lo, tick_upper: hi, liquidity: Dec(l) })
+        .collect();
+    let out = TicksOut {
+        pool: *a,
+        block: BlockOut::of(st, confirmed),
+        tick: p.tick,
+        liquidity: Dec(p.liquidity),
+        sqrt_price_x96: Dec(p.sqrt_price_x96),
+        tick_spacing: p.tick_spacing,
+        ticks,
+        intervals,
+    };
+    Some(serde_json::to_vec(&out).expect("invariant: plain structs serialize"))
 }
 
 async fn pool(

@@ -209,6 +209,20 @@ pub struct DatasetWriter {
     _locks: Vec<File>,
 }
 
+/// Whether `root` holds files a dataset being created does not (anything but locks, schema
+/// files and temp files).
+fn has_foreign_files(root: &Path) -> bool {
+    std::fs::read_dir(root).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            !(n.starts_with(LOCK_FILE)
+                || n == SCHEMA_DIR
+                || (n.starts_with('.') && n.ends_with(".tmp")))
+        })
+    })
+}
+
 impl DatasetWriter {
     /// Opens (creating if needed) a data directory for writing. Checks, before writing anything,
     /// that the directory is empty or holds this same dataset, and that no other writer holds it
@@ -219,7 +233,11 @@ impl DatasetWriter {
         schemas: &BTreeMap<String, SchemaRef>,
         shard: Option<Shard>,
     ) -> Result<Self> {
-        let existing = read_identity(root)?;
+        let mut existing = read_identity(root)?;
+        if existing.is_none() && has_foreign_files(root) {
+            // A sibling shard may have written the identity between our read and the listing.
+            existing = read_identity(root)?;
+        }
         match &existing {
             Some(found) => {
                 if let Some(what) = found.mismatch(identity) {
@@ -228,17 +246,8 @@ impl DatasetWriter {
             }
             None => {
                 // Empty, or being created right now by a sibling shard: only our own files.
-                if let Ok(entries) = std::fs::read_dir(root) {
-                    let foreign = entries.flatten().any(|e| {
-                        let n = e.file_name();
-                        let n = n.to_string_lossy();
-                        !(n.starts_with(LOCK_FILE)
-                            || n == SCHEMA_DIR
-                            || (n.starts_with('.') && n.ends_with(".tmp")))
-                    });
-                    if foreign {
-                        return Err(Error::NotADataset { path: root.to_path_buf() });
-                    }
+                if has_foreign_files(root) {
+                    return Err(Error::NotADataset { path: root.to_path_buf() });
                 }
             }
         }

@@ -376,7 +376,10 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
         assert!(p >= 10, "only {p} pools at {b}");
         totals = (totals.0 + p, totals.1 + tk, totals.2 + pos);
     }
-    eprintln!("checked at 21 blocks: {} pools, {} ticks, {} positions", totals.0, totals.1, totals.2);
+    eprintln!(
+        "checked at 21 blocks: {} pools, {} ticks, {} positions",
+        totals.0, totals.1, totals.2
+    );
     assert!(totals.2 / 21 >= 100, "too few positions checked: {totals:?}");
     // SQL over cold plus hot: every block once, the newest ones unconfirmed; the swaps table
     // holds every Swap the node has.
