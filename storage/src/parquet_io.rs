@@ -5,7 +5,6 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use std::path::PathBuf;
 
 /// Rows per row group: 128Ki rows lets DuckDB and DataFusion split a file across threads and
@@ -14,24 +13,14 @@ pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// zstd level 3: most of the size gain of higher levels at a fraction of the CPU.
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// Columns whose values are (nearly) all distinct: a dictionary only costs hashing and
-/// interning every value before Parquet falls back to plain encoding anyway.
-pub(crate) const NO_DICTIONARY_COLUMNS: [&str; 4] =
-    ["transaction_hash", "data", "logs_bloom", "parent_hash"];
-
 /// Encodes a batch (already sorted by block_number, log_index) as one Parquet file in memory.
 pub fn encode_parquet(table: &str, batch: &RecordBatch) -> Result<Vec<u8>> {
     let err = |source| Error::Parquet { path: PathBuf::from(table), source };
-    let mut props = WriterProperties::builder()
+    let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).map_err(err)?))
         .set_max_row_group_row_count(Some(DEFAULT_ROW_GROUP_ROWS))
-        .set_created_by(concat!("tidewater ", env!("CARGO_PKG_VERSION")).to_string());
-    for c in NO_DICTIONARY_COLUMNS {
-        if batch.schema().column_with_name(c).is_some() {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
-        }
-    }
-    let props = props.build();
+        .set_created_by(concat!("tidewater ", env!("CARGO_PKG_VERSION")).to_string())
+        .build();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).map_err(err)?;
     w.write(batch).map_err(err)?;
