@@ -269,6 +269,43 @@ pub(crate) async fn run(
 
     let cancel = CancellationToken::new();
     let mut signals = Signals::new()?;
+    let follower = match &tail_cfg {
+        Some(cfg) => Some(
+            Tail::new(rpc.clone(), plan.sources.clone(), chain_id, cfg.clone()).map_err(usage)?,
+        ),
+        None => None,
+    };
+    // The API answers from the start: during the backfill /health is up, /ready says 503 and
+    // the state is what was committed before.
+    let api = match (listener, &follower, &tail) {
+        (Some(listener), Some(f), Some((_, targs))) => {
+            let live = std::sync::Arc::new(std::sync::RwLock::new(
+                crate::serve_cmd::load(&plan.data, &targs.api).await?,
+            ));
+            let (stats, caught, rpc) = (f.stats(), f.stats(), rpc.clone());
+            let metrics: tidewater_queries::server::MetricsFn =
+                std::sync::Arc::new(move |out: &mut String| {
+                    stats.render_metrics(out);
+                    rpc.render_metrics(out);
+                });
+            // Ready once the tail has reached the head, and while it stays within a few blocks.
+            let caught_up: tidewater_queries::server::CaughtUpFn = std::sync::Arc::new(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                let lag = caught.head.load(Relaxed).saturating_sub(caught.tip.load(Relaxed));
+                caught.caught_up.load(Relaxed) && lag <= READY_MAX_LAG_BLOCKS
+            });
+            let server = crate::serve_cmd::start(
+                live.clone(),
+                listener,
+                &targs.api,
+                metrics,
+                caught_up,
+                cancel.clone(),
+            );
+            Some((live, server))
+        }
+        _ => None,
+    };
     if let Some(to) = backfill_to {
         plan.cfg.range = BlockRange::new(from, to);
         let backfill = Backfill::new(rpc.clone(), plan.sources.clone(), chain_id, plan.cfg.clone())
@@ -306,38 +343,15 @@ pub(crate) async fn run(
             return Ok(());
         }
     }
-    let (Some((_, targs)), Some(cfg)) = (tail, tail_cfg) else { return Ok(()) };
-    let follower = Tail::new(rpc.clone(), plan.sources.clone(), chain_id, cfg).map_err(usage)?;
-    let _api = match listener {
-        Some(listener) => {
-            let live = std::sync::Arc::new(std::sync::RwLock::new(
-                crate::serve_cmd::load(&plan.data, &targs.api).await?,
-            ));
-            tidewater_queries::live::spawn_consumer(live.clone(), follower.subscribe())
-                .wrap_err("starting the live state")?;
-            let (stats, caught) = (follower.stats(), follower.stats());
-            let metrics: tidewater_queries::server::MetricsFn =
-                std::sync::Arc::new(move |out: &mut String| {
-                    stats.render_metrics(out);
-                    rpc.render_metrics(out);
-                });
-            // Ready once the tail has reached the head, and while it stays within a few blocks.
-            let caught_up: tidewater_queries::server::CaughtUpFn = std::sync::Arc::new(move || {
-                use std::sync::atomic::Ordering::Relaxed;
-                let lag = caught.head.load(Relaxed).saturating_sub(caught.tip.load(Relaxed));
-                caught.caught_up.load(Relaxed) && lag <= READY_MAX_LAG_BLOCKS
-            });
-            Some(crate::serve_cmd::start(
-                live,
-                listener,
-                &targs.api,
-                metrics,
-                caught_up,
-                cancel.clone(),
-            ))
-        }
-        None => None,
-    };
+    let (Some((_, targs)), Some(follower)) = (tail, follower) else { return Ok(()) };
+    if let Some((live, _)) = &api {
+        // The backfill committed more: the state starts again from the cold tier as it is now,
+        // then folds the tail's updates.
+        let fresh = crate::serve_cmd::load(&plan.data, &targs.api).await?;
+        *live.write().expect("invariant: live lock not poisoned") = fresh;
+        tidewater_queries::live::spawn_consumer(live.clone(), follower.subscribe())
+            .wrap_err("starting the live state")?;
+    }
     // Subscribe only when printing: a receiver nobody reads would hold the bus's last
     // BUS_CAPACITY updates (blocks with their logs) in memory.
     let mut updates = targs.print_updates.then(|| follower.subscribe());

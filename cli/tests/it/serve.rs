@@ -865,3 +865,49 @@ fn a_taken_port_is_bad_input_and_nothing_is_written() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
     assert!(!t.path("data").exists(), "a refused run wrote the data directory");
 }
+
+#[test]
+fn ready_is_503_while_run_backfills_and_200_once_it_follows_the_head() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    // A slow backfill (rate-limited, small chunks) so the catching-up phase can be observed.
+    let mut extra = s(&["--confirmations", "4", "--rps", "40", "--chunk-size", "10"]);
+    extra.extend(api_flags(port));
+    let child =
+        Running(Some(start_tail(&t, &net, &extra.iter().map(String::as_str).collect::<Vec<_>>())));
+    let start = Instant::now();
+    let mut saw_503 = false;
+    loop {
+        let Ok((status, body)) = http("GET", &format!("{api}/ready"), &[], b"") else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        if status == 503 {
+            assert_eq!(v["ready"], false, "{v}");
+            assert_eq!(http_get(&format!("{api}/health")).0, 200);
+            // During the backfill of an empty directory there is no state yet; after it, the
+            // state is the committed one while the tail catches up.
+            let (status, p) = get_json(&format!("{api}/v1/pools"));
+            match status {
+                503 => {
+                    assert!(p["error"].as_str().unwrap().contains("nothing is indexed yet"), "{p}")
+                }
+                200 => assert!(p["pools"].as_array().is_some(), "{p}"),
+                _ => panic!("{status} {p}"),
+            }
+            saw_503 = true;
+        } else {
+            assert_eq!(status, 200, "{v}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "never ready: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_503, "/ready was never 503 during the backfill");
+    let head = wait_synced(&api, &net);
+    check_against_contracts(&api, &net, head);
+    child.stop();
+}
