@@ -33,9 +33,24 @@ def swap_call(p, rng):
         + word(rng.randrange(1, 10**6) * 10**12) + word(0) + word(0)
     return {"from": acct, "to": deploy["swap_router"], "data": data, "gas": hex(400000)}
 rng = random.Random(1)
+import socket, threading, http.client
+with socket.socket() as s_:
+    s_.bind(("127.0.0.1", 0)); api_port = s_.getsockname()[1]
+# The API is on (as `run` serves it by default), with one SSE client following the stream.
 tw = subprocess.Popen([binary, "run", "--rpc", url, "--ws", f"ws://127.0.0.1:{port}", "--data", f"{work}/data",
     "--confirmations", "20", "--uniswap-v3-factory", deploy["factory"], "--uniswap-v3-position-manager",
-    deploy["position_manager"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deploy["position_manager"], "--listen", f"127.0.0.1:{api_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+sse_events = [0]
+def sse():
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", api_port); c.request("GET", "/v1/stream")
+            r = c.getresponse()
+            for line in r.fp:
+                if line.startswith(b"event:"): sse_events[0] += 1
+        except OSError:
+            time.sleep(0.2)
+threading.Thread(target=sse, daemon=True).start()
 tick = os.sysconf("SC_CLK_TCK")
 def sample():
     stat = open(f"/proc/{tw.pid}/stat").read().split(")")[-1].split()
@@ -67,7 +82,7 @@ swaps = 0
 for f in os.listdir(f"{work}/data/_manifest"):
     e = json.load(open(f"{work}/data/_manifest/{f}"))
     if e["start"] > 0: swaps += e["tables"].get("swaps", {}).get("rows", 0)
-print(f"swaps committed after block 0 chunk: {swaps}")
+print(f"swaps committed after block 0 chunk: {swaps}; SSE events received: {sse_events[0]}")
 if rows:
     print(f"RSS first sample {rows[0]:.1f} MiB, last {rows[-1]:.1f} MiB, max {max(rows):.1f} MiB")
 PY
