@@ -39,11 +39,9 @@ wait_rpc "http://127.0.0.1:$port"
 python3 - "$bin" "http://127.0.0.1:$port" "$small/deploy.json" "$work/small" "$api_port" "${BENCH_BLOCKS:-200}" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request, http.client
 binary, url, deploy, work, api_port, n_blocks = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-def rpc(method, params):
-    req = urllib.request.Request(url, json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(), {"content-type": "application/json"})
-    r = json.load(urllib.request.urlopen(req))
-    if "error" in r: raise RuntimeError(r["error"])
-    return r["result"]
+sys.path.insert(0, "scripts")
+import benchlib
+rpc = lambda method, params: benchlib.rpc(url, method, params)
 p = subprocess.Popen([binary, "run", "--rpc", url, "--data", f"{work}/data", "--confirmations", "20",
     "--ws", url.replace("http://", "ws://"), "--poll-interval-ms", "60000", "--print-updates",
     "--listen", f"127.0.0.1:{api_port}", "--uniswap-v3-factory", deploy["factory"],
@@ -75,12 +73,7 @@ def sse_reader():
             sse[json.loads(line[5:])["block"]["hash"]] = time.perf_counter()
 threading.Thread(target=sse_reader, daemon=True).start()
 time.sleep(1)
-def wait_for(d, h, timeout=10):
-    end = time.perf_counter() + timeout
-    while h not in d:
-        if time.perf_counter() > end: raise RuntimeError(f"block {h} never seen")
-        time.sleep(0.0002)
-    return d[h]
+wait_for = benchlib.wait_for
 e2e, delta = [], []
 for i in range(n_blocks):
     rpc("evm_mine", [])

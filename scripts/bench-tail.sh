@@ -23,11 +23,9 @@ if mode == "ws":
     follow = ["--ws", url.replace("http://", "ws://"), "--poll-interval-ms", "60000"]
 else:
     follow = ["--poll-interval-ms", mode.split(":")[1]]
-def rpc(method, params):
-    req = urllib.request.Request(url, json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(), {"content-type": "application/json"})
-    r = json.load(urllib.request.urlopen(req))
-    if "error" in r: raise RuntimeError(r["error"])
-    return r["result"]
+sys.path.insert(0, "scripts")
+import benchlib
+rpc = lambda method, params: benchlib.rpc(url, method, params)
 p = subprocess.Popen([binary, "run", "--rpc", url, "--data", f"{work}/data", "--confirmations", "20",
     *follow, "--print-updates", "--uniswap-v3-factory", deploy["factory"],
     "--uniswap-v3-position-manager", deploy["position_manager"]], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -39,12 +37,7 @@ def reader():
             seen[u["block_hash"]] = time.perf_counter()
 threading.Thread(target=reader, daemon=True).start()
 time.sleep(3)
-def wait_for(h, timeout=10):
-    end = time.perf_counter() + timeout
-    while h not in seen:
-        if time.perf_counter() > end: raise RuntimeError(f"block {h} never published")
-        time.sleep(0.0002)
-    return seen[h]
+wait_for = lambda h: benchlib.wait_for(seen, h)
 lat = []
 for i in range(n_blocks):
     rpc("evm_mine", [])

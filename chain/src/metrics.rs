@@ -50,6 +50,11 @@ impl Histogram {
     /// comma-separated, may be empty).
     pub fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
         header(out, name, help, "histogram");
+        self.render_series(out, name, labels);
+    }
+
+    /// Writes the sample lines only (several label sets share one `# HELP`/`# TYPE` header).
+    pub fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cum = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {

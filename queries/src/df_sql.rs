@@ -81,14 +81,7 @@ fn classify(e: datafusion::error::DataFusionError) -> SqlError {
             SqlError::TooLarge(format!("the query needs more memory than allowed: {m}"))
         }
         E::SQL(..) | E::Plan(..) | E::SchemaError(..) | E::NotImplemented(..) => {
-            let msg = e.to_string();
-            if msg.contains("not supported")
-                && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement"))
-            {
-                SqlError::NotAllowed(msg)
-            } else {
-                SqlError::Invalid(msg)
-            }
+            SqlError::Invalid(e.to_string())
         }
         _ => SqlError::Execution(e.to_string()),
     }
@@ -201,7 +194,11 @@ pub async fn run_sql(
     let opts =
         SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let work = async {
-        let df = ctx.sql_with_options(sql, opts).await.map_err(classify)?;
+        // Plan first, then check the plan's kind: a write is refused by what it is, not by the
+        // wording of an error.
+        let plan = ctx.state().create_logical_plan(sql).await.map_err(classify)?;
+        opts.verify_plan(&plan).map_err(|e| SqlError::NotAllowed(e.to_string()))?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
         let mut stream = df.execute_stream().await.map_err(classify)?;
         let mut out = Vec::new();
         let mut rows = 0;

@@ -159,7 +159,9 @@ pub struct LiveState {
     hot: VecDeque<HotEntry>,
     confirmed: Option<(u64, B256)>,
     first_block: Option<u64>,
-    ds: Arc<Dataset>,
+    /// The data directory (datasets are opened when read: the cold tier grows).
+    root: std::path::PathBuf,
+    chain_id: u64,
     history: VecDeque<Arc<StreamEvent>>,
     history_cap: usize,
     next_id: u64,
@@ -211,7 +213,8 @@ impl LiveState {
             hot: VecDeque::new(),
             confirmed,
             first_block,
-            ds: Arc::new(ds),
+            root: ds.root().to_path_buf(),
+            chain_id: ds.identity().chain_id,
             history: VecDeque::new(),
             history_cap: DEFAULT_STREAM_HISTORY,
             next_id: 1,
@@ -259,12 +262,12 @@ impl LiveState {
 
     /// The dataset's chain id.
     pub fn chain_id(&self) -> u64 {
-        self.ds.identity().chain_id
+        self.chain_id
     }
 
     /// The data directory.
     pub fn root(&self) -> &std::path::Path {
-        self.ds.root()
+        &self.root
     }
 
     /// Whether the state lost track of the chain (a missed update); `/ready` says so.
@@ -292,7 +295,7 @@ impl LiveState {
             return Ok(StateAt::Ready(Box::new(self.head().clone()), self.is_confirmed(n)));
         }
         if self.is_confirmed(n) {
-            return Ok(StateAt::Cold(self.ds.root().to_path_buf(), self.u.clone()));
+            return Ok(StateAt::Cold(self.root.clone(), self.u.clone()));
         }
         let mut st = self.head().clone();
         for e in self.hot.iter().rev().take_while(|e| e.number > n) {
@@ -312,13 +315,11 @@ impl LiveState {
         &self,
         last_id: Option<u64>,
     ) -> Result<(Vec<Arc<StreamEvent>>, broadcast::Receiver<Arc<StreamEvent>>), u64> {
-        let rx = self.tx.subscribe();
-        let Some(last) = last_id else { return Ok((vec![], rx)) };
-        let oldest = self.history.front().map_or(self.next_id, |e| e.id);
-        if last + 1 < oldest {
-            return Err(oldest);
-        }
-        Ok((self.history.iter().filter(|e| e.id > last).cloned().collect(), rx))
+        let missed = match last_id {
+            Some(last) => self.since(last)?,
+            None => vec![],
+        };
+        Ok((missed, self.tx.subscribe()))
     }
 
     /// The events after `last_id` still in the history (a lagging client catches up from it);
@@ -523,7 +524,7 @@ impl LiveState {
             touched,
             received: self.received,
         });
-        Ok(snap.map(|state| PendingSnapshot { root: self.ds.root().to_path_buf(), state }))
+        Ok(snap.map(|state| PendingSnapshot { root: self.root.clone(), state }))
     }
 
     /// A confirmed block was reverted: the tail rolled the cold tier back. Reload the state from
@@ -574,7 +575,7 @@ impl LiveState {
 
     /// Starts again from the cold tier (the hot journals are dropped).
     fn reload(&mut self) -> tidewater_storage::Result<()> {
-        let ds = Dataset::open(self.ds.root())?;
+        let ds = Dataset::open(&self.root)?;
         let end = ds.manifest().last().map(|c| c.end);
         let state = match end {
             Some(n) => cold_state_at(&ds, &self.u, n, None)?,
@@ -587,7 +588,6 @@ impl LiveState {
         self.first_block = ds.manifest().chunks().first().map(|c| c.start);
         self.folder = Folder::with_state(&self.u, state);
         self.hot.clear();
-        self.ds = Arc::new(ds);
         tracing::warn!(confirmed = ?self.confirmed.map(|c| c.0), "live state reloaded from the cold tier");
         Ok(())
     }

@@ -13,6 +13,7 @@ use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::{sol, SolEvent};
 use arrow::array::{Array, BinaryArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,17 +31,36 @@ sol! {
     event Transfer(address indexed from, address indexed to, uint256 indexed tokenId);
 }
 
+/// Serializes an integer as an exact decimal string, written without an intermediate `String`
+/// (JSON numbers lose precision above 2^53 in most clients).
+pub fn dec<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// Liquidity at one initialized tick.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TickLiquidity {
     /// Total liquidity referencing the tick.
+    #[serde(serialize_with = "dec")]
     pub liquidity_gross: u128,
     /// Liquidity added when the price crosses the tick upwards.
+    #[serde(serialize_with = "dec")]
     pub liquidity_net: i128,
 }
 
-/// One pool's scalar state (its ticks live in [`UniswapState::ticks`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One initialized tick as the API prints it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TickEntry {
+    /// The tick.
+    pub tick: i32,
+    /// Its liquidity.
+    #[serde(flatten)]
+    pub liquidity: TickLiquidity,
+}
+
+/// One pool's scalar state (its ticks live in [`UniswapState::ticks`]). Serializes as the API
+/// and `tidewater state` print it: big integers as decimal strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PoolState {
     /// Pool address.
     pub address: Address,
@@ -53,33 +73,27 @@ pub struct PoolState {
     /// Tick spacing.
     pub tick_spacing: i32,
     /// sqrt(price) as Q64.96 (0 before Initialize).
+    #[serde(serialize_with = "dec")]
     pub sqrt_price_x96: U256,
     /// Current tick.
     pub tick: i32,
     /// In-range liquidity.
+    #[serde(serialize_with = "dec")]
     pub liquidity: u128,
 }
 
 impl PoolState {
-    /// The JSON the API and `tidewater state` print: big integers as decimal strings.
+    /// As a JSON value.
     pub fn to_json(&self) -> Value {
-        json!({
-            "address": self.address,
-            "token0": self.token0,
-            "token1": self.token1,
-            "fee": self.fee,
-            "tick_spacing": self.tick_spacing,
-            "sqrt_price_x96": self.sqrt_price_x96.to_string(),
-            "tick": self.tick,
-            "liquidity": self.liquidity.to_string(),
-        })
+        serde_json::to_value(self).expect("invariant: plain structs serialize")
     }
 }
 
 /// One position manager token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Position {
     /// Token id.
+    #[serde(serialize_with = "dec")]
     pub token_id: U256,
     /// Owner.
     pub owner: Address,
@@ -90,41 +104,28 @@ pub struct Position {
     /// Upper tick.
     pub tick_upper: i32,
     /// Liquidity.
+    #[serde(serialize_with = "dec")]
     pub liquidity: u128,
 }
 
 impl Position {
-    /// The JSON the API prints.
+    /// As a JSON value.
     pub fn to_json(&self) -> Value {
-        json!({
-            "token_id": self.token_id.to_string(),
-            "owner": self.owner,
-            "pool": self.pool,
-            "tick_lower": self.tick_lower,
-            "tick_upper": self.tick_upper,
-            "liquidity": self.liquidity.to_string(),
-        })
+        serde_json::to_value(self).expect("invariant: plain structs serialize")
     }
 }
 
 /// Initialized ticks of one pool, by tick.
 pub type Ticks = BTreeMap<i32, TickLiquidity>;
 
-/// Ticks as the JSON list the API prints.
+/// Initialized ticks in order, as the API prints them.
+pub fn tick_entries(ticks: Option<&Ticks>) -> Vec<TickEntry> {
+    ticks.into_iter().flatten().map(|(t, l)| TickEntry { tick: *t, liquidity: *l }).collect()
+}
+
+/// Ticks as a JSON list.
 pub fn ticks_json(ticks: Option<&Ticks>) -> Value {
-    Value::Array(
-        ticks
-            .into_iter()
-            .flatten()
-            .map(|(t, l)| {
-                json!({
-                    "tick": t,
-                    "liquidity_gross": l.liquidity_gross.to_string(),
-                    "liquidity_net": l.liquidity_net.to_string(),
-                })
-            })
-            .collect(),
-    )
+    serde_json::to_value(tick_entries(ticks)).expect("invariant: plain structs serialize")
 }
 
 /// The liquidity distribution: for each interval between consecutive initialized ticks,

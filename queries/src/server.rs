@@ -6,7 +6,7 @@
 
 use crate::df_sql::{hot_batches, run_sql, SqlError, SqlLimits};
 use crate::live::{LiveState, StateAt, StreamEvent};
-use crate::pool_state::{cold_state_at, ticks_json, UniswapState};
+use crate::pool_state::{cold_state_at, tick_entries, ticks_json, TickEntry, UniswapState};
 use alloy_primitives::{Address, U256};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -78,6 +78,7 @@ impl Service {
 
     /// The routes.
     pub fn router(self) -> Router {
+        let stats = self.stats.clone();
         Router::new()
             .route("/v1/pools", get(pools))
             .route("/v1/pools/{address}", get(pool))
@@ -92,11 +93,17 @@ impl Service {
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
             .fallback(not_found)
+            .layer(axum::middleware::map_request(move |req: axum::extract::Request| {
+                let stats = stats.clone();
+                async move {
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    req
+                }
+            }))
             .with_state(self)
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, LiveState> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.live.read().expect("invariant: live lock not poisoned")
     }
 }
@@ -187,15 +194,15 @@ async fn state_at(
 }
 
 fn block_json(st: &UniswapState, confirmed: bool) -> Value {
-    json!({"number": st.block, "hash": st.block_hash, "confirmed": confirmed})
+    serde_json::to_value(BlockOut::of(st, confirmed)).expect("invariant: plain structs serialize")
 }
 
-fn json_response(v: &Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(v).expect("invariant: JSON values serialize"),
-    )
-        .into_response()
+fn json_response<T: serde::Serialize>(v: &T) -> Response {
+    bytes_response(to_bytes(v))
+}
+
+fn bytes_response(json: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 async fn pools(State(svc): State<Service>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
@@ -232,16 +239,7 @@ async fn pool_view(
         body(&st, &a, confirmed)
             .ok_or_else(|| missing(format!("unknown pool {address} at block {}", st.block)))?
     };
-    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
-}
-
-/// An integer as a decimal string, written without an intermediate `String`.
-struct Dec<T>(T);
-
-impl<T: std::fmt::Display> serde::Serialize for Dec<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
+    Ok(bytes_response(bytes))
 }
 
 #[derive(serde::Serialize)]
@@ -257,31 +255,20 @@ impl BlockOut {
     }
 }
 
+/// A pool or a position with the block it is as of.
 #[derive(serde::Serialize)]
-struct PoolOut {
-    address: Address,
-    token0: Address,
-    token1: Address,
-    fee: u32,
-    tick_spacing: i32,
-    sqrt_price_x96: Dec<U256>,
-    tick: i32,
-    liquidity: Dec<u128>,
+struct AtBlock<'a, T> {
+    #[serde(flatten)]
+    item: &'a T,
     block: BlockOut,
-}
-
-#[derive(serde::Serialize)]
-struct TickOut {
-    tick: i32,
-    liquidity_gross: Dec<u128>,
-    liquidity_net: Dec<i128>,
 }
 
 #[derive(serde::Serialize)]
 struct IntervalOut {
     tick_lower: i32,
     tick_upper: i32,
-    liquidity: Dec<i128>,
+    #[serde(serialize_with = "crate::pool_state::dec")]
+    liquidity: i128,
 }
 
 #[derive(serde::Serialize)]
@@ -289,56 +276,40 @@ struct TicksOut {
     pool: Address,
     block: BlockOut,
     tick: i32,
-    liquidity: Dec<u128>,
-    sqrt_price_x96: Dec<U256>,
+    #[serde(serialize_with = "crate::pool_state::dec")]
+    liquidity: u128,
+    #[serde(serialize_with = "crate::pool_state::dec")]
+    sqrt_price_x96: U256,
     tick_spacing: i32,
-    ticks: Vec<TickOut>,
+    ticks: Vec<TickEntry>,
     intervals: Vec<IntervalOut>,
 }
 
+fn to_bytes<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("invariant: plain structs serialize")
+}
+
 fn pool_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Vec<u8>> {
-    let p = st.pools.get(a)?;
-    let out = PoolOut {
-        address: p.address,
-        token0: p.token0,
-        token1: p.token1,
-        fee: p.fee,
-        tick_spacing: p.tick_spacing,
-        sqrt_price_x96: Dec(p.sqrt_price_x96),
-        tick: p.tick,
-        liquidity: Dec(p.liquidity),
-        block: BlockOut::of(st, confirmed),
-    };
-    Some(serde_json::to_vec(&out).expect("invariant: plain structs serialize"))
+    Some(to_bytes(&AtBlock { item: st.pools.get(a)?, block: BlockOut::of(st, confirmed) }))
 }
 
 fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Vec<u8>> {
     let p = st.pools.get(a)?;
     let t = st.ticks.get(a);
-    let ticks: Vec<TickOut> = t
-        .into_iter()
-        .flatten()
-        .map(|(tick, l)| TickOut {
-            tick: *tick,
-            liquidity_gross: Dec(l.liquidity_gross),
-            liquidity_net: Dec(l.liquidity_net),
-        })
-        .collect();
     let intervals = crate::pool_state::intervals(t)
         .into_iter()
-        .map(|(lo, hi, l)| IntervalOut { tick_lower: lo, tick_upper: hi, liquidity: Dec(l) })
+        .map(|(lo, hi, l)| IntervalOut { tick_lower: lo, tick_upper: hi, liquidity: l })
         .collect();
-    let out = TicksOut {
+    Some(to_bytes(&TicksOut {
         pool: *a,
         block: BlockOut::of(st, confirmed),
         tick: p.tick,
-        liquidity: Dec(p.liquidity),
-        sqrt_price_x96: Dec(p.sqrt_price_x96),
+        liquidity: p.liquidity,
+        sqrt_price_x96: p.sqrt_price_x96,
         tick_spacing: p.tick_spacing,
-        ticks,
+        ticks: tick_entries(t),
         intervals,
-    };
-    Some(serde_json::to_vec(&out).expect("invariant: plain structs serialize"))
+    }))
 }
 
 async fn pool(
@@ -388,9 +359,7 @@ async fn position(
         .positions
         .get(&id)
         .ok_or_else(|| missing(format!("no position {id} at block {}", st.block)))?;
-    let mut v = p.to_json();
-    v["block"] = block_json(&st, confirmed);
-    Ok(json_response(&v))
+    Ok(json_response(&AtBlock { item: p, block: BlockOut::of(&st, confirmed) }))
 }
 
 async fn owner_positions(
@@ -591,7 +560,7 @@ async fn metrics(State(svc): State<Service>) -> Response {
     let mut out = String::new();
     (svc.metrics)(&mut out);
     let (hot, head, confirmed) = {
-        let live = svc.live.read().expect("invariant: live lock not poisoned");
+        let live = svc.live();
         (live.hot_len(), live.head_block(), live.confirmed().map(|c| c.0))
     };
     single(

@@ -251,20 +251,9 @@ impl TailStats {
             "Delay from the block timestamp to each stage (detected, persisted).",
             "histogram",
         );
-        let mut body = String::new();
-        self.detect_delay.render(
-            &mut body,
-            "tidewater_stage_delay_seconds",
-            "",
-            "stage=\"detected\"",
-        );
-        self.persist_delay.render(
-            &mut body,
-            "tidewater_stage_delay_seconds",
-            "",
-            "stage=\"persisted\"",
-        );
-        out.extend(body.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")));
+        let name = "tidewater_stage_delay_seconds";
+        self.detect_delay.render_series(out, name, "stage=\"detected\"");
+        self.persist_delay.render_series(out, name, "stage=\"persisted\"");
     }
 }
 
@@ -433,19 +422,26 @@ impl Tail {
             let block = Arc::new(block);
             st.hot.push(block.clone()).expect("invariant: the block extends the tip");
             self.stats.blocks_applied.fetch_add(1, Ordering::Relaxed);
-            self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
-            self.stats.tip_timestamp.store(block.header.timestamp, Ordering::Relaxed);
-            self.stats.tip.store(block.header.number, Ordering::Relaxed);
+            self.record_buffer(st);
             self.stats.detect_delay.observe(unix_now() - block.header.timestamp as f64);
             self.publish(ChainUpdate::Applied(block));
         }
         if self.next_block(st) > head {
             self.stats.caught_up.store(true, Ordering::Relaxed);
         }
-        self.stats.tip.store(self.next_block(st).saturating_sub(1), Ordering::Relaxed);
+        self.record_buffer(st);
         let watermark = self.watermark(head).await?;
         self.stats.watermark.store(watermark, Ordering::Relaxed);
         self.compact(st, watermark).await
+    }
+
+    /// Publishes the buffer's size and tip (block, timestamp) to the stats.
+    fn record_buffer(&self, st: &State) {
+        self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
+        self.stats.tip.store(self.next_block(st).saturating_sub(1), Ordering::Relaxed);
+        if let Some(t) = st.hot.tip() {
+            self.stats.tip_timestamp.store(t.header.timestamp, Ordering::Relaxed);
+        }
     }
 
     fn next_block(&self, st: &State) -> u64 {
@@ -525,8 +521,7 @@ impl Tail {
             self.stats.reorgs.fetch_add(1, Ordering::Relaxed);
             self.stats.reorg_depth.observe(depth as f64);
         }
-        self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
-        self.stats.tip.store(self.next_block(st).saturating_sub(1), Ordering::Relaxed);
+        self.record_buffer(st);
         self.stats.max_reorg_depth.fetch_max(depth, Ordering::Relaxed);
         tracing::info!(depth, tip = ?st.hot.tip().map(|t| t.header.number), "reorg handled");
         Ok(depth)
@@ -673,7 +668,7 @@ impl Tail {
         st.checkpoint = Some((last.header.number, last.header.hash));
         st.last_compaction = Instant::now();
         self.stats.checkpoint.store(last.header.number, Ordering::Relaxed);
-        self.stats.hot_blocks.store(st.hot.len() as u64, Ordering::Relaxed);
+        self.record_buffer(st);
         let now = unix_now();
         for b in &blocks {
             self.stats.persist_delay.observe(now - b.header.timestamp as f64);
