@@ -32,6 +32,13 @@ fi
 if ! python3 -c "import pyarrow" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pyarrow >&2
 fi
+# socat terminates TLS in front of anvil for the wss:// test; openssl makes its certificates.
+for tool in socat openssl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "install: $tool (Debian)" >&2
+    (apt-get install -y -qq "$tool" || (apt-get update -qq && apt-get install -y -qq "$tool")) >&2
+  fi
+done
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install: cargo-nextest" >&2
   cargo install --locked cargo-nextest >&2

@@ -48,10 +48,13 @@ pub enum Error {
     /// A blocking commit task died (a bug or a panic in the writer).
     #[error("the commit task failed")]
     CommitTask(#[source] tokio::task::JoinError),
-    /// The rayon encoder dropped its result (a panic while encoding).
-    #[error("the encoder of {range} panicked")]
-    EncoderGone {
+    /// A chunk's fetch or encode task panicked (a bug; the message says where).
+    #[error("the task for {range} failed")]
+    TaskPanicked {
         /// The chunk.
         range: BlockRange,
+        /// The panic.
+        #[source]
+        source: tidewater_chain::Panicked,
     },
 }

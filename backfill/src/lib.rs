@@ -41,11 +41,13 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
+use tidewater_chain::encode::SkippedLog;
 use tidewater_chain::{
-    discover_pools, fetch_range, BlockRange, EventCatalog, LogFilter, PoolSet, RangeData,
-    RangeSizer, RpcClient, Sources, SpawnedTask, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    discover_pools, discover_pools_checked, fetch_range_consistent, run_on_rayon, BlockRange,
+    EventCatalog, LogFilter, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask,
+    DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
@@ -53,8 +55,8 @@ use tokio_util::sync::CancellationToken;
 /// Chunks fetched or encoding at once. Four keeps the RPC semaphore busy while a chunk encodes
 /// and bounds memory to four chunks' logs.
 pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
-/// Times a chunk whose answers disagree (a lagging node) is refetched before giving up.
-const INCONSISTENT_RETRIES: u32 = 5;
+/// Undecodable logs listed by name in a summary; the rest are only counted.
+const SKIPPED_LISTED: usize = 100;
 
 /// What to backfill and how.
 #[derive(Debug, Clone)]
@@ -119,8 +121,15 @@ pub struct Summary {
     pub rows: BTreeMap<String, u64>,
     /// Factory pools known.
     pub pools: usize,
-    /// Blocks refetched because their bloom contradicted an empty answer.
+    /// Blocks whose logs were recovered because their bloom contradicted an empty answer.
     pub bloom_refetches: u64,
+    /// Chunks fetched again because a pool the discovery scan had missed turned up.
+    pub pool_refetches: u64,
+    /// Logs kept in `logs` but left out of their decoded table: they do not decode under
+    /// their event's signature.
+    pub undecodable_logs: u64,
+    /// The first of them (block, log index, table, reason).
+    pub undecodable: Vec<SkippedLog>,
     /// Wall time, seconds.
     pub elapsed_secs: f64,
     /// Of which scanning the factory's PoolCreated logs, seconds.
@@ -149,10 +158,22 @@ struct Shared {
 }
 
 struct Encoded {
+    range: BlockRange,
     commit: ChunkCommit,
     logs: u64,
     rows: BTreeMap<String, u64>,
     bloom_refetches: u64,
+    skipped: Vec<SkippedLog>,
+    /// Pools created by the chunk's end that its filter held.
+    pools_used: usize,
+}
+
+/// The factory's pools, shared by chunk tasks: a chunk that finds a pool the discovery scan
+/// missed adds it here.
+type SharedPools = Arc<RwLock<PoolSet>>;
+
+fn read_pools(p: &SharedPools) -> PoolSet {
+    p.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 impl Backfill {
@@ -202,22 +223,32 @@ impl Backfill {
             return Ok((summary, writer));
         }
         let discovery = Instant::now();
-        let pools =
-            Arc::new(self.discover(plan.last().expect("invariant: plan not empty").end).await?);
-        summary.pools = pools.len();
+        let pools: SharedPools = Arc::new(RwLock::new(self.discover(&plan).await?));
         summary.discovery_secs = discovery.elapsed().as_secs_f64();
-        tracing::info!(chunks = plan.len(), pools = pools.len(), range = %self.cfg.range, "backfill planned");
+        let known = read_pools(&pools).len();
+        tracing::info!(chunks = plan.len(), pools = known, range = %self.cfg.range, "backfill planned");
 
         let mut encoded = stream::iter(plan)
             .map(|chunk| {
                 let (shared, pools) = (self.shared.clone(), pools.clone());
-                SpawnedTask::spawn(async move { shared.fetch_and_encode(chunk, pools).await })
-                    .join()
+                async move {
+                    SpawnedTask::spawn(async move { shared.fetch_and_encode(chunk, &pools).await })
+                        .join()
+                        .await
+                        .map_err(|source| Error::TaskPanicked { range: chunk, source })?
+                }
             })
             .buffered(self.cfg.chunks_in_flight.max(1));
         while let Some(next) = encoded.next().await {
-            let e = next?;
-            let range = BlockRange::new(e.commit.start, e.commit.end);
+            let mut e = next?;
+            let range = e.range;
+            // Chunks commit in block order, so every chunk before this one has added the pools
+            // it found. A chunk fetched before such a pool was known misses its logs: refetch.
+            while read_pools(&pools).count_created_by(range.end) > e.pools_used {
+                tracing::warn!(%range, "a pool found by an earlier chunk was not in this chunk's filter; refetching");
+                summary.pool_refetches += 1;
+                e = self.shared.fetch_and_encode(range, &pools).await?;
+            }
             let (w, committed) = tokio::task::spawn_blocking(move || {
                 let r = writer.commit(e.commit);
                 (writer, r)
@@ -230,6 +261,9 @@ impl Backfill {
             summary.blocks += range.len();
             summary.logs += e.logs;
             summary.bloom_refetches += e.bloom_refetches;
+            summary.undecodable_logs += e.skipped.len() as u64;
+            let room = SKIPPED_LISTED.saturating_sub(summary.undecodable.len());
+            summary.undecodable.extend(e.skipped.into_iter().take(room));
             for (t, n) in e.rows {
                 *summary.rows.entry(t).or_default() += n;
             }
@@ -243,75 +277,135 @@ impl Backfill {
             }
         }
         drop(encoded);
+        summary.pools = read_pools(&pools).len();
+        if summary.undecodable_logs > 0 {
+            tracing::warn!(
+                logs = summary.undecodable_logs,
+                "logs did not decode under their event signature; they are in the logs table only"
+            );
+        }
         summary.elapsed_secs = started.elapsed().as_secs_f64();
         Ok((summary, writer))
     }
 
-    async fn discover(&self, up_to: u64) -> Result<PoolSet> {
+    /// The factory's pools up to the plan's end. Where this run's chunks will fetch the blocks,
+    /// each chunk checks its own `PoolCreated` logs, so a quick scan is enough there; the rest
+    /// (before `--from`, committed chunks, other shards' chunks) is scanned with the
+    /// completeness checks of a range fetch.
+    async fn discover(&self, plan: &[BlockRange]) -> Result<PoolSet> {
         let sh = &self.shared;
         let Some(u) = &sh.sources.uniswap_v3 else { return Ok(PoolSet::default()) };
-        let Some(range) = BlockRange::try_new(u.factory_start_block, up_to) else {
+        let Some(up_to) = plan.last().map(|c| c.end) else { return Ok(PoolSet::default()) };
+        let Some(all) = BlockRange::try_new(u.factory_start_block, up_to) else {
             return Ok(PoolSet::default());
         };
-        discover_pools(&sh.rpc, u.factory, range, &sh.sizer)
-            .await
-            .map_err(|source| Error::Discover { range, source })
+        let (planned, unplanned) = split_by_plan(all, plan);
+        let mut set = PoolSet::default();
+        for range in planned {
+            let found = discover_pools(&sh.rpc, u.factory, range, &sh.sizer)
+                .await
+                .map_err(|source| Error::Discover { range, source })?;
+            set.merge(&found);
+        }
+        for range in unplanned {
+            let found = discover_pools_checked(&sh.rpc, u.factory, range, &sh.sizer)
+                .await
+                .map_err(|source| Error::Discover { range, source })?;
+            set.merge(&found);
+        }
+        Ok(set)
     }
 }
 
-impl Shared {
-    async fn fetch_and_encode(&self, chunk: BlockRange, pools: Arc<PoolSet>) -> Result<Encoded> {
-        let mut addresses = self.catalog.contracts();
-        addresses.extend(pools.created_by(chunk.end));
-        let filter = LogFilter { addresses, topic0s: vec![] };
-        let data = self.fetch_consistent(&filter, chunk).await?;
-        if let Some(u) = &self.sources.uniswap_v3 {
-            // The chunk's own PoolCreated logs must agree with the discovery scan.
-            let mut seen = PoolSet::default();
-            seen.extend_from_logs(u.factory, &data.logs);
-            if seen.created_by(chunk.end).iter().any(|p| !pools.is_pool_at(*p, chunk.end)) {
-                return Err(Error::Fetch {
-                    range: chunk,
-                    source: tidewater_chain::Error::Inconsistent {
-                        range: chunk,
-                        what: "a PoolCreated log the discovery scan did not see".into(),
-                    },
-                });
-            }
+/// `all` cut into the spans the plan covers and the spans it does not, each merged.
+fn split_by_plan(all: BlockRange, plan: &[BlockRange]) -> (Vec<BlockRange>, Vec<BlockRange>) {
+    let mut covered: Vec<BlockRange> = Vec::new();
+    for c in plan.iter().filter_map(|c| c.intersect(&all)) {
+        match covered.last_mut() {
+            Some(last) if last.end + 1 >= c.start => last.end = last.end.max(c.end),
+            _ => covered.push(c),
         }
-        let catalog = self.catalog.clone();
-        let chain_id = self.chain_id;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let bloom_refetches = data.bloom_refetches;
-            let r = encode_chunk(&catalog, &data, chain_id, &pools, chunk).map(|(commit, rows)| {
-                Encoded { commit, logs: data.logs.len() as u64, rows, bloom_refetches }
-            });
-            let _ = tx.send(r);
-        });
-        rx.await
-            .map_err(|_| Error::EncoderGone { range: chunk })?
-            .map_err(|source| Error::Storage { range: chunk, source })
     }
-
-    async fn fetch_consistent(&self, filter: &LogFilter, chunk: BlockRange) -> Result<RangeData> {
-        let mut attempt = 0;
-        loop {
-            match fetch_range(&self.rpc, filter, chunk, &self.sizer).await {
-                Err(e @ tidewater_chain::Error::Inconsistent { .. })
-                    if attempt < INCONSISTENT_RETRIES =>
-                {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "inconsistent answers, refetching chunk");
-                    let wait = tidewater_chain::backoff(
-                        attempt,
-                        tidewater_chain::DEFAULT_BACKOFF_BASE,
-                        tidewater_chain::DEFAULT_BACKOFF_MAX,
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other.map_err(|source| Error::Fetch { range: chunk, source }),
-            }
+    let mut gaps = Vec::new();
+    let mut next = all.start;
+    for c in &covered {
+        if let Some(g) =
+            BlockRange::try_new(next, c.start.saturating_sub(1)).filter(|_| c.start > next)
+        {
+            gaps.push(g);
         }
+        next = c.end + 1;
+    }
+    if let Some(g) = BlockRange::try_new(next, all.end) {
+        gaps.push(g);
+    }
+    (covered, gaps)
+}
+
+impl Shared {
+    /// Fetches and encodes `chunk`. When the chunk holds a `PoolCreated` log of a pool not yet
+    /// known, the pool is added to `pools` and the chunk is fetched again with it.
+    async fn fetch_and_encode(&self, chunk: BlockRange, pools: &SharedPools) -> Result<Encoded> {
+        loop {
+            let known = read_pools(pools);
+            let mut addresses = self.catalog.contracts();
+            addresses.extend(known.created_by(chunk.end));
+            let filter = LogFilter { addresses, topic0s: vec![] };
+            let data = fetch_range_consistent(&self.rpc, &filter, chunk, &self.sizer)
+                .await
+                .map_err(|source| Error::Fetch { range: chunk, source })?;
+            if let Some(u) = &self.sources.uniswap_v3 {
+                let mut seen = PoolSet::default();
+                seen.extend_from_logs(u.factory, &data.logs);
+                let missed = seen.missing_from(&known, chunk.end);
+                if !missed.is_empty() {
+                    tracing::warn!(
+                        %chunk, pools = ?missed,
+                        "the chunk holds PoolCreated logs the discovery scan did not return; refetching with them"
+                    );
+                    pools.write().unwrap_or_else(PoisonError::into_inner).merge(&seen);
+                    continue;
+                }
+            }
+            let pools_used = known.count_created_by(chunk.end);
+            let catalog = self.catalog.clone();
+            let chain_id = self.chain_id;
+            let bloom_refetches = data.bloom_refetches;
+            let logs = data.logs.len() as u64;
+            let encoded =
+                run_on_rayon(move || encode_chunk(&catalog, &data, chain_id, &known, chunk))
+                    .await
+                    .map_err(|source| Error::TaskPanicked { range: chunk, source })?
+                    .map_err(|source| Error::Storage { range: chunk, source })?;
+            return Ok(Encoded {
+                range: chunk,
+                commit: encoded.commit,
+                logs,
+                rows: encoded.rows,
+                bloom_refetches,
+                skipped: encoded.skipped,
+                pools_used,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_splits_the_discovery_range() {
+        let r = |a, b| BlockRange::new(a, b);
+        let plan = [r(100, 199), r(200, 299), r(500, 599)];
+        let (covered, gaps) = split_by_plan(r(0, 599), &plan);
+        assert_eq!(covered, vec![r(100, 299), r(500, 599)]);
+        assert_eq!(gaps, vec![r(0, 99), r(300, 499)]);
+        let (covered, gaps) = split_by_plan(r(150, 599), &plan);
+        assert_eq!(covered, vec![r(150, 299), r(500, 599)]);
+        assert_eq!(gaps, vec![r(300, 499)]);
+        let (covered, gaps) = split_by_plan(r(0, 50), &plan);
+        assert!(covered.is_empty());
+        assert_eq!(gaps, vec![r(0, 50)]);
     }
 }

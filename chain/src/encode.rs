@@ -136,21 +136,30 @@ impl ColBuilder {
         }
     }
 
+    /// Appends `v`; the caller has checked it with [`check_value`].
     fn push(&mut self, v: &DynSolValue) {
         match (self, v) {
             (Self::Bool(b), DynSolValue::Bool(x)) => b.append_value(*x),
-            (Self::U32(b), DynSolValue::Uint(x, _)) => b.append_value(x.to::<u32>()),
-            (Self::U64(b), DynSolValue::Uint(x, _)) => b.append_value(x.to::<u64>()),
-            (Self::I32(b), DynSolValue::Int(x, _)) => b.append_value(x.as_i32()),
-            (Self::I64(b), DynSolValue::Int(x, _)) => b.append_value(x.as_i64()),
+            (Self::U32(b), DynSolValue::Uint(x, _)) => b.append_option(u32::try_from(*x).ok()),
+            (Self::U64(b), DynSolValue::Uint(x, _)) => b.append_option(u64::try_from(*x).ok()),
+            (Self::I32(b), DynSolValue::Int(x, _)) => b.append_option(i32::try_from(*x).ok()),
+            (Self::I64(b), DynSolValue::Int(x, _)) => b.append_option(i64::try_from(*x).ok()),
             (Self::Text(b), DynSolValue::Uint(x, _)) => b.append_value(x.to_string()),
             (Self::Text(b), DynSolValue::Int(x, _)) => b.append_value(x.to_string()),
             (Self::Text(b), DynSolValue::String(s)) => b.append_value(s),
             (Self::Text(b), other) => b.append_value(format!("{other:?}")),
             (Self::Binary(b), DynSolValue::Address(a)) => b.append_value(a),
-            (Self::Binary(b), DynSolValue::FixedBytes(w, size)) => b.append_value(&w[..*size]),
+            (Self::Binary(b), DynSolValue::FixedBytes(w, size)) => {
+                b.append_value(&w[..(*size).min(32)])
+            }
             (Self::Binary(b), DynSolValue::Bytes(x)) => b.append_value(x),
-            (_, other) => unreachable!("invariant: column kind follows the ABI type ({other:?})"),
+            // check_value refused every other pairing before anything was appended.
+            (Self::Bool(b), _) => b.append_null(),
+            (Self::U32(b), _) => b.append_null(),
+            (Self::I32(b), _) => b.append_null(),
+            (Self::U64(b), _) => b.append_null(),
+            (Self::I64(b), _) => b.append_null(),
+            (Self::Binary(b), _) => b.append_null(),
         }
     }
 
@@ -167,21 +176,78 @@ impl ColBuilder {
     }
 }
 
+/// Whether `v` fits the column `kind` and the width its ABI type declares. A log is input: a
+/// non-canonical encoding, or a user's signature that declares `uint32` for a full word, gives
+/// values wider than their type, which must be refused, never truncated or panicked on.
+fn check_value(kind: ColumnKind, v: &DynSolValue) -> std::result::Result<(), String> {
+    use alloy_primitives::U256;
+    let fits_kind = match (kind, v) {
+        (ColumnKind::Bool, DynSolValue::Bool(_)) => true,
+        (ColumnKind::U32, DynSolValue::Uint(x, _)) => u32::try_from(*x).is_ok(),
+        (ColumnKind::U64, DynSolValue::Uint(x, _)) => u64::try_from(*x).is_ok(),
+        (ColumnKind::I32, DynSolValue::Int(x, _)) => i32::try_from(*x).is_ok(),
+        (ColumnKind::I64, DynSolValue::Int(x, _)) => i64::try_from(*x).is_ok(),
+        (ColumnKind::BigInt | ColumnKind::Text, _) => true,
+        (ColumnKind::Binary, DynSolValue::Address(_) | DynSolValue::Bytes(_)) => true,
+        (ColumnKind::Binary, DynSolValue::FixedBytes(_, size)) => *size <= 32,
+        _ => false,
+    };
+    let fits_width = match v {
+        DynSolValue::Uint(x, bits) => *bits >= 256 || (*x >> *bits) == U256::ZERO,
+        DynSolValue::Int(x, bits) if (1..256).contains(bits) => {
+            // Two's complement: every bit from the sign bit up equals the sign.
+            let top = x.into_raw() >> (*bits - 1);
+            top == U256::ZERO || top == (U256::MAX >> (*bits - 1))
+        }
+        _ => true,
+    };
+    match (fits_kind, fits_width) {
+        (true, true) => Ok(()),
+        _ => Err(format!("value {v:?} does not fit its declared type")),
+    }
+}
+
 struct TableBuilder<'a> {
     def: &'a EventDef,
     key: KeyBuilders,
     cols: Vec<ColBuilder>,
 }
 
+/// A log that matched an event definition but did not decode under it. It stays in the raw
+/// `logs` table; its decoded table has no row for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedLog {
+    /// The decoded table it was meant for.
+    pub table: String,
+    /// Block number.
+    pub block: u64,
+    /// Log index in the block.
+    pub log_index: u64,
+    /// Why it did not decode.
+    pub reason: String,
+}
+
+/// The decoded tables of a run of logs, and the logs that did not decode.
+#[derive(Debug, Clone, Default)]
+pub struct Decoded {
+    /// One batch per table of the catalog, empty ones included.
+    pub batches: BTreeMap<String, RecordBatch>,
+    /// Logs skipped because they do not decode under their event's signature.
+    pub skipped: Vec<SkippedLog>,
+}
+
 /// Decodes `logs` (ordered) into one batch per table of the catalog, including empty ones.
 /// `is_pool` says whether an address was created by the configured factory at or before the
 /// log's block; logs that match no definition (a spoofed emitter, an unwatched event) are
-/// skipped here but stay in the `logs` table.
+/// skipped here but stay in the `logs` table. A log that matches a definition but does not
+/// decode under it (too short, a value wider than its type) is reported in
+/// [`Decoded::skipped`] and left out of its table: a row with made-up or null values would
+/// read as an event that happened, while the raw log keeps every byte for whoever needs it.
 pub fn decode_batches(
     catalog: &EventCatalog,
     logs: &[Log],
     is_pool: impl Fn(Address, u64) -> bool,
-) -> Result<BTreeMap<String, RecordBatch>> {
+) -> Result<Decoded> {
     let mut builders: BTreeMap<&str, TableBuilder<'_>> = BTreeMap::new();
     for def in catalog.defs() {
         builders.entry(def.table.as_str()).or_insert_with(|| TableBuilder {
@@ -190,30 +256,36 @@ pub fn decode_batches(
             cols: def.kinds.iter().map(|k| ColBuilder::new(*k)).collect(),
         });
     }
+    let mut skipped = Vec::new();
     for l in logs {
         let Some(topic0) = l.topic0() else { continue };
         let Some(def) = catalog.lookup(l.address, topic0, is_pool(l.address, l.block_number))
         else {
             continue;
         };
-        let decoded =
-            def.decoder.decode_log_parts(l.topics.iter().copied(), &l.data).map_err(|source| {
-                Error::Decode {
-                    event: def.event.name.clone(),
+        let values = match decode_values(def, l) {
+            Ok(v) => v,
+            Err(reason) => {
+                tracing::warn!(
+                    table = %def.table, block = l.block_number, log_index = l.log_index, %reason,
+                    "log does not decode under its event signature; kept in the logs table only"
+                );
+                skipped.push(SkippedLog {
+                    table: def.table.clone(),
                     block: l.block_number,
                     log_index: l.log_index,
-                    source: Box::new(source),
-                }
-            })?;
-        let tb = builders.get_mut(def.table.as_str()).expect("invariant: every def has a builder");
+                    reason,
+                });
+                continue;
+            }
+        };
+        let Some(tb) = builders.get_mut(def.table.as_str()) else { continue };
         tb.key.push(l);
-        let (mut indexed, mut body) = (decoded.indexed.iter(), decoded.body.iter());
-        for (input, col) in def.event.inputs.iter().zip(tb.cols.iter_mut()) {
-            let v = if input.indexed { indexed.next() } else { body.next() };
-            col.push(v.expect("invariant: decoder returns every parameter"));
+        for (v, col) in values.iter().zip(tb.cols.iter_mut()) {
+            col.push(v);
         }
     }
-    builders
+    let batches = builders
         .into_iter()
         .map(|(table, tb)| {
             let mut cols = tb.key.finish();
@@ -222,5 +294,23 @@ pub fn decode_batches(
                 .map_err(|source| Error::Arrow { table: table.to_string(), source })?;
             Ok((table.to_string(), batch))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Decoded { batches, skipped })
+}
+
+/// The log's parameters in declaration order, each checked against its column.
+fn decode_values(def: &EventDef, l: &Log) -> std::result::Result<Vec<DynSolValue>, String> {
+    let decoded = def
+        .decoder
+        .decode_log_parts(l.topics.iter().copied(), &l.data)
+        .map_err(|e| format!("ABI decoding failed: {e}"))?;
+    let (mut indexed, mut body) = (decoded.indexed.into_iter(), decoded.body.into_iter());
+    let mut out = Vec::with_capacity(def.event.inputs.len());
+    for (input, kind) in def.event.inputs.iter().zip(def.kinds.iter()) {
+        let v = if input.indexed { indexed.next() } else { body.next() };
+        let v = v.ok_or_else(|| format!("parameter {} is missing", input.name))?;
+        check_value(*kind, &v).map_err(|e| format!("parameter {}: {e}", input.name))?;
+        out.push(v);
+    }
+    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! The chain crate's error type, which classifies itself for retry loops.
 
+use crate::provider_url::ProviderUrl;
 use crate::range::BlockRange;
 
 /// Result alias for this crate.
@@ -12,8 +13,8 @@ pub enum Error {
     /// The HTTP request failed below JSON-RPC (connect, timeout, body).
     #[error("{method} on {provider}: transport failed")]
     Transport {
-        /// Provider URL.
-        provider: String,
+        /// Provider URL (redacted when printed).
+        provider: ProviderUrl,
         /// JSON-RPC method.
         method: String,
         /// Cause.
@@ -23,8 +24,8 @@ pub enum Error {
     /// The provider answered with an HTTP error status.
     #[error("{method} on {provider}: HTTP {status}")]
     HttpStatus {
-        /// Provider URL.
-        provider: String,
+        /// Provider URL (redacted when printed).
+        provider: ProviderUrl,
         /// JSON-RPC method.
         method: String,
         /// HTTP status code.
@@ -33,8 +34,8 @@ pub enum Error {
     /// The provider answered with a JSON-RPC error object.
     #[error("{method} on {provider}: JSON-RPC error {code}: {message}")]
     Rpc {
-        /// Provider URL.
-        provider: String,
+        /// Provider URL (redacted when printed).
+        provider: ProviderUrl,
         /// JSON-RPC method.
         method: String,
         /// JSON-RPC error code.
@@ -45,8 +46,8 @@ pub enum Error {
     /// The answer did not have the expected shape.
     #[error("{method} on {provider}: unexpected response")]
     BadResponse {
-        /// Provider URL.
-        provider: String,
+        /// Provider URL (redacted when printed).
+        provider: ProviderUrl,
         /// JSON-RPC method.
         method: String,
         /// Cause.
@@ -56,8 +57,8 @@ pub enum Error {
     /// `eth_getLogs` over `range` returned too much; `hint` is the provider's suggestion.
     #[error("eth_getLogs {range} on {provider}: range too large ({message})")]
     RangeTooLarge {
-        /// Provider URL.
-        provider: String,
+        /// Provider URL (redacted when printed).
+        provider: ProviderUrl,
         /// The range that failed.
         range: BlockRange,
         /// The range the provider suggested, if it suggested one.
@@ -72,12 +73,14 @@ pub enum Error {
         block: u64,
     },
     /// The node does not (yet) have a block we asked for.
-    #[error("block {block} not available from {provider}")]
+    #[error("block {block}{} not available from {provider}", block_hash.map(|h| format!(" ({h})")).unwrap_or_default())]
     MissingBlock {
-        /// Provider URL.
-        provider: String,
-        /// Block number.
+        /// Provider URL (redacted when printed).
+        provider: ProviderUrl,
+        /// Block number (0 when asked by hash).
         block: u64,
+        /// Block hash, when asked by hash.
+        block_hash: Option<alloy_primitives::B256>,
     },
     /// The node's answers disagree with each other (lagging node, reorg under our feet).
     #[error("inconsistent data in {range}: {what}")]
@@ -103,19 +106,6 @@ pub enum Error {
         signature: String,
         /// Why it is invalid.
         reason: String,
-    },
-    /// A log could not be decoded with the event's ABI.
-    #[error("cannot decode {event} log at block {block} index {log_index}")]
-    Decode {
-        /// Event name.
-        event: String,
-        /// Block number.
-        block: u64,
-        /// Log index.
-        log_index: u64,
-        /// Cause (boxed: the decoder's error is large).
-        #[source]
-        source: Box<alloy_dyn_abi::Error>,
     },
     /// Building an Arrow batch failed (a bug in the schema code).
     #[error("building Arrow batch for {table}")]
@@ -146,6 +136,22 @@ impl Error {
         match self {
             Self::RetriesExhausted { source, .. } => source.is_transient(),
             other => other.is_retryable(),
+        }
+    }
+
+    /// Whether the node does not know the method (it is not served by this provider).
+    pub fn is_method_unsupported(&self) -> bool {
+        match self {
+            Self::Rpc { code, message, .. } => {
+                let m = message.to_ascii_lowercase();
+                *code == -32601
+                    || m.contains("method not found")
+                    || m.contains("not supported")
+                    || m.contains("unsupported method")
+                    || m.contains("does not exist")
+            }
+            Self::RetriesExhausted { source, .. } => source.is_method_unsupported(),
+            _ => false,
         }
     }
 
@@ -236,7 +242,7 @@ mod tests {
 
     fn rpc(code: i64, message: &str) -> Error {
         Error::Rpc {
-            provider: "p".into(),
+            provider: ProviderUrl::parse("http://p").unwrap(),
             method: "eth_getLogs".into(),
             code,
             message: message.into(),
@@ -269,7 +275,11 @@ mod tests {
 
     #[test]
     fn http_statuses() {
-        let e = |status| Error::HttpStatus { provider: "p".into(), method: "m".into(), status };
+        let e = |status| Error::HttpStatus {
+            provider: ProviderUrl::parse("http://p").unwrap(),
+            method: "m".into(),
+            status,
+        };
         assert!(e(429).is_retryable() && e(429).is_rate_limited());
         assert!(e(503).is_retryable());
         assert!(!e(400).is_retryable());

@@ -182,22 +182,19 @@ async fn check_and_repair(
         .filter(|h| !per_block.contains_key(&h.number) && filter.may_match(&h.logs_bloom))
         .collect();
     if !suspicious.is_empty() {
-        let refetched = futures::future::try_join_all(
-            suspicious.iter().map(|h| rpc.get_logs_by_hash(filter, h.hash)),
+        let confirmed = futures::future::try_join_all(
+            suspicious.iter().map(|h| confirm_empty_block(rpc, filter, h)),
         )
         .await?;
-        for (h, got) in suspicious.iter().zip(refetched) {
+        for (h, got) in suspicious.iter().zip(confirmed) {
             if !got.is_empty() {
                 // The bloom was right and the range answer was short: a lagging node.
                 tracing::warn!(
                     block = h.number,
                     logs = got.len(),
-                    "range answer missed logs; refetched by hash"
+                    "range answer missed logs; recovered them"
                 );
                 bloom_refetches += 1;
-                if got.iter().any(|l| l.block_hash != h.hash || l.block_number != h.number) {
-                    return Err(inconsistent(format!("refetch of block {} disagrees", h.number)));
-                }
                 logs.extend(got);
             }
         }
@@ -206,6 +203,66 @@ async fn check_and_repair(
         }
     }
     Ok(RangeData { headers, logs, bloom_refetches })
+}
+
+/// The logs `filter` selects in a block for which an answer came back empty although its bloom
+/// may match. An empty answer is not believed twice from the same source: the block is asked
+/// for again by hash (on another provider when there is one), and if that is empty too, the
+/// block's receipts decide. An empty result means the bloom was a false positive.
+pub async fn confirm_empty_block(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    header: &Header,
+) -> Result<Vec<Log>> {
+    let other = (rpc.provider_count() > 1).then(|| rpc.preferred() + 1);
+    let mut got = rpc.get_logs_by_hash_on(other, filter, header.hash).await?;
+    if got.is_empty() {
+        got = rpc.receipt_logs(filter, header.hash).await?;
+        if !got.is_empty() {
+            tracing::warn!(
+                block = header.number,
+                logs = got.len(),
+                "eth_getLogs answered [] twice for a block whose receipts hold matching logs"
+            );
+        }
+    }
+    if got.iter().any(|l| l.block_hash != header.hash || l.block_number != header.number) {
+        let range = BlockRange::new(header.number, header.number);
+        return Err(Error::Inconsistent {
+            range,
+            what: format!("logs of another block in the answer for block {}", header.number),
+        });
+    }
+    got.sort_unstable_by_key(|l| l.log_index);
+    Ok(got)
+}
+
+/// Times a range whose answers disagree (a lagging node) is refetched before giving up.
+pub const INCONSISTENT_RETRIES: u32 = 5;
+
+/// [`fetch_range`], refetched with backoff while the node's answers disagree with each other.
+pub async fn fetch_range_consistent(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    sizer: &RangeSizer,
+) -> Result<RangeData> {
+    let mut attempt = 0;
+    loop {
+        match fetch_range(rpc, filter, range, sizer).await {
+            Err(e @ Error::Inconsistent { .. }) if attempt < INCONSISTENT_RETRIES => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "inconsistent answers, refetching the range");
+                let wait = crate::backoff(
+                    attempt,
+                    crate::DEFAULT_BACKOFF_BASE,
+                    crate::DEFAULT_BACKOFF_MAX,
+                );
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

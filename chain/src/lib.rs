@@ -17,7 +17,8 @@
 //! ```no_run
 //! # async fn run() -> tidewater_chain::Result<()> {
 //! use tidewater_chain::{fetch_range, BlockRange, LogFilter, RangeSizer, RpcClient, RpcConfig};
-//! let rpc = RpcClient::new(RpcConfig::new(vec!["http://127.0.0.1:8545".into()])).expect("client");
+//! let url = tidewater_chain::ProviderUrl::parse("http://127.0.0.1:8545").expect("a URL");
+//! let rpc = RpcClient::new(RpcConfig::new(vec![url])).expect("client");
 //! let sizer = RangeSizer::new(2_000, 10_000);
 //! let data = fetch_range(&rpc, &LogFilter::default(), BlockRange::new(0, 99), &sizer).await?;
 //! println!("{} logs in {} blocks", data.logs.len(), data.headers.len());
@@ -31,6 +32,7 @@ pub mod events;
 mod fetch;
 pub mod metrics;
 mod pools;
+mod provider_url;
 mod range;
 mod rpc;
 pub mod schema;
@@ -41,16 +43,17 @@ mod update;
 pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
 pub use fetch::{
-    fetch_logs, fetch_range, next_span, RangeData, RangeSizer, DEFAULT_LOG_RANGE,
-    DEFAULT_MAX_LOG_RANGE,
+    confirm_empty_block, fetch_logs, fetch_range, fetch_range_consistent, next_span, RangeData,
+    RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
 };
-pub use pools::{discover_pools, pool_created_selector, PoolSet};
+pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};
+pub use provider_url::{redact, BadProviderUrl, ProviderUrl};
 pub use range::BlockRange;
 pub use rpc::{
     backoff, ProviderStats, RpcClient, RpcConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
     DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, HEADER_BATCH,
 };
-pub use task::SpawnedTask;
+pub use task::{run_on_rayon, Panicked, SpawnedTask};
 pub use types::{quantity, Header, Log, LogFilter, MAX_ADDRESSES_PER_REQUEST};
 pub use update::{ChainUpdate, HotBlock};
 

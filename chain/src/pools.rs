@@ -35,6 +35,24 @@ impl PoolSet {
         self.created.is_empty()
     }
 
+    /// Number of pools created at or before `block`.
+    pub fn count_created_by(&self, block: u64) -> usize {
+        self.created.values().filter(|b| **b <= block).count()
+    }
+
+    /// Adds every pool of `other` (keeping the earlier creation block of a pool in both).
+    pub fn merge(&mut self, other: &Self) {
+        for (a, b) in &other.created {
+            let e = self.created.entry(*a).or_insert(*b);
+            *e = (*e).min(*b);
+        }
+    }
+
+    /// Pools of `self` that `known` does not have (created at or before `block`).
+    pub fn missing_from(&self, known: &Self, block: u64) -> Vec<Address> {
+        self.created_by(block).into_iter().filter(|p| !known.is_pool_at(*p, block)).collect()
+    }
+
     /// Forgets pools created after `block` (their creation was reorged away).
     pub fn forget_after(&mut self, block: u64) {
         self.created.retain(|_, b| *b <= block);
@@ -60,14 +78,46 @@ pub fn pool_created_selector() -> alloy_primitives::B256 {
         .selector
 }
 
-/// Scans the factory's `PoolCreated` logs over `range`.
+fn factory_filter(factory: Address) -> LogFilter {
+    LogFilter { addresses: vec![factory], topic0s: vec![pool_created_selector()] }
+}
+
+/// Blocks per window of a checked discovery scan: 20 header batches, a few MB of headers.
+const CHECKED_WINDOW: u64 = 2_000;
+
+/// Scans the factory's `PoolCreated` logs over `range` with the completeness checks of a range
+/// fetch (headers, blooms, receipts where an empty answer is doubtful). For ranges no chunk of
+/// the run will fetch itself: a lagging provider cannot hide a pool here.
+pub async fn discover_pools_checked(
+    rpc: &RpcClient,
+    factory: Address,
+    range: BlockRange,
+    sizer: &RangeSizer,
+) -> crate::Result<PoolSet> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let filter = factory_filter(factory);
+    let filter = &filter;
+    let parts: Vec<crate::RangeData> = stream::iter(range.chunks(CHECKED_WINDOW))
+        .map(|w| crate::fetch_range_consistent(rpc, filter, w, sizer))
+        .buffer_unordered(4)
+        .try_collect()
+        .await?;
+    let mut set = PoolSet::default();
+    for p in &parts {
+        set.extend_from_logs(factory, &p.logs);
+    }
+    Ok(set)
+}
+
+/// Scans the factory's `PoolCreated` logs over `range`, trusting the answers: a quick hint for
+/// ranges whose chunks check their own `PoolCreated` logs.
 pub async fn discover_pools(
     rpc: &RpcClient,
     factory: Address,
     range: BlockRange,
     sizer: &RangeSizer,
 ) -> crate::Result<PoolSet> {
-    let filter = LogFilter { addresses: vec![factory], topic0s: vec![pool_created_selector()] };
+    let filter = factory_filter(factory);
     let logs = fetch_logs(rpc, &filter, range, sizer).await?;
     let mut set = PoolSet::default();
     set.extend_from_logs(factory, &logs);

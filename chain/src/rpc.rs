@@ -2,6 +2,7 @@
 //! with exponential backoff and full jitter, and failover across providers.
 
 use crate::error::{is_range_message, parse_range_hint, Error, Result};
+use crate::provider_url::ProviderUrl;
 use crate::range::BlockRange;
 use crate::types::{Header, Log, LogFilter};
 use alloy_primitives::B256;
@@ -33,7 +34,7 @@ pub const HEADER_BATCH: usize = 100;
 #[derive(Debug, Clone)]
 pub struct RpcConfig {
     /// Provider URLs, in order of preference.
-    pub urls: Vec<String>,
+    pub urls: Vec<ProviderUrl>,
     /// Requests in flight at most, across providers.
     pub concurrency: usize,
     /// Requests per second per provider, if limited.
@@ -50,7 +51,7 @@ pub struct RpcConfig {
 
 impl RpcConfig {
     /// Defaults for the given providers.
-    pub fn new(urls: Vec<String>) -> Self {
+    pub fn new(urls: Vec<ProviderUrl>) -> Self {
         Self {
             urls,
             concurrency: DEFAULT_CONCURRENCY,
@@ -84,8 +85,8 @@ impl RateLimiter {
 /// Counters for one provider.
 #[derive(Debug)]
 pub struct ProviderStats {
-    /// Provider URL.
-    pub url: String,
+    /// Provider URL (redacted when printed).
+    pub url: ProviderUrl,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Requests that failed.
@@ -161,14 +162,14 @@ impl RpcClient {
             crate::metrics::header(out, name, help, "counter");
             for s in self.stats() {
                 let v = if pick == 0 { &s.requests } else { &s.errors };
-                let url = crate::metrics::label_value(&redact(&s.url));
+                let url = crate::metrics::label_value(s.url.redacted());
                 let _ = writeln!(out, "{name}{{provider=\"{url}\"}} {}", v.load(Ordering::Relaxed));
             }
         }
     }
 
-    /// The first provider's URL (for messages).
-    pub fn primary_url(&self) -> &str {
+    /// The first provider's URL (redacted when printed).
+    pub fn primary_url(&self) -> &ProviderUrl {
         &self.inner.cfg.urls[0]
     }
 
@@ -186,7 +187,31 @@ impl RpcClient {
         self.with_retry(method, |idx| self.send_batch(idx, method, params)).await
     }
 
+    /// Number of providers.
+    pub fn provider_count(&self) -> usize {
+        self.inner.providers.len()
+    }
+
+    /// The provider that requests go to now (it moves on after a failure).
+    pub fn preferred(&self) -> usize {
+        self.inner.preferred.load(Ordering::Relaxed) % self.inner.providers.len()
+    }
+
     async fn with_retry<T, F, Fut>(&self, method: &str, send: F) -> Result<T>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.with_retry_on(None, method, send).await
+    }
+
+    /// Retries `send`; on `pinned` only, or failing over across providers when `None`.
+    async fn with_retry_on<T, F, Fut>(
+        &self,
+        pinned: Option<usize>,
+        method: &str,
+        send: F,
+    ) -> Result<T>
     where
         F: Fn(usize) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -194,7 +219,10 @@ impl RpcClient {
         let inner = &self.inner;
         let mut attempt = 0u32;
         loop {
-            let idx = inner.preferred.load(Ordering::Relaxed) % inner.providers.len();
+            let idx = match pinned {
+                Some(i) => i % inner.providers.len(),
+                None => inner.preferred.load(Ordering::Relaxed) % inner.providers.len(),
+            };
             let result = send(idx).await;
             match result {
                 Ok(v) => return Ok(v),
@@ -211,7 +239,7 @@ impl RpcClient {
                         });
                     }
                     // Fail over: the next attempt goes to the next provider.
-                    if inner.providers.len() > 1 {
+                    if pinned.is_none() && inner.providers.len() > 1 {
                         let _ = inner.preferred.compare_exchange(
                             idx,
                             (idx + 1) % inner.providers.len(),
@@ -238,9 +266,13 @@ impl RpcClient {
         let _permit = inner.permits.acquire().await.expect("invariant: semaphore never closed");
         provider.stats.requests.fetch_add(1, Ordering::Relaxed);
         let url = &provider.stats.url;
-        let transport =
-            |source| Error::Transport { provider: url.clone(), method: method.to_string(), source };
-        let resp = inner.http.post(url).json(body).send().await.map_err(transport)?;
+        // reqwest's errors print the URL they failed on: drop it, it may hold a key.
+        let transport = |source: reqwest::Error| Error::Transport {
+            provider: url.clone(),
+            method: method.to_string(),
+            source: source.without_url(),
+        };
+        let resp = inner.http.post(url.expose()).json(body).send().await.map_err(transport)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
@@ -363,8 +395,9 @@ impl RpcClient {
                 .map(|(h, n)| match h {
                     Some(h) if h.number == n => Ok(h),
                     _ => Err(Error::MissingBlock {
-                        provider: self.primary_url().to_string(),
+                        provider: self.primary_url().clone(),
                         block: n,
+                        block_hash: None,
                     }),
                 })
                 .collect::<Result<Vec<_>>>()
@@ -377,46 +410,131 @@ impl RpcClient {
     }
 
     /// One `eth_getLogs` over `range` (one call per address group). A "too many results"
-    /// answer becomes [`Error::RangeTooLarge`] with the provider's hint, never a retry.
+    /// answer becomes [`Error::RangeTooLarge`] with the provider's hint, never a retry: it is
+    /// classified inside the retry loop, before the loop can see it as a server fault.
     pub async fn get_logs(&self, filter: &LogFilter, range: BlockRange) -> Result<Vec<Log>> {
         let mut out = Vec::new();
         for f in filter.to_json(range.start, range.end) {
-            match self.request::<Vec<Log>>("eth_getLogs", json!([f])).await {
-                Ok(mut logs) => out.append(&mut logs),
-                Err(Error::Rpc { provider, code, message, .. })
-                    if is_range_message(&message)
-                        || code == -32005 && parse_range_hint(&message).is_some() =>
-                {
-                    let hint = parse_range_hint(&message);
-                    return Err(Error::RangeTooLarge { provider, range, hint, message });
-                }
-                Err(Error::HttpStatus { provider, status: 413, .. }) => {
-                    return Err(Error::RangeTooLarge {
-                        provider,
-                        range,
-                        hint: None,
-                        message: "HTTP 413".into(),
-                    })
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
-    /// `eth_getLogs` for one block by hash.
-    pub async fn get_logs_by_hash(&self, filter: &LogFilter, hash: B256) -> Result<Vec<Log>> {
-        let mut out = Vec::new();
-        for mut f in filter.to_json(0, 0) {
-            let obj = f.as_object_mut().expect("invariant: filter is an object");
-            obj.remove("fromBlock");
-            obj.remove("toBlock");
-            obj.insert("blockHash".into(), json!(hash));
-            let mut logs: Vec<Log> = self.request("eth_getLogs", json!([f])).await?;
+            let params = json!([f]);
+            let mut logs = self
+                .with_retry("eth_getLogs", |idx| {
+                    let params = &params;
+                    async move {
+                        self.send_one::<Vec<Log>>(idx, "eth_getLogs", params)
+                            .await
+                            .map_err(|e| classify_range_error(e, range))
+                    }
+                })
+                .await?;
             out.append(&mut logs);
         }
         Ok(out)
     }
+
+    /// `eth_getLogs` for one block by hash (retried, failing over across providers).
+    pub async fn get_logs_by_hash(&self, filter: &LogFilter, hash: B256) -> Result<Vec<Log>> {
+        self.get_logs_by_hash_on(None, filter, hash).await
+    }
+
+    /// `eth_getLogs` for one block by hash, on provider `pinned` only when given.
+    pub async fn get_logs_by_hash_on(
+        &self,
+        pinned: Option<usize>,
+        filter: &LogFilter,
+        hash: B256,
+    ) -> Result<Vec<Log>> {
+        let mut out = Vec::new();
+        for f in filter.to_json_by_hash(hash) {
+            let params = json!([f]);
+            let mut logs: Vec<Log> = self
+                .with_retry_on(pinned, "eth_getLogs", |idx| {
+                    self.send_one(idx, "eth_getLogs", &params)
+                })
+                .await?;
+            out.append(&mut logs);
+        }
+        Ok(out)
+    }
+
+    /// The logs of block `hash` that `filter` selects, read from the block's receipts: the
+    /// block's own record, which a node that has the block always has in full, unlike its log
+    /// index. `eth_getBlockReceipts` where the node has it, else one `eth_getTransactionReceipt`
+    /// per transaction.
+    pub async fn receipt_logs(&self, filter: &LogFilter, hash: B256) -> Result<Vec<Log>> {
+        let missing = || Error::MissingBlock {
+            provider: self.primary_url().clone(),
+            block_hash: Some(hash),
+            block: 0,
+        };
+        let receipts: Vec<Receipt> =
+            match self.request::<Option<Vec<Receipt>>>("eth_getBlockReceipts", json!([hash])).await
+            {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(missing()),
+                Err(e) if e.is_method_unsupported() => {
+                    let block: Option<BlockTxs> =
+                        self.request("eth_getBlockByHash", json!([hash, false])).await?;
+                    let txs = block.ok_or_else(missing)?.transactions;
+                    let mut receipts = Vec::with_capacity(txs.len());
+                    for part in txs.chunks(HEADER_BATCH) {
+                        let params: Vec<Value> = part.iter().map(|t| json!([t])).collect();
+                        let got: Vec<Option<Receipt>> =
+                            self.batch("eth_getTransactionReceipt", &params).await?;
+                        for r in got {
+                            receipts.push(r.ok_or_else(missing)?);
+                        }
+                    }
+                    receipts
+                }
+                Err(e) => return Err(e),
+            };
+        let addresses: std::collections::HashSet<_> = filter.addresses.iter().collect();
+        let mut logs: Vec<Log> = receipts
+            .into_iter()
+            .flat_map(|r| r.logs)
+            .filter(|l| addresses.is_empty() || addresses.contains(&l.address))
+            .filter(|l| {
+                filter.topic0s.is_empty() || l.topic0().is_some_and(|t| filter.topic0s.contains(t))
+            })
+            .collect();
+        logs.sort_unstable_by_key(|l| l.log_index);
+        Ok(logs)
+    }
+}
+
+/// A "too many results" answer to `eth_getLogs` over `range`, as [`Error::RangeTooLarge`].
+/// Some providers word it as a timeout or send it with code -32603; either way the range must
+/// shrink, so this runs before the retry loop decides anything.
+fn classify_range_error(e: Error, range: BlockRange) -> Error {
+    match e {
+        Error::Rpc { provider, code, message, .. }
+            if is_range_message(&message)
+                || (code == -32005 && parse_range_hint(&message).is_some())
+                || (range.len() > 1 && is_timeout_message(&message)) =>
+        {
+            let hint = parse_range_hint(&message);
+            Error::RangeTooLarge { provider, range, hint, message }
+        }
+        Error::HttpStatus { provider, status: 413, .. } => {
+            Error::RangeTooLarge { provider, range, hint: None, message: "HTTP 413".into() }
+        }
+        e => e,
+    }
+}
+
+fn is_timeout_message(m: &str) -> bool {
+    let m = m.to_ascii_lowercase();
+    m.contains("timeout") || m.contains("timed out")
+}
+
+#[derive(serde::Deserialize)]
+struct Receipt {
+    logs: Vec<Log>,
+}
+
+#[derive(serde::Deserialize)]
+struct BlockTxs {
+    transactions: Vec<B256>,
 }
 
 #[derive(serde::Deserialize)]
@@ -442,9 +560,9 @@ struct ErrorObject {
 }
 
 impl ErrorObject {
-    fn into_error(self, url: &str, method: &str) -> Error {
+    fn into_error(self, url: &ProviderUrl, method: &str) -> Error {
         Error::Rpc {
-            provider: url.to_string(),
+            provider: url.clone(),
             method: method.to_string(),
             code: self.code,
             message: self.message,
@@ -457,19 +575,6 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let cap = base.saturating_mul(1u32 << attempt.min(20)).min(max);
     let nanos = rand::thread_rng().gen_range(0..=cap.as_nanos() as u64);
     Duration::from_nanos(nanos)
-}
-
-/// A provider URL without its path and query, which often carry an API key.
-pub(crate) fn redact(url: &str) -> String {
-    match url.find("://") {
-        Some(i) => {
-            let rest = &url[i + 3..];
-            let host = rest.split(['/', '?']).next().unwrap_or(rest);
-            let host = host.rsplit('@').next().unwrap_or(host);
-            format!("{}://{host}", &url[..i])
-        }
-        None => url.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,28 @@
-//! Spawning tokio tasks that cannot leak: a [`SpawnedTask`] is aborted when dropped, and a
-//! panic inside it is re-raised in the task that joins it (as DataFusion's `SpawnedTask`).
+//! Spawning work that cannot leak and whose panics cannot escape: a [`SpawnedTask`] is aborted
+//! when dropped (as DataFusion's `SpawnedTask`), and a panic inside it, or inside a job given to
+//! [`run_on_rayon`], comes back as a [`Panicked`] error of that task, never as an abort of the
+//! process or a lost answer.
 
 use std::future::Future;
+
+/// A task or rayon job panicked; the message says where, the task's owner decides what follows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a task panicked: {message}")]
+pub struct Panicked {
+    /// The panic's message.
+    pub message: String,
+}
+
+impl Panicked {
+    fn from_payload(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        Self { message }
+    }
+}
 
 /// A spawned task owned by its handle.
 #[derive(Debug)]
@@ -19,13 +40,15 @@ impl<T: Send + 'static> SpawnedTask<T> {
         Self { handle: Some(tokio::task::spawn(f)) }
     }
 
-    /// Waits for the task; re-raises its panic.
-    pub async fn join(mut self) -> T {
-        let handle = self.handle.take().expect("invariant: joined once");
+    /// Waits for the task; its panic becomes [`Panicked`].
+    pub async fn join(mut self) -> Result<T, Panicked> {
+        let Some(handle) = self.handle.take() else {
+            return Err(Panicked { message: "joined twice".into() });
+        };
         match handle.await {
-            Ok(v) => v,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => unreachable!("invariant: only Drop aborts a SpawnedTask ({e})"),
+            Ok(v) => Ok(v),
+            Err(e) if e.is_panic() => Err(Panicked::from_payload(e.into_panic())),
+            Err(e) => Err(Panicked { message: format!("task cancelled: {e}") }),
         }
     }
 }
@@ -35,5 +58,35 @@ impl<T> Drop for SpawnedTask<T> {
         if let Some(h) = &self.handle {
             h.abort();
         }
+    }
+}
+
+/// Runs CPU-bound `f` on the rayon pool and waits for it without blocking the runtime. A panic
+/// in `f` is caught in the rayon thread (an uncaught one would abort the process) and returned.
+pub async fn run_on_rayon<T, F>(f: F) -> Result<T, Panicked>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .map_err(Panicked::from_payload);
+        let _ = tx.send(r);
+    });
+    rx.await.unwrap_or_else(|_| Err(Panicked { message: "the rayon job was dropped".into() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_become_errors() {
+        let e = run_on_rayon(|| -> u32 { panic!("boom in rayon") }).await.unwrap_err();
+        assert!(e.message.contains("boom in rayon"));
+        assert_eq!(run_on_rayon(|| 7).await.unwrap(), 7);
+        let e = SpawnedTask::spawn(async { panic!("boom in tokio {}", 1) }).join().await;
+        assert!(e.unwrap_err().message.contains("boom in tokio 1"));
     }
 }

@@ -90,6 +90,18 @@ pub const MAX_ADDRESSES_PER_REQUEST: usize = 500;
 impl LogFilter {
     /// The JSON filter object for a block range, one per address group.
     pub(crate) fn to_json(&self, from: u64, to: u64) -> Vec<serde_json::Value> {
+        self.objects(|f| {
+            f["fromBlock"] = serde_json::json!(format!("{from:#x}"));
+            f["toBlock"] = serde_json::json!(format!("{to:#x}"));
+        })
+    }
+
+    /// The JSON filter object for one block by hash, one per address group.
+    pub(crate) fn to_json_by_hash(&self, hash: B256) -> Vec<serde_json::Value> {
+        self.objects(|f| f["blockHash"] = serde_json::json!(hash))
+    }
+
+    fn objects(&self, block: impl Fn(&mut serde_json::Value)) -> Vec<serde_json::Value> {
         let topics = if self.topic0s.is_empty() {
             serde_json::Value::Array(vec![])
         } else {
@@ -103,11 +115,8 @@ impl LogFilter {
         groups
             .into_iter()
             .map(|group| {
-                let mut f = serde_json::json!({
-                    "fromBlock": format!("{from:#x}"),
-                    "toBlock": format!("{to:#x}"),
-                    "topics": topics,
-                });
+                let mut f = serde_json::json!({ "topics": topics });
+                block(&mut f);
                 if !group.is_empty() {
                     f["address"] = serde_json::json!(group);
                 }

@@ -117,6 +117,9 @@ pub(crate) struct BackfillArgs {
     /// RPC requests per second per provider [default: unlimited]
     #[arg(long)]
     pub(crate) rps: Option<f64>,
+    /// Longest wait for one RPC answer, in milliseconds, before it is retried [default: 30000]
+    #[arg(long)]
+    pub(crate) rpc_timeout_ms: Option<u64>,
     /// Blocks per chunk (one Parquet file per table per chunk) [default: 500]
     #[arg(long)]
     pub(crate) chunk_size: Option<u64>,

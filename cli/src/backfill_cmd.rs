@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tidewater_backfill::{Backfill, BackfillConfig};
 use tidewater_chain::{
-    BlockRange, ContractSource, EventCatalog, RpcClient, RpcConfig, Sources, UniswapV3,
+    BlockRange, ContractSource, EventCatalog, ProviderUrl, RpcClient, RpcConfig, Sources, UniswapV3,
 };
 use tidewater_storage::{DatasetWriter, Identity, Shard};
 use tidewater_tail::{ChainUpdate, Finality, Tail, TailConfig};
@@ -19,7 +19,7 @@ const PROBE_ATTEMPTS: u32 = 3;
 
 /// Everything a backfill needs, validated.
 pub(crate) struct Plan {
-    pub(crate) rpc_urls: Vec<String>,
+    pub(crate) rpc_urls: Vec<ProviderUrl>,
     pub(crate) data: PathBuf,
     pub(crate) sources: Sources,
     pub(crate) chain_id: Option<u64>,
@@ -28,27 +28,29 @@ pub(crate) struct Plan {
     pub(crate) to: BlockBound,
     pub(crate) concurrency: Option<usize>,
     pub(crate) rps: Option<f64>,
+    pub(crate) rpc_timeout: Option<Duration>,
 }
 
 /// Merges flags over the config file and checks what can be checked without a node.
 pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     let file = config::load(a.config.as_deref()).map_err(usage)?;
-    let mut rpc_urls = if a.rpc.is_empty() { file.chain.rpc.clone() } else { a.rpc.clone() };
-    if rpc_urls.is_empty() {
+    let mut raw_urls = if a.rpc.is_empty() { file.chain.rpc.clone() } else { a.rpc.clone() };
+    if raw_urls.is_empty() {
         if let Ok(url) = std::env::var("ETH_RPC_URL") {
-            rpc_urls.push(url);
+            raw_urls.push(url);
         }
     }
-    if rpc_urls.is_empty() {
+    if raw_urls.is_empty() {
         return Err(usage(eyre!(
             "no RPC URL: pass --rpc, set ETH_RPC_URL, or set chain.rpc in tidewater.toml"
         )));
     }
-    for u in &rpc_urls {
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(usage(eyre!("RPC URL {u:?} must start with http:// or https://")));
-        }
-    }
+    // Provider URLs carry API keys: from here on only their redacted form is printed.
+    let rpc_urls = raw_urls
+        .iter()
+        .map(|u| ProviderUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
     let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("data"));
 
     let mut sources = Sources {
@@ -118,7 +120,12 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     if rps.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
         return Err(usage(eyre!("--rps must be a non-negative number")));
     }
+    let rpc_timeout = match a.rpc_timeout_ms.or(t.rpc_timeout_ms) {
+        Some(0) => return Err(usage(eyre!("--rpc-timeout-ms must be at least 1"))),
+        ms => ms.map(Duration::from_millis),
+    };
     Ok(Plan {
+        rpc_timeout,
         rpc_urls,
         data,
         sources,
@@ -162,24 +169,24 @@ pub(crate) async fn run(
     log_writer: LogWriter,
 ) -> CmdResult {
     let mut plan = resolve(&a)?;
-    if let Some(ws) = tail.as_ref().and_then(|(_, t)| t.ws.as_deref()) {
-        if !ws.starts_with("ws://") {
-            return Err(usage(eyre!(
-                "--ws {ws:?} must start with ws:// (wss:// is not supported yet)"
-            )));
-        }
-    }
+    let ws = match tail.as_ref().and_then(|(_, t)| t.ws.as_deref()) {
+        Some(ws) => Some(ProviderUrl::parse_with(ws, &["ws", "wss"]).map_err(usage)?),
+        None => None,
+    };
     let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
     if let Some(c) = plan.concurrency {
         rpc_cfg.concurrency = c;
     }
     rpc_cfg.rps = plan.rps;
+    if let Some(t) = plan.rpc_timeout {
+        rpc_cfg.timeout = t;
+    }
     // Probe with few attempts: an unreachable node is bad input, reported fast.
     let mut probe_cfg = rpc_cfg.clone();
     probe_cfg.max_attempts = PROBE_ATTEMPTS;
-    probe_cfg.timeout = Duration::from_secs(10);
+    probe_cfg.timeout = rpc_cfg.timeout.min(Duration::from_secs(10));
     let probe = RpcClient::new(probe_cfg).wrap_err("building the HTTP client")?;
-    let urls = plan.rpc_urls.join(", ");
+    let urls = plan.rpc_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     let chain_id = probe
         .chain_id()
         .await
@@ -208,7 +215,7 @@ pub(crate) async fn run(
         compact_interval: Duration::from_secs(t.compact_interval_secs),
         start_block: from,
         merge_blocks: t.merge_blocks.max(1),
-        ws: t.ws.clone(),
+        ws: ws.clone(),
     });
     // The backfill's last block: --to, or the watermark when a tail takes over.
     let backfill_to = match (&tail, &tail_cfg) {
@@ -231,6 +238,26 @@ pub(crate) async fn run(
         _ => None,
     };
 
+    // The live Uniswap V3 state needs every block from the factory's deployment: refuse a
+    // start after it (unless the dataset already holds the blocks before it) before writing.
+    if let (Some((_, t)), Some(u)) = (&tail, &plan.sources.uniswap_v3) {
+        let deployed = u.factory_start_block;
+        if !t.no_serve && from > deployed {
+            let data = plan.data.clone();
+            let held = tokio::task::spawn_blocking(move || {
+                tidewater_storage::Dataset::open(&data)
+                    .ok()
+                    .is_some_and(|ds| ds.manifest().gaps(deployed, from - 1).is_empty())
+            })
+            .await
+            .wrap_err("reading the data directory")?;
+            if !held {
+                return Err(usage(eyre!(
+                    "--from {from} starts after the factory's deployment block {deployed} (--factory-start-block): the live Uniswap V3 state needs every block from it; start at {deployed}, or pass --no-serve"
+                )));
+            }
+        }
+    }
     // The API's port is taken before anything is written: a conflict is bad input.
     let listener = match &tail {
         Some((_, t)) if !t.no_serve => Some(crate::serve_cmd::bind(&t.api).await?),

@@ -42,6 +42,7 @@ pub(crate) struct SourcesConfig {
 pub(crate) struct TuningConfig {
     pub(crate) concurrency: Option<usize>,
     pub(crate) rps: Option<f64>,
+    pub(crate) rpc_timeout_ms: Option<u64>,
     pub(crate) chunk_size: Option<u64>,
     pub(crate) chunks_in_flight: Option<usize>,
     pub(crate) log_range: Option<u64>,

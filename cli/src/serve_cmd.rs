@@ -43,7 +43,13 @@ pub(crate) async fn load(root: &std::path::Path, api: &ApiArgs) -> Result<LiveSt
             factory_start_block: 0,
         });
         LiveState::load(ds, u, interval).map_err(|e| {
-            Failure::Runtime(eyre!(e).wrap_err("loading the state from the cold tier"))
+            let usage_error = e.is_usage();
+            let e = eyre!(e).wrap_err("loading the state from the cold tier");
+            if usage_error {
+                usage(e)
+            } else {
+                Failure::Runtime(e)
+            }
         })
     })
     .await
@@ -90,7 +96,7 @@ pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
     loop {
         tokio::select! {
             r = &mut server_done => {
-                r.wrap_err("HTTP server")?;
+                r.wrap_err("HTTP server")?.wrap_err("HTTP server")?;
                 return Ok(());
             }
             _ = tick.tick() => {

@@ -37,6 +37,7 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
     let node = match &sa.rpc {
         None => None,
         Some(url) => {
+            let url = tidewater_chain::ProviderUrl::parse(url).map_err(usage)?;
             let mut cfg = tidewater_chain::RpcConfig::new(vec![url.clone()]);
             cfg.max_attempts = 3;
             let rpc = tidewater_chain::RpcClient::new(cfg).wrap_err("building the HTTP client")?;
@@ -44,7 +45,11 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
                 .block_number()
                 .await
                 .map_err(|e| usage(eyre!(e).wrap_err(format!("cannot reach RPC {url}"))))?;
-            let finalized = rpc.header_at("finalized").await.ok().flatten().map(|h| h.number);
+            // A failed `finalized` call is said, not hidden as "no finalized block".
+            let finalized = match rpc.header_at("finalized").await {
+                Ok(h) => Ok(h.map(|h| h.number)),
+                Err(e) => Err(format!("{:#}", eyre!(e))),
+            };
             Some((head, finalized))
         }
     };
@@ -70,9 +75,10 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
             "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
             "gaps": gaps,
             "deep_reorgs": deep_reorgs,
-            "head": node.map(|n| n.0),
-            "finalized": node.and_then(|n| n.1),
-            "lag_blocks": node.and_then(|n| checkpoint.map(|c| n.0.saturating_sub(c))),
+            "head": node.as_ref().map(|n| n.0),
+            "finalized": node.as_ref().and_then(|n| n.1.clone().ok().flatten()),
+            "finalized_error": node.as_ref().and_then(|n| n.1.clone().err()),
+            "lag_blocks": node.as_ref().and_then(|n| checkpoint.map(|c| n.0.saturating_sub(c))),
             "chain_id": ds.identity().chain_id,
             "genesis_hash": ds.identity().genesis_hash,
             "chunks": m.chunks().len(),
@@ -96,8 +102,13 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
             println!("deep reorgs: {} (last: {last})", deep_reorgs.len());
         }
         if let Some((head, finalized)) = node {
+            let finalized = match finalized {
+                Ok(Some(n)) => n.to_string(),
+                Ok(None) => "none (the node reports no finalized block)".to_string(),
+                Err(e) => format!("unavailable ({e})"),
+            };
             println!(
-                "node head {head}, finalized {finalized:?}, lag {:?} blocks",
+                "node head {head}, finalized {finalized}, lag {:?} blocks",
                 checkpoint.map(|c| head.saturating_sub(c))
             );
         }
@@ -128,6 +139,7 @@ pub(crate) async fn state(a: StateArgs) -> CmdResult {
     let u = sources
         .uniswap_v3
         .ok_or_else(|| usage(eyre!("{} does not index Uniswap V3", a.data.display())))?;
+    tidewater_queries::pool_state::check_coverage(&ds, &u).map_err(usage)?;
     let last = ds.manifest().last().map(|c| c.end);
     let first = ds.manifest().chunks().first().map(|c| c.start);
     if let (Some(b), Some(last), Some(first)) = (a.block, last, first) {

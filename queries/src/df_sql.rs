@@ -80,10 +80,27 @@ fn classify(e: datafusion::error::DataFusionError) -> SqlError {
         E::ResourcesExhausted(m) => {
             SqlError::TooLarge(format!("the query needs more memory than allowed: {m}"))
         }
-        E::SQL(..) | E::Plan(..) | E::SchemaError(..) | E::NotImplemented(..) => {
-            SqlError::Invalid(e.to_string())
+        // Reading the dataset, or a bug in the engine: the server's side.
+        E::IoError(..) | E::ParquetError(..) | E::ObjectStore(..) | E::Internal(..) => {
+            SqlError::Execution(e.to_string())
         }
-        _ => SqlError::Execution(e.to_string()),
+        // Everything else is about the query itself (a type error at run time, a function
+        // given the wrong arguments, an arithmetic overflow): the caller's to fix.
+        _ => SqlError::Invalid(e.to_string()),
+    }
+}
+
+/// A panic inside the engine while running a query (arrow's "offset overflow" for a string
+/// column built past 2 GiB, for one): an error of this query, never of the process.
+fn panicked(p: tidewater_chain::Panicked) -> SqlError {
+    let m = p.message.to_ascii_lowercase();
+    if m.contains("overflow") || m.contains("capacity") || m.contains("alloc") {
+        SqlError::TooLarge(format!(
+            "the query builds a value larger than the engine can hold ({})",
+            p.message
+        ))
+    } else {
+        SqlError::Invalid(format!("the query failed inside the engine: {}", p.message))
     }
 }
 
@@ -193,10 +210,11 @@ pub async fn run_sql(
     }
     let opts =
         SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let work = async {
+    let sql = sql.to_string();
+    let work = async move {
         // Plan first, then check the plan's kind: a write is refused by what it is, not by the
         // wording of an error.
-        let plan = ctx.state().create_logical_plan(sql).await.map_err(classify)?;
+        let plan = ctx.state().create_logical_plan(&sql).await.map_err(classify)?;
         opts.verify_plan(&plan).map_err(|e| SqlError::NotAllowed(e.to_string()))?;
         let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
         let mut stream = df.execute_stream().await.map_err(classify)?;
@@ -215,7 +233,11 @@ pub async fn run_sql(
         }
         Ok(out)
     };
-    tokio::time::timeout(limits.timeout, work)
+    // The query runs in a task of its own: a panic in the engine ends that task only, and
+    // dropping it on the timeout cancels the query.
+    let task = tidewater_chain::SpawnedTask::spawn(work);
+    tokio::time::timeout(limits.timeout, task.join())
         .await
         .map_err(|_| SqlError::Timeout(limits.timeout))?
+        .map_err(panicked)?
 }

@@ -36,6 +36,7 @@ pub mod df_sql;
 pub mod live;
 mod openapi;
 pub mod pool_state;
+pub mod read_only;
 pub mod server;
 
 use arrow::array::{Array, ArrayRef, BinaryArray, StringBuilder};
@@ -66,6 +67,9 @@ pub enum Error {
     /// The query failed (bad SQL, unknown table, ...).
     #[error("query failed")]
     Query(#[source] duckdb::Error),
+    /// The statement would write into the dataset, or reach files or settings.
+    #[error("refused")]
+    Refused(#[source] read_only::Refused),
     /// Listing the state snapshots failed.
     #[error("listing state snapshots")]
     Snapshots(#[source] tidewater_storage::Error),
@@ -89,6 +93,7 @@ pub enum Format {
 #[derive(Debug)]
 pub struct SqlSession {
     conn: duckdb::Connection,
+    root: std::path::PathBuf,
 }
 
 fn quote_ident(s: &str) -> String {
@@ -103,6 +108,11 @@ impl SqlSession {
     /// An in-memory DuckDB with a view per table of `ds`.
     pub fn open(ds: &Dataset) -> Result<Self> {
         let conn = duckdb::Connection::open_in_memory().map_err(Error::Open)?;
+        // An in-memory database spills to `.tmp` under the working directory, which may be
+        // the data directory: spill to the system's temporary directory instead.
+        let tmp = std::env::temp_dir().join("tidewater-duckdb");
+        conn.execute_batch(&format!("SET temp_directory = {}", quote_str(&tmp.to_string_lossy())))
+            .map_err(Error::Open)?;
         let mut tables = ds.identity().tables.clone();
         tables.sort();
         tables.dedup();
@@ -147,11 +157,13 @@ impl SqlSession {
             conn.execute_batch(&sql)
                 .map_err(|source| Error::View { table: table.to_string(), source })?;
         }
-        Ok(Self { conn })
+        Ok(Self { conn, root: ds.root().to_path_buf() })
     }
 
     /// Runs one query and returns its rows.
     pub fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        read_only::check(sql, &self.root, &cwd).map_err(Error::Refused)?;
         let mut stmt = self.conn.prepare(sql).map_err(Error::Query)?;
         let batches = stmt.query_arrow([]).map_err(Error::Query)?.collect();
         Ok(batches)

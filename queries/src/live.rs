@@ -188,7 +188,10 @@ impl LiveState {
         u: UniswapV3,
         snapshot_interval: u64,
     ) -> tidewater_storage::Result<Self> {
-        let end = ds.manifest().last().map(|c| (c.end, c.last_block_hash.clone()));
+        if u.factory != Address::ZERO {
+            crate::pool_state::check_coverage(&ds, &u)?;
+        }
+        let end = ds.manifest().last().map(|c| (c.end, c.last_block_hash));
         let first_block = ds.manifest().chunks().first().map(|c| c.start);
         let state = match &end {
             Some((n, _)) => {
@@ -205,7 +208,7 @@ impl LiveState {
             }
             None => UniswapState::default(),
         };
-        let confirmed = end.map(|(n, h)| (n, h.parse().unwrap_or_default()));
+        let confirmed = end;
         let (tx, _) = broadcast::channel(STREAM_CAPACITY);
         Ok(Self {
             folder: Folder::with_state(&u, state),
@@ -428,7 +431,7 @@ impl LiveState {
                         return Ok(None);
                     }
                 }
-                self.apply_block(b);
+                self.apply_block(b)?;
                 Ok(None)
             }
             ChainUpdate::Reverted(b) => {
@@ -459,10 +462,17 @@ impl LiveState {
         }
     }
 
-    fn apply_block(&mut self, b: &Arc<HotBlock>) {
+    /// Folds a block. An event the state cannot take leaves the state as it was before the
+    /// block and marks it degraded (`/ready` says 503): a wrong number is never served.
+    fn apply_block(&mut self, b: &Arc<HotBlock>) -> Result<(), crate::pool_state::FoldError> {
         let mut j = Journal::default();
         for l in &b.logs {
-            self.folder.apply(&RawLog::from(l), Some(&mut j));
+            if let Err(e) = self.folder.apply(&RawLog::from(l), Some(&mut j)) {
+                j.undo(self.folder.state_mut());
+                self.degraded = true;
+                tracing::error!(error = %e, "live state: an event the state cannot take; marking it degraded");
+                return Err(e);
+            }
         }
         self.folder.end_block(b.header.number, b.header.hash);
         let ev =
@@ -478,6 +488,7 @@ impl LiveState {
             self.first_block = Some(b.header.number);
         }
         self.emit(ev);
+        Ok(())
     }
 
     fn confirm(

@@ -319,9 +319,11 @@ impl Folder {
     }
 
     /// Applies one log (logs must come in chain order), recording prior values in `journal`.
-    pub fn apply(&mut self, l: &RawLog<'_>, mut journal: Option<&mut Journal>) {
+    /// An event that is impossible given the state (liquidity below zero or past its type) is
+    /// an error, never a wrapped or clamped number: the caller marks its state degraded.
+    pub fn apply(&mut self, l: &RawLog<'_>, mut journal: Option<&mut Journal>) -> FoldResult {
         self.state.block = self.state.block.max(l.block_number);
-        let Some(t0) = l.topics.first() else { return };
+        let Some(t0) = l.topics.first() else { return Ok(()) };
         let topics = l.topics.iter().copied();
         if l.address == self.factory {
             if *t0 == PoolCreated::SIGNATURE_HASH {
@@ -344,20 +346,19 @@ impl Folder {
                     );
                 }
             }
-            return;
+            return Ok(());
         }
         if Some(l.address) == self.position_manager {
-            self.apply_position(l, t0, journal);
-            return;
+            return self.apply_position(l, t0, journal);
         }
         if !self.state.pools.contains_key(&l.address) {
-            return;
+            return Ok(());
         }
         if let Some(j) = journal.as_deref_mut() {
             j.pool(&self.state, l.address);
         }
         let npm = self.position_manager;
-        let pool = self.state.pools.get_mut(&l.address).expect("invariant: checked above");
+        let Some(pool) = self.state.pools.get_mut(&l.address) else { return Ok(()) };
         if *t0 == Swap::SIGNATURE_HASH {
             if let Ok(e) = Swap::decode_raw_log(topics, l.data) {
                 pool.sqrt_price_x96 = U256::from(e.sqrtPriceX96);
@@ -372,7 +373,8 @@ impl Folder {
         } else if *t0 == Mint::SIGNATURE_HASH {
             if let Ok(e) = Mint::decode_raw_log(topics, l.data) {
                 let (lo, hi) = (e.tickLower.as_i32(), e.tickUpper.as_i32());
-                self.update_ticks(l.address, lo, hi, e.amount as i128, journal);
+                let delta = signed(e.amount, l.block_number, "Mint amount")?;
+                self.update_ticks(l.address, lo, hi, delta, l.block_number, journal)?;
                 if Some(e.owner) == npm {
                     self.last_npm_mint =
                         Some((B256::from_slice(l.transaction_hash), l.address, lo, hi));
@@ -381,12 +383,19 @@ impl Folder {
         } else if *t0 == Burn::SIGNATURE_HASH {
             if let Ok(e) = Burn::decode_raw_log(topics, l.data) {
                 let (lo, hi) = (e.tickLower.as_i32(), e.tickUpper.as_i32());
-                self.update_ticks(l.address, lo, hi, -(e.amount as i128), journal);
+                let delta = -signed(e.amount, l.block_number, "Burn amount")?;
+                self.update_ticks(l.address, lo, hi, delta, l.block_number, journal)?;
             }
         }
+        Ok(())
     }
 
-    fn apply_position(&mut self, l: &RawLog<'_>, t0: &B256, journal: Option<&mut Journal>) {
+    fn apply_position(
+        &mut self,
+        l: &RawLog<'_>,
+        t0: &B256,
+        journal: Option<&mut Journal>,
+    ) -> FoldResult {
         let topics = l.topics.iter().copied();
         let id = if *t0 == Transfer::SIGNATURE_HASH {
             Transfer::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
@@ -397,13 +406,13 @@ impl Folder {
         } else {
             None
         };
-        let Some(id) = id else { return };
+        let Some(id) = id else { return Ok(()) };
         if let Some(j) = journal {
             j.position(&self.state, id);
         }
         let positions = &mut self.state.positions;
         if *t0 == Transfer::SIGNATURE_HASH {
-            let Ok(e) = Transfer::decode_raw_log(topics, l.data) else { return };
+            let Ok(e) = Transfer::decode_raw_log(topics, l.data) else { return Ok(()) };
             if e.to == Address::ZERO {
                 positions.remove(&e.tokenId);
             } else {
@@ -420,7 +429,7 @@ impl Folder {
                     .owner = e.to;
             }
         } else if *t0 == IncreaseLiquidity::SIGNATURE_HASH {
-            let Ok(e) = IncreaseLiquidity::decode_raw_log(topics, l.data) else { return };
+            let Ok(e) = IncreaseLiquidity::decode_raw_log(topics, l.data) else { return Ok(()) };
             if let Some(p) = positions.get_mut(&e.tokenId) {
                 if p.pool.is_none() {
                     if let Some((tx, pool, lo, hi)) = &self.last_npm_mint {
@@ -429,14 +438,24 @@ impl Folder {
                         }
                     }
                 }
-                p.liquidity += e.liquidity;
+                p.liquidity = p.liquidity.checked_add(e.liquidity).ok_or_else(|| FoldError {
+                    block: l.block_number,
+                    what: format!("position {} liquidity overflows uint128", e.tokenId),
+                })?;
             }
         } else if *t0 == DecreaseLiquidity::SIGNATURE_HASH {
-            let Ok(e) = DecreaseLiquidity::decode_raw_log(topics, l.data) else { return };
+            let Ok(e) = DecreaseLiquidity::decode_raw_log(topics, l.data) else { return Ok(()) };
             if let Some(p) = positions.get_mut(&e.tokenId) {
-                p.liquidity -= e.liquidity;
+                p.liquidity = p.liquidity.checked_sub(e.liquidity).ok_or_else(|| FoldError {
+                    block: l.block_number,
+                    what: format!(
+                        "position {} decreases by {} but holds {} (was it minted before the dataset's first block?)",
+                        e.tokenId, e.liquidity, p.liquidity
+                    ),
+                })?;
             }
         }
+        Ok(())
     }
 
     fn update_ticks(
@@ -445,20 +464,30 @@ impl Folder {
         lo: i32,
         hi: i32,
         delta: i128,
+        block: u64,
         mut journal: Option<&mut Journal>,
-    ) {
+    ) -> FoldResult {
         if delta == 0 {
             // A position manager `collect` burns 0: nothing moves.
-            return;
+            return Ok(());
         }
+        let err = |what: String| FoldError { block, what };
         for (t, sign) in [(lo, 1i128), (hi, -1i128)] {
             if let Some(j) = journal.as_deref_mut() {
                 j.tick(&self.state, pool, t);
             }
             let m = self.state.ticks.entry(pool).or_default();
             let entry = m.entry(t).or_default();
-            entry.liquidity_gross = (entry.liquidity_gross as i128 + delta) as u128;
-            entry.liquidity_net += sign * delta;
+            entry.liquidity_gross = add_signed(entry.liquidity_gross, delta).ok_or_else(|| {
+                err(format!(
+                    "tick {t} of pool {pool}: liquidityGross {} {delta:+} leaves uint128 (was the pool's history folded from its creation?)",
+                    entry.liquidity_gross
+                ))
+            })?;
+            entry.liquidity_net = entry
+                .liquidity_net
+                .checked_add(sign * delta)
+                .ok_or_else(|| err(format!("tick {t} of pool {pool}: liquidityNet overflows")))?;
             if entry.liquidity_gross == 0 {
                 m.remove(&t);
                 if m.is_empty() {
@@ -466,10 +495,47 @@ impl Folder {
                 }
             }
         }
-        let p = self.state.pools.get_mut(&pool).expect("invariant: pool exists");
+        let Some(p) = self.state.pools.get_mut(&pool) else {
+            return Err(err(format!("pool {pool} is not known")));
+        };
         if lo <= p.tick && p.tick < hi {
-            p.liquidity = (p.liquidity as i128 + delta) as u128;
+            p.liquidity = add_signed(p.liquidity, delta).ok_or_else(|| {
+                err(format!("pool {pool}: liquidity {} {delta:+} leaves uint128", p.liquidity))
+            })?;
         }
+        Ok(())
+    }
+}
+
+/// An event the fold cannot apply to the state it has (see [`Folder::apply`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("block {block}: {what}")]
+pub struct FoldError {
+    /// The log's block.
+    pub block: u64,
+    /// What was impossible.
+    pub what: String,
+}
+
+impl From<FoldError> for tidewater_storage::Error {
+    fn from(e: FoldError) -> Self {
+        Self::Derived { block: e.block, what: e.what }
+    }
+}
+
+/// What applying one log gives.
+pub type FoldResult = Result<(), FoldError>;
+
+fn signed(v: u128, block: u64, what: &str) -> Result<i128, FoldError> {
+    i128::try_from(v).map_err(|_| FoldError { block, what: format!("{what} {v} is over int128") })
+}
+
+/// `v + delta` when it stays a uint128.
+fn add_signed(v: u128, delta: i128) -> Option<u128> {
+    if delta >= 0 {
+        v.checked_add(delta.unsigned_abs())
+    } else {
+        v.checked_sub(delta.unsigned_abs())
     }
 }
 
@@ -556,7 +622,7 @@ pub fn fold_cold(
                         data: data.value(i),
                     },
                     journal.as_deref_mut(),
-                );
+                )?;
                 applied += 1;
             }
         }
@@ -571,13 +637,35 @@ pub fn fold_cold(
     Ok(applied)
 }
 
+/// Refuses a dataset that cannot give the Uniswap V3 state: it must hold every block from the
+/// factory's deployment (`factory_start_block`) to its last committed block. Folded from a
+/// later start, pools, ticks and positions created before it are missing and every later
+/// event on them is wrong.
+pub fn check_coverage(ds: &Dataset, u: &UniswapV3) -> tidewater_storage::Result<()> {
+    let m = ds.manifest();
+    let (Some(first), Some(last)) = (m.chunks().first(), m.last()) else { return Ok(()) };
+    let not_covered =
+        |what: String| tidewater_storage::Error::NotCovered { path: ds.root().to_path_buf(), what };
+    let from = u.factory_start_block;
+    if first.start > from {
+        return Err(not_covered(format!(
+            "it starts at block {}, after the factory's deployment block {from} (factory_start_block); backfill from {from}",
+            first.start
+        )));
+    }
+    if let Some((a, b)) = m.gaps(from, last.end).first() {
+        return Err(not_covered(format!("blocks [{a}, {b}] are missing; backfill them first")));
+    }
+    Ok(())
+}
+
 /// The hash of cold block `n`, read from the `blocks` table.
 pub fn cold_block_hash(ds: &Dataset, n: u64) -> tidewater_storage::Result<Option<B256>> {
     let Some(chunk) = ds.manifest().chunks().iter().find(|c| c.start <= n && n <= c.end) else {
         return Ok(None);
     };
     if chunk.end == n {
-        return Ok(chunk.last_block_hash.parse().ok());
+        return Ok(Some(chunk.last_block_hash));
     }
     let Some(f) = chunk.tables.get(schema::BLOCKS) else { return Ok(None) };
     let path = ds.root().join(&f.path);
@@ -888,9 +976,54 @@ mod tests {
                 topics: &l.topics,
                 data: &l.data,
             };
-            f.apply(&raw, j.as_deref_mut());
+            f.apply(&raw, j.as_deref_mut()).unwrap();
         }
         f.end_block(block, B256::with_last_byte(block as u8));
+    }
+
+    #[test]
+    fn issue_8_impossible_events_are_errors_not_wrapped_numbers() {
+        // A dataset that starts after the pool's mints: a burn or a decrease with nothing to
+        // take from must not wrap around.
+        let mut f = genesis();
+        let pool = *f.state().pools.keys().next().unwrap();
+        let burn = log(
+            pool,
+            9,
+            &Burn {
+                owner: Address::repeat_byte(7),
+                tickLower: i24(-60),
+                tickUpper: i24(60),
+                amount: 1_000,
+                amount0: U256::ZERO,
+                amount1: U256::ZERO,
+            },
+        );
+        let raw = RawLog {
+            block_number: 5,
+            transaction_hash: burn.tx.as_slice(),
+            address: burn.address,
+            topics: &burn.topics,
+            data: &burn.data,
+        };
+        let e = f.apply(&raw, None).unwrap_err();
+        assert_eq!(e.block, 5);
+        assert!(e.what.contains("liquidityGross"), "{e}");
+        let huge = log(
+            pool,
+            9,
+            &Mint {
+                sender: Address::ZERO,
+                owner: Address::repeat_byte(7),
+                tickLower: i24(-60),
+                tickUpper: i24(60),
+                amount: u128::MAX,
+                amount0: U256::ZERO,
+                amount1: U256::ZERO,
+            },
+        );
+        let raw = RawLog { topics: &huge.topics, data: &huge.data, ..raw };
+        assert!(f.apply(&raw, None).unwrap_err().what.contains("int128"));
     }
 
     fn i24(v: i32) -> I24 {

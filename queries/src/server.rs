@@ -93,6 +93,7 @@ impl Service {
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
             .fallback(not_found)
+            .layer(axum::middleware::map_response(json_errors))
             .layer(axum::middleware::map_request(move |req: axum::extract::Request| {
                 let stats = stats.clone();
                 async move {
@@ -531,6 +532,29 @@ async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
     let rows_json: Value = serde_json::from_str(&text)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(json_response(&json!({"row_count": rows, "rows": rows_json})))
+}
+
+/// Longest error body rewritten as JSON; extractor rejections are one short line.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Every error answer is the API's JSON `{"error": ...}`, including those that axum's
+/// extractors produce on their own as plain text (a body over the size limit, a path that is
+/// not UTF-8, a missing content type).
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), MAX_ERROR_BODY).await.unwrap_or_default();
+    let msg = String::from_utf8_lossy(&body).trim().to_string();
+    let msg =
+        if msg.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { msg };
+    ApiError(status, msg).into_response()
 }
 
 async fn health() -> Response {

@@ -8,18 +8,33 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use tidewater_chain::{encode, schema, BlockRange, EventCatalog, PoolSet, RangeData};
 
+/// A chunk ready to commit.
+#[derive(Debug)]
+pub struct EncodedChunk {
+    /// The files and manifest entry.
+    pub commit: ChunkCommit,
+    /// Rows of every table (empty ones included).
+    pub rows: BTreeMap<String, u64>,
+    /// Logs kept in `logs` but left out of their decoded table (they do not decode).
+    pub skipped: Vec<encode::SkippedLog>,
+}
+
 /// Decodes and encodes `data` (the complete content of `range`). CPU-bound: call it on rayon.
-/// Returns the commit and the row count of every table (empty ones included).
 pub fn encode_chunk(
     catalog: &EventCatalog,
     data: &RangeData,
     chain_id: u64,
     pools: &PoolSet,
     range: BlockRange,
-) -> Result<(ChunkCommit, BTreeMap<String, u64>)> {
+) -> Result<EncodedChunk> {
     let decode_err = |source| Error::Decode { start: range.start, end: range.end, source };
-    let mut batches = encode::decode_batches(catalog, &data.logs, |a, b| pools.is_pool_at(a, b))
+    let first =
+        data.headers.first().ok_or(Error::EmptyChunk { start: range.start, end: range.end })?;
+    let last =
+        data.headers.last().ok_or(Error::EmptyChunk { start: range.start, end: range.end })?;
+    let decoded = encode::decode_batches(catalog, &data.logs, |a, b| pools.is_pool_at(a, b))
         .map_err(decode_err)?;
+    let mut batches = decoded.batches;
     batches
         .insert(schema::LOGS.into(), encode::logs_batch(&data.logs, chain_id).map_err(decode_err)?);
     batches.insert(
@@ -33,15 +48,13 @@ pub fn encode_chunk(
         .filter(|(_, b)| b.num_rows() > 0)
         .map(|(t, b)| Ok((t.clone(), (encode_parquet(t, b)?, b.num_rows() as u64))))
         .collect::<Result<BTreeMap<_, _>>>()?;
-    let first = data.headers.first().expect("invariant: a chunk has headers");
-    let last = data.headers.last().expect("invariant: a chunk has headers");
     debug_assert_eq!((first.number, last.number), (range.start, range.end));
     let commit = ChunkCommit {
         start: range.start,
         end: range.end,
-        first_block_hash: first.hash.to_string(),
-        last_block_hash: last.hash.to_string(),
+        first_block_hash: first.hash,
+        last_block_hash: last.hash,
         files,
     };
-    Ok((commit, rows))
+    Ok(EncodedChunk { commit, rows, skipped: decoded.skipped })
 }

@@ -194,9 +194,9 @@ pub struct ChunkCommit {
     /// Last block.
     pub end: u64,
     /// Hash of `start`.
-    pub first_block_hash: String,
+    pub first_block_hash: tidewater_chain::B256,
     /// Hash of `end`.
-    pub last_block_hash: String,
+    pub last_block_hash: tidewater_chain::B256,
     /// Encoded Parquet per table (empty tables omitted), with row counts.
     pub files: BTreeMap<String, (Vec<u8>, u64)>,
 }
@@ -370,8 +370,8 @@ impl DatasetWriter {
         let merged = ChunkEntry {
             start,
             end,
-            first_block_hash: parts[0].first_block_hash.clone(),
-            last_block_hash: parts[parts.len() - 1].last_block_hash.clone(),
+            first_block_hash: parts[0].first_block_hash,
+            last_block_hash: parts[parts.len() - 1].last_block_hash,
             tables: files,
         };
         self.manifest.replace(&self.root, merged.clone())?;
@@ -455,8 +455,8 @@ mod tests {
         ChunkCommit {
             start,
             end,
-            first_block_hash: format!("h{start}"),
-            last_block_hash: format!("h{end}"),
+            first_block_hash: tidewater_chain::B256::with_last_byte(start as u8),
+            last_block_hash: tidewater_chain::B256::with_last_byte(end as u8),
             files: BTreeMap::from([("t".to_string(), (bytes, end - start + 1))]),
         }
     }

@@ -79,6 +79,40 @@ pub enum Error {
         #[source]
         source: tidewater_chain::Error,
     },
+    /// Derived state cannot be computed from this dataset at `block`: an event that is
+    /// impossible given the state before it (a liquidity underflow, an overflow).
+    #[error("deriving the Uniswap V3 state at block {block}: {what}")]
+    Derived {
+        /// The block of the offending log.
+        block: u64,
+        /// What was impossible.
+        what: String,
+    },
+    /// The dataset does not hold every block the derived state needs.
+    #[error("{path} cannot give the Uniswap V3 state: {what}")]
+    NotCovered {
+        /// Data directory.
+        path: PathBuf,
+        /// Which blocks are missing.
+        what: String,
+    },
+    /// A chunk to commit has no blocks (a bug in the caller).
+    #[error("chunk [{start}, {end}] has no block headers")]
+    EmptyChunk {
+        /// Chunk start.
+        start: u64,
+        /// Chunk end.
+        end: u64,
+    },
+    /// A file of the dataset (a committed Parquet file, a manifest entry, a snapshot) does not
+    /// have the shape its writer gives it: it was damaged or written by something else.
+    #[error("{path}: {what}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A new chunk overlaps a committed one.
     #[error("chunk [{start}, {end}] overlaps committed chunk [{other_start}, {other_end}]")]
     Overlap {
@@ -106,7 +140,10 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Locked { .. } | Self::IdentityMismatch { .. } | Self::NotADataset { .. }
+            Self::Locked { .. }
+                | Self::IdentityMismatch { .. }
+                | Self::NotADataset { .. }
+                | Self::NotCovered { .. }
         )
     }
 }

@@ -36,7 +36,7 @@ mod parquet_io;
 mod replay;
 mod snapshot;
 
-pub use chunk::encode_chunk;
+pub use chunk::{encode_chunk, EncodedChunk};
 pub use dataset::{
     read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, DEEP_REORGS_FILE,
     IDENTITY_FILE, SCHEMA_DIR,

@@ -30,10 +30,10 @@ pub struct ChunkEntry {
     pub start: u64,
     /// Last block, inclusive.
     pub end: u64,
-    /// Hash of block `start`.
-    pub first_block_hash: String,
+    /// Hash of block `start` (parsed on load: a damaged entry is an error, not a panic later).
+    pub first_block_hash: tidewater_chain::B256,
     /// Hash of block `end`.
-    pub last_block_hash: String,
+    pub last_block_hash: tidewater_chain::B256,
     /// Files by table; tables without rows in the chunk have no file.
     pub tables: BTreeMap<String, FileEntry>,
 }
@@ -252,8 +252,8 @@ mod tests {
         ChunkEntry {
             start,
             end,
-            first_block_hash: String::new(),
-            last_block_hash: String::new(),
+            first_block_hash: Default::default(),
+            last_block_hash: Default::default(),
             tables: BTreeMap::new(),
         }
     }

@@ -13,14 +13,18 @@ use tokio_util::sync::CancellationToken;
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 /// Watches `url` until cancelled, calling `notify_one` on every new head.
-pub(crate) async fn watch_heads(url: String, notify: Arc<Notify>, cancel: CancellationToken) {
+pub(crate) async fn watch_heads(
+    url: tidewater_chain::ProviderUrl,
+    notify: Arc<Notify>,
+    cancel: CancellationToken,
+) {
     let mut failures = 0u32;
     while !cancel.is_cancelled() {
         match subscribe(&url, &notify, &cancel).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(url, error = %e, failures, "newHeads subscription failed; polling until it reconnects");
+                tracing::warn!(url = %url, error = %e, failures, "newHeads subscription failed; polling until it reconnects");
             }
         }
         let wait =
@@ -35,14 +39,14 @@ pub(crate) async fn watch_heads(url: String, notify: Arc<Notify>, cancel: Cancel
 }
 
 async fn subscribe(
-    url: &str,
+    url: &tidewater_chain::ProviderUrl,
     notify: &Notify,
     cancel: &CancellationToken,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.expose()).await?;
     let req = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]});
     ws.send(Message::text(req.to_string())).await?;
-    tracing::info!(url, "subscribed to newHeads");
+    tracing::info!(url = %url, "subscribed to newHeads");
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS, DEPTH_BUCKETS};
 use tidewater_chain::{
-    discover_pools, BlockRange, EventCatalog, Header, LogFilter, PoolSet, RangeData, RangeSizer,
-    RpcClient, Sources, B256, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    discover_pools_checked, BlockRange, EventCatalog, Header, LogFilter, PoolSet, RangeData,
+    RangeSizer, RpcClient, Sources, B256, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, DatasetWriter};
 use tokio::sync::broadcast;
@@ -75,12 +75,22 @@ pub enum Error {
     /// A blocking task died.
     #[error("a storage task failed")]
     Task(#[from] tokio::task::JoinError),
-    /// The encoder panicked.
-    #[error("the encoder of blocks {range} panicked")]
-    EncoderGone {
+    /// The encoder panicked (a bug; the message says where).
+    #[error("the encoder of blocks {range} failed")]
+    EncoderPanicked {
         /// Blocks being encoded.
         range: BlockRange,
+        /// The panic.
+        #[source]
+        source: tidewater_chain::Panicked,
     },
+    /// A commit panicked while holding the writer: the writer's in-memory state is not trusted.
+    #[error("the dataset writer was poisoned by an earlier failure; restart to reopen it")]
+    WriterPoisoned,
+}
+
+fn lock_writer(w: &Mutex<DatasetWriter>) -> Result<std::sync::MutexGuard<'_, DatasetWriter>> {
+    w.lock().map_err(|_| Error::WriterPoisoned)
 }
 
 /// How the watermark is computed.
@@ -108,7 +118,7 @@ pub struct TailConfig {
     /// Blocks per merged cold chunk.
     pub merge_blocks: u64,
     /// WebSocket URL for `newHeads` notifications; polling only when absent.
-    pub ws: Option<String>,
+    pub ws: Option<tidewater_chain::ProviderUrl>,
 }
 
 impl Default for TailConfig {
@@ -148,6 +158,12 @@ pub struct TailStats {
     pub tip_timestamp: AtomicU64,
     /// The newest block applied (hot tip, else the checkpoint).
     pub tip: AtomicU64,
+    /// The last `finalized` block the node reported (0 before the first answer).
+    pub finalized: AtomicU64,
+    /// Whether the last `finalized` call failed, so the watermark holds at the last known one.
+    pub finalized_stale: std::sync::atomic::AtomicBool,
+    /// `finalized` calls that failed.
+    pub finalized_errors: AtomicU64,
     /// Whether the tail has reached the head at least once since it started.
     pub caught_up: std::sync::atomic::AtomicBool,
     /// Block timestamp to detected (header and logs in the hot buffer), seconds.
@@ -171,6 +187,9 @@ impl Default for TailStats {
             hot_blocks: AtomicU64::new(0),
             tip_timestamp: AtomicU64::new(0),
             tip: AtomicU64::new(0),
+            finalized: AtomicU64::new(0),
+            finalized_stale: Default::default(),
+            finalized_errors: AtomicU64::new(0),
             caught_up: Default::default(),
             detect_delay: Histogram::new(DELAY_BUCKETS),
             persist_delay: Histogram::new(DELAY_BUCKETS),
@@ -228,6 +247,20 @@ impl TailStats {
             "Blocks detected but not yet persisted (hot buffer) plus blocks not yet fetched.",
             "gauge",
             g(&self.hot_blocks) + (head - tip).max(0.0),
+        );
+        single(
+            out,
+            "tidewater_finalized_stale",
+            "1 while the node's finalized block cannot be read and the watermark holds at the last known one.",
+            "gauge",
+            if self.finalized_stale.load(Ordering::Relaxed) { 1.0 } else { 0.0 },
+        );
+        single(
+            out,
+            "tidewater_finalized_errors_total",
+            "Calls for the node's finalized block that failed.",
+            "counter",
+            g(&self.finalized_errors),
         );
         single(out, "tidewater_reorgs_total", "Reorgs handled.", "counter", g(&self.reorgs));
         single(
@@ -307,15 +340,38 @@ impl Tail {
         let _ = self.bus.send(u);
     }
 
-    /// The watermark for a head.
+    /// The watermark for a head. With [`Finality::Finalized`], a node that has no `finalized`
+    /// block (or refuses the tag) falls back to depth; a `finalized` call that fails for a
+    /// while (an outage, a timeout) never does, since the chain's finality may be deeper than
+    /// the depth: the watermark holds at the last finalized block seen, the stats say it is
+    /// stale, and the call is tried again next round. With none seen yet, the error stands.
     pub async fn watermark(&self, head: u64) -> Result<u64> {
-        Ok(match self.cfg.finality {
-            Finality::Depth(d) => head.saturating_sub(d),
-            Finality::Finalized(d) => match self.rpc.header_at("finalized").await {
-                Ok(Some(h)) => h.number.min(head),
-                _ => head.saturating_sub(d),
-            },
-        })
+        let d = match self.cfg.finality {
+            Finality::Depth(d) => return Ok(head.saturating_sub(d)),
+            Finality::Finalized(d) => d,
+        };
+        let last = self.stats.finalized.load(Ordering::Relaxed);
+        match self.rpc.header_at("finalized").await {
+            Ok(Some(h)) => {
+                self.stats.finalized.fetch_max(h.number, Ordering::Relaxed);
+                self.stats.finalized_stale.store(false, Ordering::Relaxed);
+                Ok(h.number.max(last).min(head))
+            }
+            Ok(None) => Ok(head.saturating_sub(d)),
+            Err(e) if !e.is_transient() && last == 0 => {
+                tracing::debug!(error = %e, "no finalized block on this node; using depth");
+                Ok(head.saturating_sub(d))
+            }
+            Err(e) => {
+                self.stats.finalized_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.finalized_stale.store(true, Ordering::Relaxed);
+                if last == 0 {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, finalized = last, "cannot read the finalized block; the watermark holds at the last one seen");
+                Ok(last.min(head))
+            }
+        }
     }
 
     /// Follows the head until cancelled. Cancellation is honoured between steps, never inside a
@@ -367,6 +423,23 @@ impl Tail {
                 _ = wake.notified() => {}
             }
         }
+        self.flush(&mut st).await
+    }
+
+    /// On a stop: commits every confirmed block still in the hot buffer, whatever the batch
+    /// thresholds, so the dataset on disk reaches the watermark.
+    async fn flush(&self, st: &mut State) -> Result<()> {
+        let watermark = match self.rpc.block_number().await {
+            Ok(head) => self.watermark(head).await.ok(),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| self.stats.watermark.load(Ordering::Relaxed));
+        let before = st.checkpoint.map(|c| c.0);
+        self.compact(st, watermark, true).await?;
+        let after = st.checkpoint.map(|c| c.0);
+        if after != before {
+            tracing::info!(checkpoint = ?after, watermark, "committed confirmed blocks before stopping");
+        }
         Ok(())
     }
 
@@ -377,7 +450,8 @@ impl Tail {
             return Ok(PoolSet::default());
         };
         let sizer = RangeSizer::new(DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE);
-        Ok(discover_pools(&self.rpc, u.factory, range, &sizer).await?)
+        // Checked: a pool a lagging provider hid here would lose every later log of it.
+        Ok(discover_pools_checked(&self.rpc, u.factory, range, &sizer).await?)
     }
 
     /// One round: catch up to the head (handling reorgs), then compact what is confirmed.
@@ -432,7 +506,7 @@ impl Tail {
         self.record_buffer(st);
         let watermark = self.watermark(head).await?;
         self.stats.watermark.store(watermark, Ordering::Relaxed);
-        self.compact(st, watermark).await
+        self.compact(st, watermark, false).await
     }
 
     /// Publishes the buffer's size and tip (block, timestamp) to the stats.
@@ -466,9 +540,9 @@ impl Tail {
             let mut logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
             logs.sort_unstable_by_key(|l| l.log_index);
             if logs.is_empty() && filter.may_match(&header.logs_bloom) {
-                // The bloom says maybe: ask once more (a lagging node answers [] too early).
-                logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
-                logs.sort_unstable_by_key(|l| l.log_index);
+                // The bloom says maybe: an empty answer is not believed twice from the same
+                // source (another provider, then the block's receipts decide).
+                logs = tidewater_chain::confirm_empty_block(&self.rpc, &filter, &header).await?;
             }
             if logs.iter().any(|l| l.block_hash != header.hash || l.block_number != n) {
                 return Err(tidewater_chain::Error::Inconsistent {
@@ -488,6 +562,7 @@ impl Tail {
                     tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
                         pools.is_pool_at(a, b)
                     })?
+                    .batches
                     .into_iter()
                     .filter(|(_, b)| b.num_rows() > 0)
                     .collect();
@@ -535,18 +610,15 @@ impl Tail {
     /// so a lagging answer does not rewrite cold data. Returns the blocks rolled back.
     async fn deep_reorg(&self, st: &mut State) -> Result<u64> {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (cp, cp_hash) = st.checkpoint.expect("invariant: called with a checkpoint");
+        let Some((cp, cp_hash)) = st.checkpoint else { return Ok(0) };
         if self.is_canonical(cp, cp_hash).await? {
             return Ok(0);
         }
-        let chunks: Vec<(u64, u64, B256)> = st
-            .writer
-            .lock()
-            .expect("invariant: writer lock not poisoned")
+        let chunks: Vec<(u64, u64, B256)> = lock_writer(&st.writer)?
             .manifest()
             .chunks()
             .iter()
-            .map(|c| (c.start, c.end, c.last_block_hash.parse().expect("invariant: valid hash")))
+            .map(|c| (c.start, c.end, c.last_block_hash))
             .collect();
         let mut keep_through = None;
         for (_, end, hash) in chunks.iter().rev() {
@@ -557,7 +629,7 @@ impl Tail {
         }
         let writer = st.writer.clone();
         let (checkpoint, orphaned) = tokio::task::spawn_blocking(move || {
-            let mut w = writer.lock().expect("invariant: writer lock not poisoned");
+            let mut w = lock_writer(&writer)?;
             // Read the cold blocks being dropped first, so subscribers see them reverted.
             let root = w.root().to_path_buf();
             let doomed: Vec<_> = w
@@ -579,7 +651,7 @@ impl Tail {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
             }))?;
-            Ok::<_, tidewater_storage::Error>((new_cp, orphaned))
+            Ok::<_, Error>((new_cp, orphaned))
         })
         .await??;
         st.checkpoint = checkpoint;
@@ -587,6 +659,7 @@ impl Tail {
             let events = tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
                 st.pools.is_pool_at(a, b)
             })?
+            .batches
             .into_iter()
             .filter(|(_, b)| b.num_rows() > 0)
             .collect();
@@ -615,10 +688,11 @@ impl Tail {
 
     /// Commits the hot blocks at or below the watermark when enough have gathered or they have
     /// waited long enough.
-    async fn compact(&self, st: &mut State, watermark: u64) -> Result<()> {
+    async fn compact(&self, st: &mut State, watermark: u64, force: bool) -> Result<()> {
         let ready = st.hot.iter().take_while(|b| b.header.number <= watermark).count() as u64;
         if ready == 0
-            || (ready < self.cfg.compact_blocks
+            || (!force
+                && ready < self.cfg.compact_blocks
                 && st.last_compaction.elapsed() < self.cfg.compact_interval)
         {
             return Ok(());
@@ -637,23 +711,24 @@ impl Tail {
     async fn compact_through(&self, st: &mut State, through: u64, cell_end: u64) -> Result<()> {
         let m = self.cfg.merge_blocks.max(1);
         let blocks = st.hot.drain_through(through);
-        let range =
-            BlockRange::new(blocks[0].header.number, blocks[blocks.len() - 1].header.number);
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else { return Ok(()) };
+        let range = BlockRange::new(first.header.number, last.header.number);
         let data = RangeData {
             headers: blocks.iter().map(|b| b.header.clone()).collect(),
             logs: blocks.iter().flat_map(|b| b.logs.iter().cloned()).collect(),
             bloom_refetches: 0,
         };
         let (catalog, pools, chain_id) = (self.catalog.clone(), st.pools.clone(), self.chain_id);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let _ = tx.send(encode_chunk(&catalog, &data, chain_id, &pools, range));
-        });
-        let (commit, _rows) = rx.await.map_err(|_| Error::EncoderGone { range })??;
+        let encoded = tidewater_chain::run_on_rayon(move || {
+            encode_chunk(&catalog, &data, chain_id, &pools, range)
+        })
+        .await
+        .map_err(|source| Error::EncoderPanicked { range, source })??;
+        let commit = encoded.commit;
         let writer = st.writer.clone();
         let end = range.end;
-        tokio::task::spawn_blocking(move || -> tidewater_storage::Result<()> {
-            let mut w = writer.lock().expect("invariant: writer lock not poisoned");
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut w = lock_writer(&writer)?;
             w.commit(commit)?;
             // This commit completed its cell: merge the cell's small commits into one chunk.
             if end == cell_end {
@@ -664,7 +739,6 @@ impl Tail {
             Ok(())
         })
         .await??;
-        let last = blocks.last().expect("invariant: drained at least one block");
         st.checkpoint = Some((last.header.number, last.header.hash));
         st.last_compaction = Instant::now();
         self.stats.checkpoint.store(last.header.number, Ordering::Relaxed);
@@ -680,7 +754,5 @@ impl Tail {
 }
 
 fn checkpoint_of(w: &DatasetWriter) -> Option<(u64, B256)> {
-    w.manifest()
-        .last()
-        .map(|c| (c.end, c.last_block_hash.parse().expect("invariant: manifest hashes are valid")))
+    w.manifest().last().map(|c| (c.end, c.last_block_hash))
 }

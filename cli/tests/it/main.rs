@@ -6,6 +6,7 @@
 
 mod backfill;
 mod bad_input;
+mod hostile;
 mod oracle;
 mod proxy;
 mod serve;

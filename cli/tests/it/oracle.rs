@@ -28,7 +28,13 @@ fn logs_table_equals_cryo() {
     let mut args = s(&["backfill", "--data", "data", "--chunk-size", "40"]);
     args.extend(net.uniswap_flags());
     t.ok(&args);
-    let ours = table(&t.path("data"), "logs");
+    assert_logs_match_cryo(&net, &t, &t.path("data"), head);
+}
+
+/// The `logs` table of the dataset at `data` equals cryo's extraction of the same contracts
+/// over `[0, head]` from the node itself, row for row (cryo writes under `t`'s `cryo/`).
+pub fn assert_logs_match_cryo(net: &Devnet, t: &TestCommand, data: &std::path::Path, head: u64) {
+    let ours = table(data, "logs");
     assert_ordered_unique(&ours);
 
     let mut contracts = vec![net.factory(), net.position_manager()];

@@ -1,13 +1,34 @@
 //! A fault-injecting proxy in front of the real node: it rejects large `eth_getLogs` ranges the
 //! way providers do (Infura's hint, a hint equal to the request, no hint), and answers some
-//! requests with 429 and 503.
+//! requests with 429 and 503. With [`Lies`] it also behaves like a lagging node behind a load
+//! balancer: `[]` for some `eth_getLogs` calls, bodies cut short, 503s, hangs, and `finalized`
+//! calls that fail.
 
 use crate::util::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Random misbehaviour, each a probability per request (seeded: the seed is printed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lies {
+    /// `eth_getLogs` answered `[]` (a node whose log index lags).
+    pub empty_logs: f64,
+    /// A body cut in the middle, then the connection closed.
+    pub cut_body: f64,
+    /// HTTP 503.
+    pub unavailable: f64,
+    /// No answer for `hang_ms`, then the connection closed.
+    pub hang: f64,
+    /// How long a hang lasts.
+    pub hang_ms: u64,
+    /// Every `eth_getBlockByNumber("finalized")` fails with a 503 while set.
+    pub fail_finalized: bool,
+}
 
 #[derive(Default)]
 pub struct Counters {
@@ -16,6 +37,11 @@ pub struct Counters {
     pub throttled: AtomicU64,
     pub server_errors: AtomicU64,
     pub refused_while_down: AtomicU64,
+    pub lied_empty: AtomicU64,
+    pub cut: AtomicU64,
+    pub hung: AtomicU64,
+    pub receipts: AtomicU64,
+    pub finalized_failed: AtomicU64,
 }
 
 pub struct Proxy {
@@ -23,6 +49,8 @@ pub struct Proxy {
     pub counters: Arc<Counters>,
     /// While set, every request gets a 503 (the node is "down").
     pub down: Arc<AtomicBool>,
+    /// While set, `finalized` calls fail.
+    pub fail_finalized: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -45,36 +73,75 @@ impl Proxy {
 
     /// As [`Proxy::start`]; `faults` enables the periodic 429/503 answers.
     pub fn start_with(upstream: String, max_span: u64, faults: bool) -> Self {
+        Self::start_lying(upstream, max_span, faults, Lies::default())
+    }
+
+    /// As [`Proxy::start_with`], lying as `lies` says. The seed comes from `TIDEWATER_SEED`
+    /// when set, and is printed either way.
+    pub fn start_lying(upstream: String, max_span: u64, faults: bool, lies: Lies) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let down = Arc::new(AtomicBool::new(false));
-        let (c, st, dn) = (counters.clone(), stop.clone(), down.clone());
+        let fail_finalized = Arc::new(AtomicBool::new(lies.fail_finalized));
+        let seed = seed();
+        eprintln!("proxy {url}: seed {seed} (set TIDEWATER_SEED to replay), lies {lies:?}");
+        let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
+        let (c, st, dn, ff) =
+            (counters.clone(), stop.clone(), down.clone(), fail_finalized.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (c, upstream, dn) = (c.clone(), upstream.clone(), dn.clone());
+                let ctx = Ctx {
+                    upstream: upstream.clone(),
+                    max_span,
+                    c: c.clone(),
+                    faults,
+                    down: dn.clone(),
+                    lies,
+                    fail_finalized: ff.clone(),
+                    rng: rng.clone(),
+                };
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, max_span, &c, faults, &dn);
+                    let _ = serve(conn, &ctx);
                 });
             }
         });
-        Self { url, counters, down, stop }
+        Self { url, counters, down, fail_finalized, stop }
     }
 }
 
-fn serve(
-    conn: std::net::TcpStream,
-    upstream: &str,
+/// The test's random seed: `TIDEWATER_SEED`, or a fresh one.
+pub fn seed() -> u64 {
+    std::env::var("TIDEWATER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen())
+}
+
+struct Ctx {
+    upstream: String,
     max_span: u64,
-    c: &Counters,
+    c: Arc<Counters>,
     faults: bool,
-    down: &AtomicBool,
-) -> std::io::Result<()> {
+    down: Arc<AtomicBool>,
+    lies: Lies,
+    fail_finalized: Arc<AtomicBool>,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl Ctx {
+    fn roll(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap().gen_bool(p.min(1.0))
+    }
+}
+
+fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
+    let c = &*x.c;
     let mut r = BufReader::new(conn.try_clone()?);
     let mut w = conn;
     loop {
@@ -89,20 +156,39 @@ fn serve(
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         let n = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let (status, reply): (&str, Vec<u8>) = if down.load(Ordering::Relaxed) {
+        let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let method = req["method"].as_str().unwrap_or("");
+        if method == "eth_getBlockReceipts" || method == "eth_getTransactionReceipt" {
+            c.receipts.fetch_add(1, Ordering::Relaxed);
+        }
+        let is_finalized = method == "eth_getBlockByNumber" && req["params"][0] == "finalized";
+        if x.roll(x.lies.hang) {
+            c.hung.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(x.lies.hang_ms));
+            return Ok(());
+        }
+        let (status, reply): (&str, Vec<u8>) = if x.down.load(Ordering::Relaxed) {
             c.refused_while_down.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"node down".to_vec())
-        } else if faults && n.is_multiple_of(11) {
+        } else if is_finalized && x.fail_finalized.load(Ordering::Relaxed) {
+            c.finalized_failed.fetch_add(1, Ordering::Relaxed);
+            ("503 Service Unavailable", b"finalized unavailable".to_vec())
+        } else if x.faults && n.is_multiple_of(11) {
             c.throttled.fetch_add(1, Ordering::Relaxed);
             ("429 Too Many Requests", b"{\"message\":\"slow down\"}".to_vec())
-        } else if faults && n.is_multiple_of(17) {
+        } else if (x.faults && n.is_multiple_of(17)) || x.roll(x.lies.unavailable) {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"upstream busy".to_vec())
+        } else if method == "eth_getLogs" && x.roll(x.lies.empty_logs) {
+            c.lied_empty.fetch_add(1, Ordering::Relaxed);
+            (
+                "200 OK",
+                json!({"jsonrpc": "2.0", "id": req["id"], "result": []}).to_string().into_bytes(),
+            )
         } else {
-            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            match range_error(&req, max_span, c) {
+            match range_error(&req, x.max_span, c) {
                 Some(err) => ("200 OK", err.to_string().into_bytes()),
-                None => ("200 OK", http_post(upstream, &body)?),
+                None => ("200 OK", http_post(&x.upstream, &body)?),
             }
         };
         write!(
@@ -110,6 +196,11 @@ fn serve(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             reply.len()
         )?;
+        if reply.len() > 2 && x.roll(x.lies.cut_body) {
+            c.cut.fetch_add(1, Ordering::Relaxed);
+            w.write_all(&reply[..reply.len() / 2])?;
+            return Ok(()); // the connection closes mid-body
+        }
         w.write_all(&reply)?;
     }
 }
@@ -165,5 +256,71 @@ fn range_limiting_proxy_forces_splits_and_the_dataset_is_identical() {
     let c = &proxy.counters;
     assert!(c.range_rejections.load(Ordering::Relaxed) > 3, "the proxy forced no split");
     assert!(c.throttled.load(Ordering::Relaxed) > 0 && c.server_errors.load(Ordering::Relaxed) > 0);
+    assert_same_dataset(&direct.path("data"), &t.path("data"));
+}
+
+/// Issue 8: a provider that answers `[]` at random (a lagging log index), cuts bodies, 503s and
+/// hangs. The backfill either equals cryo's extraction from the node itself or fails with a
+/// clear error; it never exits 0 short of a row.
+#[test]
+fn issue_8_a_lying_provider_never_costs_a_row() {
+    let net = Devnet::small();
+    let head = net.head();
+    let lies = Lies {
+        empty_logs: 0.15,
+        cut_body: 0.03,
+        unavailable: 0.03,
+        hang: 0.01,
+        hang_ms: 1_500,
+        fail_finalized: false,
+    };
+    let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
+    let t = TestCommand::new();
+    let head_s = head.to_string();
+    let mut args = s(&[
+        "backfill",
+        "--data",
+        "data",
+        "--chunk-size",
+        "10",
+        "--log-range",
+        "2",
+        "--max-log-range",
+        "2",
+        "--to",
+        &head_s,
+        "--json",
+        "--rpc-timeout-ms",
+        "700",
+    ]);
+    args.extend(net.uniswap_flags_via(&proxy.url));
+    let out = t.run(&args);
+    let c = &proxy.counters;
+    let lied = c.lied_empty.load(Ordering::Relaxed);
+    eprintln!(
+        "proxy: {} requests, {lied} empty answers, {} cut, {} hung, {} 503, {} receipt calls",
+        c.requests.load(Ordering::Relaxed),
+        c.cut.load(Ordering::Relaxed),
+        c.hung.load(Ordering::Relaxed),
+        c.server_errors.load(Ordering::Relaxed),
+        c.receipts.load(Ordering::Relaxed)
+    );
+    assert!(lied > 10, "the proxy told too few lies to test anything ({lied})");
+    if !out.status.success() {
+        // Allowed, but only as a clear failure with nothing half-written.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
+        t.ok(&s(&["verify", "--data", "data"]));
+        return;
+    }
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("summary: {summary}");
+    crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
+    // The decoded tables agree too: the same as a backfill straight from the node.
+    let direct = TestCommand::new();
+    let mut args = s(&["backfill", "--data", "data", "--chunk-size", "25", "--to", &head_s]);
+    args.extend(net.uniswap_flags());
+    direct.ok(&args);
     assert_same_dataset(&direct.path("data"), &t.path("data"));
 }

@@ -317,22 +317,10 @@ pub(crate) fn check_state(
     (pools.len(), ticks_checked, positions.len())
 }
 
-/// A child process killed when the test ends, passing or not (a failed assertion must not
-/// leave a tail polling a dead node).
-struct Running(Option<std::process::Child>);
-
 impl Running {
+    /// Stops the process and returns its output (stdout, stderr).
     fn stop(mut self) -> (String, String) {
         stop(self.0.take().unwrap())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -735,6 +723,20 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
     let mut args = s(&["backfill", "--data", "data", "--from", "5", "--to", "100"]);
     args.extend(net.uniswap_flags());
     t.ok(&args);
+    // Issue 8: a dataset that starts after the factory's deployment cannot give the Uniswap
+    // state (pools, ticks and positions from before it are missing): refused, exit 2.
+    for cmd in [
+        s(&["serve", "--data", "data", "--listen", "127.0.0.1:0"]),
+        s(&["state", "--data", "data"]),
+    ] {
+        let out = t.run(&cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("factory's deployment block 0"), "{cmd:?}: {err}");
+    }
+    let mut args = s(&["backfill", "--data", "data", "--from", "0", "--to", "100"]);
+    args.extend(net.uniswap_flags());
+    t.ok(&args);
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let server = t
@@ -775,8 +777,7 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
         ("/v1/pools/0x0000000000000000000000000000000000000001".into(), 404, "unknown pool"),
         ("/v1/pools?block=abc".into(), 400, "malformed block"),
         ("/v1/pools?block=101".into(), 400, "above the head"),
-        ("/v1/pools?block=2".into(), 400, "below the first indexed block"),
-        (format!("/v1/pools/{pool}/ticks?block=4"), 400, "below the first indexed block"),
+        (format!("/v1/pools/{pool}/ticks?block=1000000"), 400, "above the head"),
         ("/v1/positions/xyz".into(), 400, "malformed token id"),
         ("/v1/positions/99999999".into(), 404, "no position"),
         ("/v1/owners/0xnope/positions".into(), 400, "malformed address"),
@@ -799,7 +800,7 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
     let (status, v) =
         post_sql(&api, "SELECT confirmed, count(*) AS n FROM blocks GROUP BY confirmed");
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["rows"], json!([{"confirmed": true, "n": 96}]));
+    assert_eq!(v["rows"], json!([{"confirmed": true, "n": 101}]));
     for (sql, code) in [
         ("CREATE TABLE x AS SELECT 1", 403),
         ("INSERT INTO logs SELECT * FROM logs", 403),
@@ -812,15 +813,30 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
         ("SELECT * FROM logs", 413),
         ("SELECT a FROM generate_series(1, 20000000) t(a) ORDER BY a DESC", 413),
         ("SELECT count(*) FROM generate_series(1, 200000) a, generate_series(1, 200000) b", 408),
+        // Issue 8: a type error found at run time is the query's fault.
+        ("SELECT sum(length(data)) FROM logs", 400),
     ] {
         let (status, v) = post_sql(&api, sql);
         assert_eq!(status, code, "{sql}: {v}");
         assert!(v["error"].is_string(), "{sql}: {v}");
     }
+    // Issue 8: a query that makes the engine panic (a string column past arrow's 2 GiB offsets)
+    // gets an answer (a 4xx JSON error, or the time limit), and the server lives on.
+    let (status, v) = post_sql(&api, "SELECT repeat('x', 100000000) FROM logs");
+    assert!((400..500).contains(&status), "{status}: {v}");
+    assert!(v["error"].is_string(), "{v}");
+    assert_eq!(http_get(&format!("{api}/health")).0, 200);
+    // A body over the limit gets the API's JSON error, not axum's plain text.
+    let big = vec![b'x'; 2 << 20];
+    let (status, body) = http("POST", &format!("{api}/v1/sql"), &[], &big).unwrap();
+    assert_eq!(status, 413);
+    let v: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    assert!(v["error"].is_string(), "{v}");
     assert!(!std::path::Path::new("/tmp/tidewater-sql-test.csv").exists());
 
     // The server follows what another process commits.
-    let mut args = s(&["backfill", "--data", "data", "--from", "5", "--to", "latest"]);
+    let mut args = s(&["backfill", "--data", "data", "--from", "0", "--to", "latest"]);
     args.extend(net.uniswap_flags());
     t.ok(&args);
     let head = net.head();
