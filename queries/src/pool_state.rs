@@ -376,8 +376,12 @@ impl Folder {
                 let delta = signed(e.amount, l.block_number, "Mint amount")?;
                 self.update_ticks(l.address, lo, hi, delta, l.block_number, journal)?;
                 if Some(e.owner) == npm {
-                    self.last_npm_mint =
-                        Some((B256::from_slice(l.transaction_hash), l.address, lo, hi));
+                    self.last_npm_mint = Some((
+                        B256::try_from(l.transaction_hash).unwrap_or_default(),
+                        l.address,
+                        lo,
+                        hi,
+                    ));
                 }
             }
         } else if *t0 == Burn::SIGNATURE_HASH {
@@ -556,10 +560,30 @@ const FOLD_COLUMNS: [&str; 8] = [
     schema::DATA,
 ];
 
-fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .expect("invariant: the column has the type the schema gives it")
+/// A column of the type the schema gives it; a file that has another is damaged input.
+fn column<'a, T: 'static>(
+    b: &'a RecordBatch,
+    name: &str,
+    path: &std::path::Path,
+) -> tidewater_storage::Result<&'a T> {
+    b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| {
+        tidewater_storage::Error::Malformed {
+            path: path.to_path_buf(),
+            what: format!("column {name} is missing or has another type"),
+        }
+    })
+}
+
+/// A fixed-size value (hash, address) from a binary cell of exactly `N` bytes.
+fn fixed<T: From<[u8; N]>, const N: usize>(
+    bytes: &[u8],
+    path: &std::path::Path,
+    what: &str,
+) -> tidewater_storage::Result<T> {
+    <[u8; N]>::try_from(bytes).map(T::from).map_err(|_| tidewater_storage::Error::Malformed {
+        path: path.to_path_buf(),
+        what: format!("{what} has {} bytes, expected {N}", bytes.len()),
+    })
 }
 
 /// Callback of [`fold_cold`] at a marked block: the folder is as of the block, the journal holds
@@ -590,12 +614,14 @@ pub fn fold_cold(
         let Some(f) = chunk.tables.get(schema::LOGS) else { continue };
         let path = ds.root().join(&f.path);
         for b in tidewater_storage::read_parquet_columns(&path, &FOLD_COLUMNS)? {
-            let bn: &UInt64Array = column(&b, schema::BLOCK_NUMBER);
-            let tx: &BinaryArray = column(&b, schema::TRANSACTION_HASH);
-            let addr: &BinaryArray = column(&b, schema::ADDRESS);
-            let data: &BinaryArray = column(&b, schema::DATA);
-            let topics: Vec<&BinaryArray> =
-                schema::TOPICS.iter().map(|t| column::<BinaryArray>(&b, t)).collect();
+            let bn: &UInt64Array = column(&b, schema::BLOCK_NUMBER, &path)?;
+            let tx: &BinaryArray = column(&b, schema::TRANSACTION_HASH, &path)?;
+            let addr: &BinaryArray = column(&b, schema::ADDRESS, &path)?;
+            let data: &BinaryArray = column(&b, schema::DATA, &path)?;
+            let topics: Vec<&BinaryArray> = schema::TOPICS
+                .iter()
+                .map(|t| column::<BinaryArray>(&b, t, &path))
+                .collect::<tidewater_storage::Result<_>>()?;
             for i in 0..b.num_rows() {
                 let n = bn.value(i);
                 if n < lo {
@@ -610,14 +636,14 @@ pub fn fold_cold(
                     at(m, folder, journal.as_deref_mut())?;
                 }
                 topics_buf.clear();
-                topics_buf.extend(
-                    topics.iter().filter(|t| !t.is_null(i)).map(|t| B256::from_slice(t.value(i))),
-                );
+                for t in topics.iter().filter(|t| !t.is_null(i)) {
+                    topics_buf.push(fixed(t.value(i), &path, "topic")?);
+                }
                 folder.apply(
                     &RawLog {
                         block_number: n,
                         transaction_hash: tx.value(i),
-                        address: Address::from_slice(addr.value(i)),
+                        address: Address::new(fixed(addr.value(i), &path, "address")?),
                         topics: &topics_buf,
                         data: data.value(i),
                     },
@@ -672,10 +698,10 @@ pub fn cold_block_hash(ds: &Dataset, n: u64) -> tidewater_storage::Result<Option
     for b in
         tidewater_storage::read_parquet_columns(&path, &[schema::BLOCK_NUMBER, schema::BLOCK_HASH])?
     {
-        let bn: &UInt64Array = column(&b, schema::BLOCK_NUMBER);
-        let h: &BinaryArray = column(&b, schema::BLOCK_HASH);
+        let bn: &UInt64Array = column(&b, schema::BLOCK_NUMBER, &path)?;
+        let h: &BinaryArray = column(&b, schema::BLOCK_HASH, &path)?;
         if let Some(i) = (0..b.num_rows()).find(|i| bn.value(*i) == n) {
-            return Ok(Some(B256::from_slice(h.value(i))));
+            return Ok(Some(fixed(h.value(i), &path, "block_hash")?));
         }
     }
     Ok(None)
@@ -839,7 +865,13 @@ pub fn read_snapshot(
     s: &tidewater_storage::Snapshot,
 ) -> tidewater_storage::Result<UniswapState> {
     use arrow::array::{Int32Array, StringArray, UInt32Array};
-    let addr = |a: &BinaryArray, i: usize| Address::from_slice(a.value(i));
+    let addr =
+        |a: &BinaryArray, i: usize, path: &std::path::Path| -> tidewater_storage::Result<Address> {
+            Ok(Address::new(fixed(a.value(i), path, "address")?))
+        };
+    let u128_of = |v: U256, what: &str| -> tidewater_storage::Result<u128> {
+        u128::try_from(v).map_err(|_| corrupt(ds, format!("{what} {v} is over uint128")))
+    };
     let num = |a: &StringArray, i: usize, what: &str| -> tidewater_storage::Result<U256> {
         a.value(i)
             .parse()
@@ -850,64 +882,75 @@ pub fn read_snapshot(
         block_hash: s.block_hash.parse().map_err(|_| corrupt(ds, "bad block hash".into()))?,
         ..Default::default()
     };
+    let path = s.file(ds.root(), schema::POOL_SNAPSHOTS);
     for b in s.read(ds.root(), schema::POOL_SNAPSHOTS)? {
-        let (a, t0, t1): (&BinaryArray, &BinaryArray, &BinaryArray) =
-            (column(&b, "address"), column(&b, "token0"), column(&b, "token1"));
-        let (fee, ts, tick): (&UInt32Array, &Int32Array, &Int32Array) =
-            (column(&b, "fee"), column(&b, "tick_spacing"), column(&b, "tick"));
+        let (a, t0, t1): (&BinaryArray, &BinaryArray, &BinaryArray) = (
+            column(&b, "address", &path)?,
+            column(&b, "token0", &path)?,
+            column(&b, "token1", &path)?,
+        );
+        let (fee, ts, tick): (&UInt32Array, &Int32Array, &Int32Array) = (
+            column(&b, "fee", &path)?,
+            column(&b, "tick_spacing", &path)?,
+            column(&b, "tick", &path)?,
+        );
         let (px, liq): (&StringArray, &StringArray) =
-            (column(&b, "sqrt_price_x96"), column(&b, "liquidity"));
+            (column(&b, "sqrt_price_x96", &path)?, column(&b, "liquidity", &path)?);
         for i in 0..b.num_rows() {
             st.pools.insert(
-                addr(a, i),
+                addr(a, i, &path)?,
                 PoolState {
-                    address: addr(a, i),
-                    token0: addr(t0, i),
-                    token1: addr(t1, i),
+                    address: addr(a, i, &path)?,
+                    token0: addr(t0, i, &path)?,
+                    token1: addr(t1, i, &path)?,
                     fee: fee.value(i),
                     tick_spacing: ts.value(i),
                     sqrt_price_x96: num(px, i, "sqrt_price_x96")?,
                     tick: tick.value(i),
-                    liquidity: num(liq, i, "liquidity")?.to::<u128>(),
+                    liquidity: u128_of(num(liq, i, "liquidity")?, "liquidity")?,
                 },
             );
         }
     }
+    let path = s.file(ds.root(), schema::TICK_SNAPSHOTS);
     for b in s.read(ds.root(), schema::TICK_SNAPSHOTS)? {
-        let (p, t): (&BinaryArray, &Int32Array) = (column(&b, "pool"), column(&b, "tick"));
+        let (p, t): (&BinaryArray, &Int32Array) =
+            (column(&b, "pool", &path)?, column(&b, "tick", &path)?);
         let (g, n): (&StringArray, &StringArray) =
-            (column(&b, "liquidity_gross"), column(&b, "liquidity_net"));
+            (column(&b, "liquidity_gross", &path)?, column(&b, "liquidity_net", &path)?);
         for i in 0..b.num_rows() {
             let net: i128 = n
                 .value(i)
                 .parse()
                 .map_err(|_| corrupt(ds, format!("liquidity_net {:?}", n.value(i))))?;
-            st.ticks.entry(addr(p, i)).or_default().insert(
+            st.ticks.entry(addr(p, i, &path)?).or_default().insert(
                 t.value(i),
                 TickLiquidity {
-                    liquidity_gross: num(g, i, "liquidity_gross")?.to::<u128>(),
+                    liquidity_gross: u128_of(num(g, i, "liquidity_gross")?, "liquidity_gross")?,
                     liquidity_net: net,
                 },
             );
         }
     }
+    let path = s.file(ds.root(), schema::POSITION_SNAPSHOTS);
     for b in s.read(ds.root(), schema::POSITION_SNAPSHOTS)? {
         let (id, liq): (&StringArray, &StringArray) =
-            (column(&b, "token_id"), column(&b, "liquidity"));
-        let (o, p): (&BinaryArray, &BinaryArray) = (column(&b, "owner"), column(&b, "pool"));
+            (column(&b, "token_id", &path)?, column(&b, "liquidity", &path)?);
+        let (o, p): (&BinaryArray, &BinaryArray) =
+            (column(&b, "owner", &path)?, column(&b, "pool", &path)?);
         let (lo, hi): (&Int32Array, &Int32Array) =
-            (column(&b, "tick_lower"), column(&b, "tick_upper"));
+            (column(&b, "tick_lower", &path)?, column(&b, "tick_upper", &path)?);
         for i in 0..b.num_rows() {
             let token_id = num(id, i, "token_id")?;
             st.positions.insert(
                 token_id,
                 Position {
                     token_id,
-                    owner: addr(o, i),
-                    pool: (!p.is_null(i)).then(|| addr(p, i)),
+                    owner: addr(o, i, &path)?,
+                    pool: if p.is_null(i) { None } else { Some(addr(p, i, &path)?) },
                     tick_lower: lo.value(i),
                     tick_upper: hi.value(i),
-                    liquidity: num(liq, i, "liquidity")?.to::<u128>(),
+                    liquidity: u128_of(num(liq, i, "liquidity")?, "liquidity")?,
                 },
             );
         }

@@ -28,6 +28,9 @@ pub struct Lies {
     pub hang_ms: u64,
     /// Every `eth_getBlockByNumber("finalized")` fails with a 503 while set.
     pub fail_finalized: bool,
+    /// The log index lags the head by this many blocks: `eth_getLogs` touching a newer block
+    /// answers `[]` (headers of those blocks are served).
+    pub index_lag: u64,
 }
 
 #[derive(Default)]
@@ -143,6 +146,9 @@ impl Ctx {
 fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
     let c = &*x.c;
     let mut r = BufReader::new(conn.try_clone()?);
+    // Headers and body go out in separate writes: without TCP_NODELAY, Nagle and delayed ACKs
+    // would add ~40 ms to every answer.
+    conn.set_nodelay(true)?;
     let mut w = conn;
     loop {
         let (first, headers) = read_head(&mut r)?;
@@ -179,7 +185,8 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
         } else if (x.faults && n.is_multiple_of(17)) || x.roll(x.lies.unavailable) {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"upstream busy".to_vec())
-        } else if method == "eth_getLogs" && x.roll(x.lies.empty_logs) {
+        } else if method == "eth_getLogs" && (x.roll(x.lies.empty_logs) || not_indexed_yet(&req, x))
+        {
             c.lied_empty.fetch_add(1, Ordering::Relaxed);
             (
                 "200 OK",
@@ -203,6 +210,32 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
         }
         w.write_all(&reply)?;
     }
+}
+
+/// Whether an `eth_getLogs` request touches a block newer than the lagging index.
+fn not_indexed_yet(req: &Value, x: &Ctx) -> bool {
+    if x.lies.index_lag == 0 {
+        return false;
+    }
+    let upstream = |m: &str, p: Value| -> Value {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": m, "params": p}).to_string();
+        http_post(&x.upstream, body.as_bytes())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| v["result"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let head = hexnum(&upstream("eth_blockNumber", json!([])));
+    let f = &req["params"][0];
+    let newest = match f.get("blockHash") {
+        Some(h) => hexnum(&upstream("eth_getBlockByHash", json!([h, false]))["number"]),
+        None => hexnum(&f["toBlock"]),
+    };
+    let lagging = newest + x.lies.index_lag > head;
+    if lagging {
+        x.c.lied_empty.fetch_add(1, Ordering::Relaxed);
+    }
+    lagging
 }
 
 fn range_error(req: &Value, max_span: u64, c: &Counters) -> Option<Value> {
@@ -273,6 +306,7 @@ fn issue_8_a_lying_provider_never_costs_a_row() {
         hang: 0.01,
         hang_ms: 1_500,
         fail_finalized: false,
+        index_lag: 0,
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
@@ -323,4 +357,87 @@ fn issue_8_a_lying_provider_never_costs_a_row() {
     args.extend(net.uniswap_flags());
     direct.ok(&args);
     assert_same_dataset(&direct.path("data"), &t.path("data"));
+}
+
+/// Issue 8: `run` (backfill, then the tail) through a provider whose log index lags the head by
+/// two blocks and that answers `[]` at random, cuts bodies, 503s and hangs, while swaps are
+/// mined: the dataset equals a fresh backfill of the canonical chain from the node itself.
+#[test]
+fn issue_8_a_tail_through_a_lying_provider_equals_a_fresh_backfill() {
+    use rand::SeedableRng;
+    let net = Devnet::small();
+    let lies = Lies {
+        empty_logs: 0.15,
+        cut_body: 0.02,
+        unavailable: 0.03,
+        hang: 0.005,
+        hang_ms: 1_500,
+        fail_finalized: false,
+        index_lag: 2,
+    };
+    let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
+    let t = TestCommand::new();
+    let mut args = s(&[
+        "run",
+        "--data",
+        "data",
+        "--confirmations",
+        "3",
+        "--compact-blocks",
+        "4",
+        "--compact-interval-secs",
+        "1",
+        "--poll-interval-ms",
+        "30",
+        "--no-serve",
+        "--rpc-timeout-ms",
+        "700",
+    ]);
+    args.extend(net.uniswap_flags_via(&proxy.url));
+    let child = t
+        .cmd()
+        .env("TIDEWATER_LOG", "info")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(t.path("run.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut run = Running(Some(child));
+    // The backfill first; then swaps while the tail follows, so it meets the lagging index.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(t.path("run.stderr"))
+        .unwrap_or_default()
+        .contains("tail started")
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the tail never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    for _ in 0..20 {
+        crate::tail::swap(&net, &mut rng);
+        std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(0..120)));
+    }
+    crate::tail::mine(&net, 4);
+    let confirmed = net.head() - 3;
+    crate::tail::wait_for_checkpoint(&t, confirmed);
+    let (_, _) = crate::tail::stop(run.0.take().unwrap());
+    let c = &proxy.counters;
+    eprintln!(
+        "proxy: {} requests, {} empty answers, {} cut, {} hung, {} 503, {} receipt calls",
+        c.requests.load(Ordering::Relaxed),
+        c.lied_empty.load(Ordering::Relaxed),
+        c.cut.load(Ordering::Relaxed),
+        c.hung.load(Ordering::Relaxed),
+        c.server_errors.load(Ordering::Relaxed),
+        c.receipts.load(Ordering::Relaxed)
+    );
+    assert!(c.lied_empty.load(Ordering::Relaxed) > 10, "too few lies to test anything");
+    assert!(c.receipts.load(Ordering::Relaxed) > 0, "no empty answer was ever doubted");
+    let end = checkpoint_of(&t);
+    assert!(end >= confirmed);
+    crate::tail::assert_equals_fresh_backfill(&net, &t, end);
+}
+
+fn checkpoint_of(t: &TestCommand) -> u64 {
+    crate::tail::checkpoint(t).unwrap()
 }

@@ -159,7 +159,7 @@ fn unsafe_sigterm(child: &Child) {
 }
 
 /// A fresh backfill of the canonical chain up to `to` equals what the tail wrote.
-fn assert_equals_fresh_backfill(net: &Devnet, t: &TestCommand, to: u64) {
+pub(crate) fn assert_equals_fresh_backfill(net: &Devnet, t: &TestCommand, to: u64) {
     let fresh = TestCommand::new();
     let mut args = s(&["backfill", "--data", "data", "--to", &to.to_string()]);
     args.extend(net.uniswap_flags());
