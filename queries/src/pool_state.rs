@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tidewater_chain::{schema, UniswapV3};
 use tidewater_storage::Dataset;
+use tidewater_storage::{column, fixed};
 
 sol! {
     event PoolCreated(address indexed token0, address indexed token1, uint24 indexed fee, int24 tickSpacing, address pool);
@@ -559,32 +560,6 @@ const FOLD_COLUMNS: [&str; 8] = [
     schema::TOPICS[3],
     schema::DATA,
 ];
-
-/// A column of the type the schema gives it; a file that has another is damaged input.
-fn column<'a, T: 'static>(
-    b: &'a RecordBatch,
-    name: &str,
-    path: &std::path::Path,
-) -> tidewater_storage::Result<&'a T> {
-    b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| {
-        tidewater_storage::Error::Malformed {
-            path: path.to_path_buf(),
-            what: format!("column {name} is missing or has another type"),
-        }
-    })
-}
-
-/// A fixed-size value (hash, address) from a binary cell of exactly `N` bytes.
-fn fixed<T: From<[u8; N]>, const N: usize>(
-    bytes: &[u8],
-    path: &std::path::Path,
-    what: &str,
-) -> tidewater_storage::Result<T> {
-    <[u8; N]>::try_from(bytes).map(T::from).map_err(|_| tidewater_storage::Error::Malformed {
-        path: path.to_path_buf(),
-        what: format!("{what} has {} bytes, expected {N}", bytes.len()),
-    })
-}
 
 /// Callback of [`fold_cold`] at a marked block: the folder is as of the block, the journal holds
 /// what changed since the previous mark (when journaling).

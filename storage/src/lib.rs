@@ -47,7 +47,7 @@ pub use manifest::{ChunkEntry, FileEntry, Manifest, MANIFEST_DIR};
 pub use parquet_io::{
     encode_parquet, read_parquet, read_parquet_columns, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL,
 };
-pub use replay::cold_blocks;
+pub use replay::{cold_blocks, column, fixed};
 pub use snapshot::{
     list_snapshots, remove_snapshots_after, write_snapshot, Snapshot, SNAPSHOT_DIR,
 };

@@ -53,7 +53,7 @@ pub fn cold_blocks(
                 let (ti, li) = (u32s("transaction_index")?, u32s("log_index")?);
                 let (bh, th, addr, data) =
                     (bin("block_hash")?, bin("transaction_hash")?, bin("address")?, bin("data")?);
-                let topics: Vec<BinaryArray> =
+                let topics: Vec<&BinaryArray> =
                     TOPICS.iter().map(|t| bin(t)).collect::<crate::Result<_>>()?;
                 for i in 0..b.num_rows() {
                     let Some(at) = index.get(&n.value(i)) else { continue };
@@ -83,13 +83,14 @@ pub fn cold_blocks(
     Ok(out)
 }
 
-/// A column of the type the cold schema gives it, or [`crate::Error::Malformed`].
-pub(crate) fn column<T: Clone + 'static>(
-    b: &arrow::record_batch::RecordBatch,
+/// A column of the type the schema gives it, or [`crate::Error::Malformed`] naming the file:
+/// a file with another shape is damaged input, never an invariant.
+pub fn column<'a, T: 'static>(
+    b: &'a arrow::record_batch::RecordBatch,
     name: &str,
     path: &std::path::Path,
-) -> crate::Result<T> {
-    b.column_by_name(name).and_then(|a| a.as_any().downcast_ref::<T>()).cloned().ok_or_else(|| {
+) -> crate::Result<&'a T> {
+    b.column_by_name(name).and_then(|a| a.as_any().downcast_ref::<T>()).ok_or_else(|| {
         crate::Error::Malformed {
             path: path.to_path_buf(),
             what: format!("column {name} is missing or has another type"),
@@ -97,8 +98,9 @@ pub(crate) fn column<T: Clone + 'static>(
     })
 }
 
-/// A fixed-size value (hash, address, bloom) from a binary cell of exactly `N` bytes.
-pub(crate) fn fixed<T: From<[u8; N]>, const N: usize>(
+/// A fixed-size value (hash, address, bloom) from a binary cell of exactly `N` bytes, or
+/// [`crate::Error::Malformed`] naming the file.
+pub fn fixed<T: From<[u8; N]>, const N: usize>(
     bytes: &[u8],
     path: &std::path::Path,
     what: &str,
