@@ -32,11 +32,16 @@ fi
 if ! python3 -c "import pyarrow" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pyarrow >&2
 fi
-# socat terminates TLS in front of anvil for the wss:// test; openssl makes its certificates.
-for tool in socat openssl; do
+# Debian packages the tests start for real: socat terminates TLS in front of anvil for the
+# wss:// test (openssl makes its certificates); Prometheus (with promtool) and Alertmanager
+# fire the alert rules against a live run.
+for pair in socat:socat openssl:openssl promtool:prometheus prometheus:prometheus \
+  prometheus-alertmanager:prometheus-alertmanager; do
+  tool="${pair%%:*}" pkg="${pair##*:}"
   if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "install: $tool (Debian)" >&2
-    (apt-get install -y -qq "$tool" || (apt-get update -qq && apt-get install -y -qq "$tool")) >&2
+    echo "install: $pkg (Debian)" >&2
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" \
+      || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg")) >&2
   fi
 done
 if ! cargo nextest --version >/dev/null 2>&1; then

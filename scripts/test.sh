@@ -9,6 +9,9 @@ scripts/install.sh
 export TIDEWATER_DEVNET_SMALL="$(scripts/devnet.sh build small)"
 
 python3 scripts/check-deps.py
+# The alert rules: valid, and their unit tests (promtool from Debian's prometheus package).
+promtool check rules ops/prometheus/alerts.yml
+(cd ops/prometheus && promtool test rules alerts_test.yml)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 profile=default

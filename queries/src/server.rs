@@ -561,13 +561,19 @@ async fn health() -> Response {
     json_response(&json!({"status": "ok"}))
 }
 
-async fn ready(State(svc): State<Service>) -> Response {
+/// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
+/// degraded, head, confirmed).
+fn readiness(svc: &Service) -> (bool, bool, bool, Option<u64>, Option<u64>) {
     let (head, confirmed, degraded) = {
         let live = svc.live();
         (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded())
     };
     let caught_up = (svc.caught_up)();
-    let ok = caught_up && !degraded && head.is_some();
+    (caught_up && !degraded && head.is_some(), caught_up, degraded, head, confirmed)
+}
+
+async fn ready(State(svc): State<Service>) -> Response {
+    let (ok, caught_up, degraded, head, confirmed) = readiness(&svc);
     let body = json!({
         "ready": ok,
         "caught_up": caught_up,
@@ -607,6 +613,21 @@ async fn metrics(State(svc): State<Service>) -> Response {
         "Unconfirmed blocks in the live state.",
         "gauge",
         hot as f64,
+    );
+    let (ok, _, degraded, _, _) = readiness(&svc);
+    single(
+        &mut out,
+        "tidewater_ready",
+        "1 when /ready answers 200: following the head, state not degraded.",
+        "gauge",
+        f64::from(u8::from(ok)),
+    );
+    single(
+        &mut out,
+        "tidewater_state_degraded",
+        "1 when the live state missed updates or met an event it cannot take.",
+        "gauge",
+        f64::from(u8::from(degraded)),
     );
     let s = &svc.stats;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;

@@ -4,6 +4,7 @@
 //! Uniswap V3 contracts. Run through `scripts/test.sh`, which installs anvil and builds the
 //! cached devnet chain.
 
+mod alerts;
 mod backfill;
 mod bad_input;
 mod hostile;

@@ -54,6 +54,9 @@ pub struct Proxy {
     pub down: Arc<AtomicBool>,
     /// While set, `finalized` calls fail.
     pub fail_finalized: Arc<AtomicBool>,
+    /// While set, every call but `eth_blockNumber` gets a 503: the head moves on, nothing else
+    /// can be read (a provider failing under load).
+    pub fail_except_head: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -88,11 +91,13 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let down = Arc::new(AtomicBool::new(false));
         let fail_finalized = Arc::new(AtomicBool::new(lies.fail_finalized));
+        let fail_except_head = Arc::new(AtomicBool::new(false));
         let seed = seed();
         eprintln!("proxy {url}: seed {seed} (set TIDEWATER_SEED to replay), lies {lies:?}");
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
         let (c, st, dn, ff) =
             (counters.clone(), stop.clone(), down.clone(), fail_finalized.clone());
+        let feh = fail_except_head.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -107,6 +112,7 @@ impl Proxy {
                     down: dn.clone(),
                     lies,
                     fail_finalized: ff.clone(),
+                    fail_except_head: feh.clone(),
                     rng: rng.clone(),
                 };
                 std::thread::spawn(move || {
@@ -114,7 +120,7 @@ impl Proxy {
                 });
             }
         });
-        Self { url, counters, down, fail_finalized, stop }
+        Self { url, counters, down, fail_finalized, fail_except_head, stop }
     }
 }
 
@@ -134,6 +140,7 @@ struct Ctx {
     down: Arc<AtomicBool>,
     lies: Lies,
     fail_finalized: Arc<AtomicBool>,
+    fail_except_head: Arc<AtomicBool>,
     rng: Arc<Mutex<StdRng>>,
 }
 
@@ -173,7 +180,8 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(x.lies.hang_ms));
             return Ok(());
         }
-        let (status, reply): (&str, Vec<u8>) = if x.down.load(Ordering::Relaxed) {
+        let failing = x.fail_except_head.load(Ordering::Relaxed) && method != "eth_blockNumber";
+        let (status, reply): (&str, Vec<u8>) = if x.down.load(Ordering::Relaxed) || failing {
             c.refused_while_down.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"node down".to_vec())
         } else if is_finalized && x.fail_finalized.load(Ordering::Relaxed) {
