@@ -55,5 +55,17 @@ req = urllib.request.Request(base + "/v1/sql", json.dumps(
     {"sql": "SELECT confirmed, count(*) AS swaps FROM swaps GROUP BY confirmed"}).encode())
 print("POST /v1/sql:", json.load(urllib.request.urlopen(req))["rows"])
 PY
+echo
+echo "The liquidity page: http://127.0.0.1:$api/   (pools, #/pool/<address>, #/ops)"
+if [ -z "${DEMO_NO_WAIT:-}" ] && [ -t 0 ]; then
+  # New blocks so the page has live blocks to show, until Ctrl-C.
+  echo "A block is mined every 3 s so the live view moves; press Ctrl-C to stop." >&2
+  trap 'kill -TERM $tw 2>/dev/null; wait $tw 2>/dev/null; "$bin" verify --data "$data"; kill $anvil 2>/dev/null; exit 0' INT TERM
+  while kill -0 $tw 2>/dev/null; do
+    curl -sf -X POST -H 'content-type: application/json' \
+      --data '{"jsonrpc":"2.0","id":1,"method":"evm_mine","params":[]}' "http://127.0.0.1:$port" >/dev/null || true
+    sleep 3
+  done
+fi
 kill -TERM $tw; wait $tw || true
 "$bin" verify --data "$data"

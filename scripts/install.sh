@@ -35,8 +35,9 @@ fi
 # Debian packages the tests start for real: socat terminates TLS in front of anvil for the
 # wss:// test (openssl makes its certificates); Prometheus (with promtool) and Alertmanager
 # fire the alert rules against a live run.
+# Chromium and its WebDriver drive the liquidity page in a real browser.
 for pair in socat:socat openssl:openssl promtool:prometheus prometheus:prometheus \
-  prometheus-alertmanager:prometheus-alertmanager; do
+  prometheus-alertmanager:prometheus-alertmanager chromium:chromium chromedriver:chromium-driver; do
   tool="${pair%%:*}" pkg="${pair##*:}"
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "install: $pkg (Debian)" >&2

@@ -309,11 +309,11 @@ pub(crate) async fn run(
             let live = std::sync::Arc::new(std::sync::RwLock::new(
                 crate::serve_cmd::load(&plan.data, &targs.api).await?,
             ));
-            let (stats, caught, rpc) = (f.stats(), f.stats(), rpc.clone());
+            let (stats, caught, metrics_rpc) = (f.stats(), f.stats(), rpc.clone());
             let metrics: tidewater_queries::server::MetricsFn =
                 std::sync::Arc::new(move |out: &mut String| {
                     stats.render_metrics(out);
-                    rpc.render_metrics(out);
+                    metrics_rpc.render_metrics(out);
                 });
             // Ready once the tail has reached the head, and while it stays within a few blocks.
             let caught_up: tidewater_queries::server::CaughtUpFn = std::sync::Arc::new(move || {
@@ -327,6 +327,7 @@ pub(crate) async fn run(
                 &targs.api,
                 metrics,
                 caught_up,
+                Some(rpc.clone()),
                 cancel.clone(),
             );
             Some((live, server))

@@ -35,6 +35,8 @@ pub(crate) fn document() -> Value {
         "info": {"title": "Tidewater", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Uniswap V3 pool, tick and position state at the head and at past blocks; a live stream with reorg reverts; read-only SQL. Big integers are decimal strings."},
         "paths": {
+            "/": {"get": {"summary": "The liquidity page (HTML): pools, a pool's distribution and positions with time travel and a live view, operations; it reads only this API", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+            "/v1/tokens/{address}": {"get": {"summary": "An ERC-20's symbol() and decimals(), read from the node and cached (404 on serve, which has no node, or for a contract that does not answer)", "parameters": [address_param("address")], "responses": ok("Token")}},
             "/v1/pools": {"get": {"summary": "Every pool's state", "parameters": [block_param()], "responses": ok("PoolList")}},
             "/v1/pools/{address}": {"get": {"summary": "One pool's state", "parameters": [address_param("address"), block_param()], "responses": ok("Pool")}},
             "/v1/pools/{address}/ticks": {"get": {"summary": "Liquidity distribution: initialized ticks and the active liquidity of each interval", "parameters": [address_param("address"), block_param()], "responses": ok("Ticks")}},
@@ -56,6 +58,7 @@ pub(crate) fn document() -> Value {
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Token": {"type": "object", "required": ["address", "symbol", "decimals"], "properties": {"address": {"type": "string"}, "symbol": {"type": "string"}, "decimals": {"type": "integer", "minimum": 0, "maximum": 255}}},
             "Block": {"type": "object", "properties": {"number": {"type": "integer"}, "hash": {"type": "string"}, "confirmed": {"type": "boolean"}}},
             "Pool": {"type": "object", "properties": {
                 "address": {"type": "string"}, "token0": {"type": "string"}, "token1": {"type": "string"},

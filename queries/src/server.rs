@@ -38,7 +38,24 @@ pub struct Service {
     caught_up: CaughtUpFn,
     limits: SqlLimits,
     stats: Arc<ServerStats>,
+    tokens: Option<TokenFn>,
+    token_cache: Arc<std::sync::Mutex<HashMap<Address, Option<TokenInfo>>>>,
 }
+
+/// An ERC-20's symbol and decimals, as its own `symbol()` and `decimals()` say.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// The token's address.
+    pub address: Address,
+    /// `symbol()`.
+    pub symbol: String,
+    /// `decimals()`.
+    pub decimals: u8,
+}
+
+/// Looks a token's metadata up on the chain (`None`: not an ERC-20 that answers both calls).
+pub type TokenFn =
+    Arc<dyn Fn(Address) -> futures::future::BoxFuture<'static, Option<TokenInfo>> + Send + Sync>;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,13 +90,23 @@ impl Service {
                 stream_delay: Histogram::new(DELAY_BUCKETS),
                 sql_queries: AtomicU64::new(0),
             }),
+            tokens: None,
+            token_cache: Arc::default(),
         }
+    }
+
+    /// Serves `/v1/tokens/{address}` through `f` (a node is needed: `run` and `tail` have one).
+    pub fn with_tokens(mut self, f: TokenFn) -> Self {
+        self.tokens = Some(f);
+        self
     }
 
     /// The routes.
     pub fn router(self) -> Router {
         let stats = self.stats.clone();
         Router::new()
+            .route("/", get(page))
+            .route("/v1/tokens/{address}", get(token))
             .route("/v1/pools", get(pools))
             .route("/v1/pools/{address}", get(pool))
             .route("/v1/pools/{address}/ticks", get(pool_ticks))
@@ -555,6 +582,39 @@ async fn json_errors(resp: Response) -> Response {
     let msg =
         if msg.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { msg };
     ApiError(status, msg).into_response()
+}
+
+/// The liquidity page: one self-contained HTML file (no build step, no CDN) that reads only the
+/// public API.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn token(State(svc): State<Service>, Path(address): Path<String>) -> ApiResult {
+    let a = parse_address(&address)?;
+    let Some(lookup) = &svc.tokens else {
+        return Err(missing("token metadata needs a node: serve has none (run or tail do)"));
+    };
+    let cached = svc.token_cache.lock().ok().and_then(|c| c.get(&a).cloned());
+    let info = match cached {
+        Some(info) => info,
+        None => {
+            let info = lookup(a).await;
+            if let Ok(mut c) = svc.token_cache.lock() {
+                c.insert(a, info.clone());
+            }
+            info
+        }
+    };
+    let info =
+        info.ok_or_else(|| missing(format!("{a} does not answer symbol() and decimals()")))?;
+    Ok(json_response(&info))
 }
 
 async fn health() -> Response {

@@ -9,6 +9,7 @@ mod backfill;
 mod bad_input;
 mod hostile;
 mod oracle;
+mod page;
 mod proxy;
 mod serve;
 mod state;
