@@ -145,6 +145,19 @@ fn slot0_and_liquidity(net: &Devnet, pool: &str, block: &str) -> (String, i64, S
     (sqrt, tick, liquidity)
 }
 
+/// The page's sqrtPriceX96, tick and liquidity (`shown`) are the pool contract's at `block`;
+/// returns the tick.
+fn assert_shows_the_contracts(net: &Devnet, pool: &str, block: u64, shown: &Value) -> i64 {
+    let (sqrt, tick, liq) = slot0_and_liquidity(net, pool, &format!("{block:#x}"));
+    let page = (
+        shown["sqrt"].as_str().unwrap(),
+        shown["tick"].as_i64().unwrap(),
+        shown["liquidity"].as_str().unwrap(),
+    );
+    assert_eq!(page, (sqrt.as_str(), tick, liq.as_str()), "the page at block {block}");
+    tick
+}
+
 #[test]
 fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
     let net = Devnet::small();
@@ -242,15 +255,7 @@ fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
     );
     assert_eq!(shown["tick"], ticks["tick"]);
     assert_eq!(shown["now"], ticks["tick"], "the current tick is not marked");
-    let (sqrt, tick, liq) = slot0_and_liquidity(&net, &pool, &format!("{at:#x}"));
-    assert_eq!(
-        (
-            shown["sqrt"].as_str().unwrap(),
-            shown["tick"].as_i64().unwrap(),
-            shown["liquidity"].as_str().unwrap()
-        ),
-        (sqrt.as_str(), tick, liq.as_str())
-    );
+    let tick = assert_shows_the_contracts(&net, &pool, at, &shown);
     let (_, pos) = get_json(&format!("{api}/v1/positions?pool={pool}&block={at}"));
     let api_pos: Vec<Value> = pos["positions"]
         .as_array()
@@ -298,15 +303,7 @@ fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
     std::thread::sleep(Duration::from_millis(500));
     let shown = view(&b);
     let at = shown["block"].as_u64().unwrap();
-    let (sqrt, tick, liq) = slot0_and_liquidity(&net, &pool, &format!("{at:#x}"));
-    assert_eq!(
-        (
-            shown["sqrt"].as_str().unwrap(),
-            shown["tick"].as_i64().unwrap(),
-            shown["liquidity"].as_str().unwrap()
-        ),
-        (sqrt.as_str(), tick, liq.as_str())
-    );
+    assert_shows_the_contracts(&net, &pool, at, &shown);
     b.screenshot("pool-live.png");
 
     // Time travel: an older block shows that block's state.
@@ -316,15 +313,7 @@ fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
         "the past block",
         &format!("const v = document.querySelector('#v-block'); return v && Number(v.dataset.value) === {past} ? {{tick: Number(document.querySelector('#v-tick').dataset.value), liquidity: document.querySelector('#v-liquidity').dataset.value, sqrt: document.querySelector('#v-sqrt').dataset.value}} : null;"),
     );
-    let (sqrt, tick, liq) = slot0_and_liquidity(&net, &pool, &format!("{past:#x}"));
-    assert_eq!(
-        (
-            shown["sqrt"].as_str().unwrap(),
-            shown["tick"].as_i64().unwrap(),
-            shown["liquidity"].as_str().unwrap()
-        ),
-        (sqrt.as_str(), tick, liq.as_str())
-    );
+    assert_shows_the_contracts(&net, &pool, past, &shown);
     b.screenshot("pool-time-travel.png");
 
     // Operations: the numbers of /metrics.
