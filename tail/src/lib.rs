@@ -148,6 +148,12 @@ pub struct TailStats {
     pub reorgs: AtomicU64,
     /// Deepest reorg, in blocks.
     pub max_reorg_depth: AtomicU64,
+    /// The last deep reorg: the checkpoint it invalidated (0 before any).
+    pub last_deep_reorg_checkpoint: AtomicU64,
+    /// The last deep reorg: cold blocks it rolled back.
+    pub last_deep_reorg_blocks: AtomicU64,
+    /// The last deep reorg: when (unix seconds).
+    pub last_deep_reorg_time: AtomicU64,
     /// Reorgs deeper than the watermark (cold data rolled back).
     pub deep_reorgs: AtomicU64,
     /// Blocks applied.
@@ -182,6 +188,9 @@ impl Default for TailStats {
             checkpoint: AtomicU64::new(0),
             reorgs: AtomicU64::new(0),
             max_reorg_depth: AtomicU64::new(0),
+            last_deep_reorg_checkpoint: AtomicU64::new(0),
+            last_deep_reorg_blocks: AtomicU64::new(0),
+            last_deep_reorg_time: AtomicU64::new(0),
             deep_reorgs: AtomicU64::new(0),
             blocks_applied: AtomicU64::new(0),
             hot_blocks: AtomicU64::new(0),
@@ -263,6 +272,34 @@ impl TailStats {
             g(&self.finalized_errors),
         );
         single(out, "tidewater_reorgs_total", "Reorgs handled.", "counter", g(&self.reorgs));
+        single(
+            out,
+            "tidewater_reorg_max_depth_blocks",
+            "Deepest reorg handled since the start, in blocks.",
+            "gauge",
+            g(&self.max_reorg_depth),
+        );
+        single(
+            out,
+            "tidewater_last_deep_reorg_checkpoint_block",
+            "The checkpoint the last deep reorg invalidated (0: none since the start).",
+            "gauge",
+            g(&self.last_deep_reorg_checkpoint),
+        );
+        single(
+            out,
+            "tidewater_last_deep_reorg_rolled_back_blocks",
+            "Cold blocks the last deep reorg rolled back.",
+            "gauge",
+            g(&self.last_deep_reorg_blocks),
+        );
+        single(
+            out,
+            "tidewater_last_deep_reorg_timestamp_seconds",
+            "When the last deep reorg was handled (unix seconds; 0: none since the start).",
+            "gauge",
+            g(&self.last_deep_reorg_time),
+        );
         single(
             out,
             "tidewater_deep_reorgs_total",
@@ -668,6 +705,9 @@ impl Tail {
         st.pools.forget_after(st.checkpoint.map_or(0, |c| c.0));
         self.stats.deep_reorgs.fetch_add(1, Ordering::Relaxed);
         let rolled = cp - st.checkpoint.map_or(self.cfg.start_block.saturating_sub(1), |c| c.0);
+        self.stats.last_deep_reorg_checkpoint.store(cp, Ordering::Relaxed);
+        self.stats.last_deep_reorg_blocks.store(rolled, Ordering::Relaxed);
+        self.stats.last_deep_reorg_time.store(unix_now() as u64, Ordering::Relaxed);
         tracing::error!(
             checkpoint = cp,
             new_checkpoint = ?st.checkpoint.map(|c| c.0),

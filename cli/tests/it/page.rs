@@ -332,6 +332,12 @@ fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
     assert!(shown["ready"].as_str().unwrap().starts_with("yes"), "{shown}");
     b.screenshot("ops.png");
 
+    // First paint of a pool view on a fresh load (reported, not asserted: machines are noisy).
+    b.go("about:blank");
+    b.go(&format!("{api}/#/pool/{pool}"));
+    let ms = b.wait("the chart on a fresh load", "return window.tidewaterFirstChart || null;");
+    eprintln!("pool view: chart drawn {ms} ms after navigation start");
+
     // A phone-sized screen: the pool view still renders, nothing wider than the screen.
     b.set_size(390, 844);
     b.go(&format!("{api}/#/pool/{pool}"));
