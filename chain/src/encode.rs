@@ -314,3 +314,88 @@ fn decode_values(def: &EventDef, l: &Log) -> std::result::Result<Vec<DynSolValue
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ContractSource, Sources};
+    use alloy_primitives::{Bytes, B256, I256, U256};
+    use arrow::array::{Array, StringArray};
+    use proptest::prelude::*;
+
+    const EMITTER: Address = Address::repeat_byte(0x42);
+
+    fn catalog() -> EventCatalog {
+        EventCatalog::new(&Sources {
+            uniswap_v3: None,
+            contracts: vec![ContractSource {
+                address: EMITTER,
+                events: vec!["Foo(int256 a, uint160 b, uint128 c)".into()],
+            }],
+        })
+        .unwrap()
+    }
+
+    fn log(catalog: &EventCatalog, words: [U256; 3], index: u64) -> Log {
+        let selector = catalog.defs()[0].selector;
+        let mut data = Vec::new();
+        for w in words {
+            data.extend_from_slice(&w.to_be_bytes::<32>());
+        }
+        Log {
+            address: EMITTER,
+            topics: vec![selector],
+            data: Bytes::from(data),
+            block_number: 1,
+            block_hash: B256::ZERO,
+            transaction_hash: B256::ZERO,
+            transaction_index: 0,
+            log_index: index,
+            removed: false,
+        }
+    }
+
+    fn strings(b: &RecordBatch, col: &str) -> Vec<String> {
+        let a = b.column_by_name(col).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        (0..a.len()).map(|i| a.value(i).to_string()).collect()
+    }
+
+    proptest! {
+        /// int256, uint160 and uint128 values survive decoding as exact decimal strings that
+        /// parse back to the same numbers; a value wider than its type is skipped, not cut.
+        #[test]
+        fn big_integers_round_trip_exactly(
+            a in any::<[u8; 32]>(), b in any::<[u8; 20]>(), c in any::<u128>(), wide in any::<u64>(),
+        ) {
+            let cat = catalog();
+            let a = I256::from_raw(U256::from_be_bytes(a));
+            let mut b32 = [0u8; 32];
+            b32[12..].copy_from_slice(&b);
+            let b = U256::from_be_bytes(b32);
+            let c = U256::from(c);
+            let ok = log(&cat, [a.into_raw(), b, c], 0);
+            // A uint128 with bits above 128: wider than its type.
+            let too_wide = log(&cat, [a.into_raw(), b, (U256::from(wide) << 128) | U256::from(1)], 1);
+            let d = decode_batches(&cat, &[ok, too_wide], |_, _| false).unwrap();
+            let batch = &d.batches[&cat.defs()[0].table];
+            prop_assert_eq!(batch.num_rows(), 1);
+            let (sa, sb, sc) = (strings(batch, "a"), strings(batch, "b"), strings(batch, "c"));
+            prop_assert_eq!(sa[0].parse::<I256>().unwrap(), a);
+            prop_assert_eq!(sb[0].parse::<U256>().unwrap(), b);
+            prop_assert_eq!(sc[0].parse::<U256>().unwrap(), c);
+            prop_assert_eq!(d.skipped.len(), 1);
+            prop_assert_eq!(d.skipped[0].log_index, 1);
+        }
+
+        /// Arbitrary data under a signature never panics: each log decodes or is skipped.
+        #[test]
+        fn arbitrary_words_decode_or_are_skipped(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let cat = catalog();
+            let mut l = log(&cat, [U256::ZERO; 3], 0);
+            l.data = Bytes::from(data);
+            let d = decode_batches(&cat, &[l], |_, _| false).unwrap();
+            let rows = d.batches[&cat.defs()[0].table].num_rows();
+            prop_assert_eq!(rows + d.skipped.len(), 1);
+        }
+    }
+}

@@ -279,6 +279,21 @@ mod tests {
         assert_eq!(next_span(BlockRange::new(5, 6), None), 1);
     }
 
+    proptest::proptest! {
+        /// Whatever the provider hints, the next attempt is strictly shorter than the range
+        /// that failed (so splitting ends), and never empty.
+        #[test]
+        fn next_span_always_shrinks(
+            start in 0u64..1_000_000, len in 2u64..100_000,
+            hint in proptest::option::of((0u64..1_100_000, 0u64..200_000)),
+        ) {
+            let failed = BlockRange::new(start, start + len - 1);
+            let hint = hint.and_then(|(a, l)| BlockRange::try_new(a, a + l));
+            let next = next_span(failed, hint);
+            proptest::prop_assert!(next >= 1 && next < failed.len(), "{failed} {hint:?} -> {next}");
+        }
+    }
+
     #[test]
     fn sizer_shrinks_and_grows() {
         let s = RangeSizer::new(1000, 2000);

@@ -4,9 +4,18 @@ use alloy_primitives::Address;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-/// Tidewater: an indexer of EVM contract events into Parquet.
+/// Tidewater indexes EVM contract events: a parallel, resumable backfill into Parquet, a
+/// reorg-aware tail that follows the head, SQL over the dataset (DuckDB, DataFusion), and a
+/// live Uniswap V3 pool, tick and position service (HTTP API, SSE stream, liquidity page).
 #[derive(Debug, Parser)]
-#[command(name = "tidewater", version, about, propagate_version = true, args_override_self = true)]
+#[command(
+    name = "tidewater",
+    version,
+    about = "Tidewater: an indexer of EVM contract events into Parquet, with a live Uniswap V3 state service",
+    long_about = None,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -79,61 +88,61 @@ pub(crate) fn parse_shard(s: &str) -> Result<(u32, u32), String> {
 #[derive(Debug, Args)]
 pub(crate) struct BackfillArgs {
     /// JSON-RPC URL; repeat for failover providers [env: ETH_RPC_URL]
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub(crate) rpc: Vec<String>,
     /// Data directory (one per chain) [default: from the config file, else ./data]
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub(crate) data: Option<PathBuf>,
     /// Config file [default: ./tidewater.toml if present]
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub(crate) config: Option<PathBuf>,
     /// First block, inclusive
-    #[arg(long, default_value = "0", value_parser = parse_bound)]
+    #[arg(long, default_value = "0", value_parser = parse_bound, help_heading = "Source")]
     pub(crate) from: BlockBound,
     /// Last block, inclusive: a number, `latest` or `finalized`
-    #[arg(long, default_value = "latest", value_parser = parse_bound)]
+    #[arg(long, default_value = "latest", value_parser = parse_bound, help_heading = "Source")]
     pub(crate) to: BlockBound,
     /// Uniswap V3 factory: index it and every pool it creates
-    #[arg(long, value_parser = parse_address)]
+    #[arg(long, value_parser = parse_address, help_heading = "Source")]
     pub(crate) uniswap_v3_factory: Option<Address>,
     /// Uniswap V3 NonfungiblePositionManager (needs --uniswap-v3-factory)
-    #[arg(long, value_parser = parse_address)]
+    #[arg(long, value_parser = parse_address, help_heading = "Source")]
     pub(crate) uniswap_v3_position_manager: Option<Address>,
     /// Block where the factory was deployed (where the pool scan starts)
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub(crate) factory_start_block: Option<u64>,
     /// Another contract to index; repeatable. Each gets every --event
-    #[arg(long, value_parser = parse_address)]
+    #[arg(long, value_parser = parse_address, help_heading = "Source")]
     pub(crate) contract: Vec<Address>,
     /// Event signature for --contract, e.g. "Transfer(address indexed from, address indexed to, uint256 value)"
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub(crate) event: Vec<String>,
     /// Expected chain id; refuse to run against another chain
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     pub(crate) chain_id: Option<u64>,
     /// RPC requests in flight at most [default: 16]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) concurrency: Option<usize>,
     /// RPC requests per second per provider [default: unlimited]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) rps: Option<f64>,
     /// Longest wait for one RPC answer, in milliseconds, before it is retried [default: 30000]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) rpc_timeout_ms: Option<u64>,
     /// Blocks per chunk (one Parquet file per table per chunk) [default: 500]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) chunk_size: Option<u64>,
     /// Chunks fetched and encoded at once [default: 4]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) chunks_in_flight: Option<usize>,
     /// First eth_getLogs span in blocks; adapts to the provider [default: 2000]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) log_range: Option<u64>,
     /// Largest eth_getLogs span in blocks [default: 10000]
-    #[arg(long)]
+    #[arg(long, help_heading = "Tuning")]
     pub(crate) max_log_range: Option<u64>,
     /// Only this shard's chunks, as I/N (N processes split the range by chunk)
-    #[arg(long, value_parser = parse_shard)]
+    #[arg(long, value_parser = parse_shard, help_heading = "Tuning")]
     pub(crate) shard: Option<(u32, u32)>,
     /// Print the final summary as JSON on stdout
     #[arg(long)]
@@ -172,28 +181,28 @@ pub(crate) struct DataArgs {
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
     /// WebSocket URL for newHeads notifications (polling stays on as the fallback)
-    #[arg(long)]
+    #[arg(long, help_heading = "Following the head")]
     pub(crate) ws: Option<String>,
     /// Poll the node for new heads every this many milliseconds
-    #[arg(long, default_value = "250")]
+    #[arg(long, default_value = "250", help_heading = "Following the head")]
     pub(crate) poll_interval_ms: u64,
     /// Watermark = head minus this many blocks [default: the node's finalized block, else 64]
-    #[arg(long)]
+    #[arg(long, help_heading = "Following the head")]
     pub(crate) confirmations: Option<u64>,
     /// Confirmed blocks gathered per compaction commit
-    #[arg(long, default_value = "100")]
+    #[arg(long, default_value = "100", help_heading = "Following the head")]
     pub(crate) compact_blocks: u64,
     /// Compact confirmed blocks at least this often, in seconds
-    #[arg(long, default_value = "30")]
+    #[arg(long, default_value = "30", help_heading = "Following the head")]
     pub(crate) compact_interval_secs: u64,
     /// Merge cold chunks per this many blocks (one file per table per cell, as a backfill writes)
-    #[arg(long, default_value = "500")]
+    #[arg(long, default_value = "500", help_heading = "Following the head")]
     pub(crate) merge_blocks: u64,
     /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout
-    #[arg(long)]
+    #[arg(long, help_heading = "Following the head")]
     pub(crate) print_updates: bool,
     /// Do not serve the HTTP API
-    #[arg(long)]
+    #[arg(long, help_heading = "Following the head")]
     pub(crate) no_serve: bool,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
@@ -202,19 +211,19 @@ pub(crate) struct TailArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ApiArgs {
     /// Address the HTTP API listens on (port 0 picks a free one; the log says which)
-    #[arg(long, default_value = tidewater_queries::server::DEFAULT_LISTEN)]
+    #[arg(long, default_value = tidewater_queries::server::DEFAULT_LISTEN, help_heading = "API")]
     pub(crate) listen: std::net::SocketAddr,
     /// Write a derived-state snapshot every this many blocks of confirmed data (0: none)
-    #[arg(long, default_value_t = tidewater_queries::pool_state::DEFAULT_SNAPSHOT_INTERVAL)]
+    #[arg(long, default_value_t = tidewater_queries::pool_state::DEFAULT_SNAPSHOT_INTERVAL, help_heading = "API")]
     pub(crate) snapshot_interval: u64,
     /// Most rows a POST /v1/sql answer may hold
-    #[arg(long, default_value_t = tidewater_queries::df_sql::DEFAULT_MAX_ROWS)]
+    #[arg(long, default_value_t = tidewater_queries::df_sql::DEFAULT_MAX_ROWS, help_heading = "API")]
     pub(crate) sql_max_rows: usize,
     /// Time limit of a POST /v1/sql query, in milliseconds
-    #[arg(long, default_value = "10000")]
+    #[arg(long, default_value = "10000", help_heading = "API")]
     pub(crate) sql_timeout_ms: u64,
     /// Memory limit of a POST /v1/sql query, in MiB
-    #[arg(long, default_value = "256")]
+    #[arg(long, default_value = "256", help_heading = "API")]
     pub(crate) sql_memory_mib: usize,
 }
 

@@ -37,6 +37,29 @@ const READS: &[&str] = &[
     "PIVOT_LONGER",
 ];
 const IN_MEMORY: &[&str] = &["CREATE", "INSERT", "UPDATE", "DELETE", "DROP", "ALTER", "TRUNCATE"];
+/// Statements that touch nothing outside the session.
+const HARMLESS: &[&str] = &["BEGIN", "COMMIT", "ROLLBACK", "ABORT", "START", "END", "ANALYZE"];
+/// DuckDB statements that reach files, extensions or settings.
+const REFUSED: &[&str] = &[
+    "ATTACH",
+    "DETACH",
+    "SET",
+    "RESET",
+    "PRAGMA",
+    "INSTALL",
+    "LOAD",
+    "IMPORT",
+    "CALL",
+    "CHECKPOINT",
+    "FORCE",
+    "USE",
+    "VACUUM",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "COMMENT",
+    "MERGE",
+];
 
 /// Checks every statement of `sql` against the rules above, for a dataset at `root` (paths
 /// relative to `cwd`).
@@ -87,7 +110,11 @@ fn check_statement(stmt: &[Token], root: &Path, cwd: &Path) -> Result<(), Refuse
         },
         // Tables and views of the in-memory database: no file is named or touched.
         k if IN_MEMORY.contains(&k) => Ok(()),
+        k if HARMLESS.contains(&k) => Ok(()),
         "" => Err(Refused("the SQL text has no statement keyword".into())),
+        k if !REFUSED.contains(&k) => Err(Refused(format!(
+            "syntax error at or near \"{k}\": not a statement (queries start with SELECT, WITH, FROM, ...)"
+        ))),
         k => Err(Refused(format!(
             "tidewater sql is read-only over the dataset: {k} statements are refused (queries, and COPY ... TO a file outside the data directory, are allowed)"
         ))),

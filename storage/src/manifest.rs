@@ -267,4 +267,40 @@ mod tests {
         assert_eq!(m.gaps(40, 45), vec![(40, 45)]);
         assert_eq!(Manifest::default().gaps(3, 4), vec![(3, 4)]);
     }
+
+    proptest::proptest! {
+        /// The gaps and the committed chunks, clipped to the query, tile it exactly: every
+        /// block once, gaps in order, none touching a chunk.
+        #[test]
+        fn gaps_and_chunks_tile_the_range(
+            lens in proptest::collection::vec((0u64..20, 1u64..20), 0..12),
+            start in 0u64..150, len in 1u64..200,
+        ) {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for (skip, n) in lens {
+                chunks.push(chunk(at + skip, at + skip + n - 1));
+                at += skip + n;
+            }
+            let m = Manifest { chunks: chunks.clone(), superseded: vec![] };
+            let end = start + len - 1;
+            let gaps = m.gaps(start, end);
+            let mut covered = vec![0u8; len as usize];
+            for (a, b) in &gaps {
+                proptest::prop_assert!(start <= *a && a <= b && *b <= end);
+                for n in *a..=*b {
+                    covered[(n - start) as usize] += 1;
+                }
+            }
+            for w in gaps.windows(2) {
+                proptest::prop_assert!(w[0].1 + 1 < w[1].0, "gaps {:?} touch or overlap", w);
+            }
+            for c in &chunks {
+                for n in c.start.max(start)..=c.end.min(end) {
+                    covered[(n - start) as usize] += 1;
+                }
+            }
+            proptest::prop_assert!(covered.iter().all(|c| *c == 1), "{:?} / {:?}", gaps, chunks);
+        }
+    }
 }

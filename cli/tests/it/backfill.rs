@@ -30,7 +30,10 @@ fn kill_9_at_random_instants_then_rerun_equals_clean_run() {
         "2",
     ]);
     args.extend(net.uniswap_flags());
-    let mut rng = rand::thread_rng();
+    // Seeded (printed; TIDEWATER_SEED replays a failure).
+    let seed = crate::proxy::seed();
+    eprintln!("seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut kills = 0;
     for _ in 0..6 {
         let mut child =

@@ -184,4 +184,19 @@ fn sql_on_a_missing_directory_and_bad_sql_are_clear_errors() {
     let out = t.run(&s(&["sql", "--data", "nowhere", "SELECT 1"]));
     assert_usage_error(&out, "not a Tidewater data directory");
     assert!(!t.path("nowhere").exists());
+    // Bad SQL over a real dataset: a clear error naming the problem, the dataset unchanged.
+    let net = Devnet::small();
+    let mut args = s(&["backfill", "--data", "data", "--to", "20"]);
+    args.extend(net.uniswap_flags());
+    t.ok(&args);
+    let before = snapshot_dir(&t.path("data"));
+    for (sql, needle) in [
+        ("SELEC count(*) FROM logs", "syntax error"),
+        ("SELECT nope FROM logs", "nope"),
+        ("SELECT * FROM no_such_table", "no_such_table"),
+    ] {
+        let out = t.run(&s(&["sql", "--data", "data", sql]));
+        assert_usage_error(&out, needle);
+    }
+    assert_eq!(snapshot_dir(&t.path("data")), before);
 }
