@@ -14,7 +14,8 @@ pub struct Panicked {
 }
 
 impl Panicked {
-    fn from_payload(payload: Box<dyn std::any::Any + Send>) -> Self {
+    /// The error for a caught panic's payload (its `&str` or `String` message).
+    pub fn from_payload(payload: Box<dyn std::any::Any + Send>) -> Self {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())

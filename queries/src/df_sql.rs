@@ -233,11 +233,57 @@ pub async fn run_sql(
         }
         Ok(out)
     };
-    // The query runs in a task of its own: a panic in the engine ends that task only, and
-    // dropping it on the timeout cancels the query.
-    let task = tidewater_chain::SpawnedTask::spawn(work);
-    tokio::time::timeout(limits.timeout, task.join())
+    // The query runs on a runtime of its own (a heavy query cannot starve the runtime that
+    // follows the head and answers head reads), in a task of its own: a panic in the engine
+    // ends that task only, and dropping it on the timeout aborts the query.
+    let task = AbortOnDrop(sql_runtime()?.spawn(work));
+    tokio::time::timeout(limits.timeout, task)
         .await
         .map_err(|_| SqlError::Timeout(limits.timeout))?
-        .map_err(panicked)?
+}
+
+/// Worker threads of the SQL runtime: two keep a query's partitions busy on a small machine
+/// while the indexer's own runtime keeps its threads.
+pub const SQL_THREADS: usize = 2;
+
+fn sql_runtime() -> Result<&'static tokio::runtime::Runtime, SqlError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(SQL_THREADS)
+                .thread_name("tidewater-sql")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| SqlError::Execution(format!("cannot start the SQL runtime: {e}")))
+}
+
+/// A query task aborted when its answer is no longer awaited (time limit, client gone).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<Result<T, SqlError>> {
+    type Output = Result<T, SqlError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => {
+                Err(panicked(tidewater_chain::Panicked::from_payload(e.into_panic())))
+            }
+            Err(e) => Err(SqlError::Execution(format!("the query task ended: {e}"))),
+        })
+    }
 }

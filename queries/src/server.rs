@@ -131,8 +131,15 @@ impl Service {
             .with_state(self)
     }
 
-    fn live(&self) -> std::sync::RwLockReadGuard<'_, LiveState> {
-        self.live.read().expect("invariant: live lock not poisoned")
+    /// The live state. A poisoned lock (its writer panicked: a bug) is a 503 for every
+    /// request, and `/ready` says not ready, rather than a panic per request.
+    fn live(&self) -> Result<std::sync::RwLockReadGuard<'_, LiveState>, ApiError> {
+        self.live.read().map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the live state failed (its updater panicked); restart the process".into(),
+            )
+        })
     }
 }
 
@@ -195,7 +202,7 @@ async fn state_at(
     svc: &Service,
     block: Option<u64>,
 ) -> Result<(Arc<UniswapState>, bool), ApiError> {
-    let at = svc.live().state_at(block).map_err(|e| match e {
+    let at = svc.live()?.state_at(block).map_err(|e| match e {
         crate::live::BlockError::Empty => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         e => bad(e.to_string()),
     })?;
@@ -258,7 +265,7 @@ async fn pool_view(
     let a = parse_address(address)?;
     let block = parse_block(q)?;
     let bytes = if block.is_none() {
-        let live = svc.live();
+        let live = svc.live()?;
         let st = live.head();
         body(st, &a, live.is_confirmed(st.block))
             .ok_or_else(|| missing(format!("unknown pool {address}")))?
@@ -453,7 +460,7 @@ async fn stream(
         None => None,
     };
     let (queue, rx, last, first) = {
-        let live = svc.live();
+        let live = svc.live()?;
         if let Some(f) = &filter {
             if let Some(a) = f.iter().find(|a| !live.head().pools.contains_key(*a)) {
                 return Err(missing(format!("unknown pool {a}")));
@@ -501,7 +508,9 @@ async fn stream(
                     Ok(ev) => ev,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the channel: catch up from the history.
-                        let since = st.svc.live().since(st.last_id);
+                        let Ok(live) = st.svc.live() else { return None };
+                        let since = live.since(st.last_id);
+                        drop(live);
                         match since {
                             Ok(evs) => {
                                 st.queue.extend(evs);
@@ -542,7 +551,7 @@ async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
         return Err(bad("empty SQL"));
     }
     let (root, hot, chain_id) = {
-        let live = svc.live();
+        let live = svc.live()?;
         (live.root().to_path_buf(), live.hot_blocks(), live.chain_id())
     };
     let hot = hot_batches(&hot, chain_id);
@@ -624,10 +633,10 @@ async fn health() -> Response {
 /// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
 /// degraded, head, confirmed).
 fn readiness(svc: &Service) -> (bool, bool, bool, Option<u64>, Option<u64>) {
-    let (head, confirmed, degraded) = {
-        let live = svc.live();
-        (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded())
-    };
+    let Ok(live) = svc.live() else { return (false, false, true, None, None) };
+    let (head, confirmed, degraded) =
+        (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded());
+    drop(live);
     let caught_up = (svc.caught_up)();
     (caught_up && !degraded && head.is_some(), caught_up, degraded, head, confirmed)
 }
@@ -649,9 +658,9 @@ async fn metrics(State(svc): State<Service>) -> Response {
     use tidewater_chain::metrics::single;
     let mut out = String::new();
     (svc.metrics)(&mut out);
-    let (hot, head, confirmed) = {
-        let live = svc.live();
-        (live.hot_len(), live.head_block(), live.confirmed().map(|c| c.0))
+    let (hot, head, confirmed) = match svc.live() {
+        Ok(live) => (live.hot_len(), live.head_block(), live.confirmed().map(|c| c.0)),
+        Err(_) => (0, None, None),
     };
     single(
         &mut out,
