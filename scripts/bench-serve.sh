@@ -5,6 +5,7 @@
 #     and mined -> SSE end to end;
 #  2. head-state reads of one pool and of its ticks with wrk: at a paced ~5,000 requests/s
 #     (each of 50 connections waits 9 ms between requests) and flat out, requests/s and p99;
+#     and paced again while heavy SQL queries run back to back;
 #  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
 #     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
 # BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state), BENCH_SKIP_SMALL=1 skips 1 and 2.
@@ -104,6 +105,18 @@ bench "pool, paced" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.l
 bench "ticks ($ticks initialized), paced" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" -s "$work/pace.lua"
 bench "pool, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool"
 bench "ticks, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks"
+# The same paced head reads while heavy SQL queries run back to back (each a few seconds of
+# CPU; SQL has a runtime of its own).
+heavy='{"sql": "SELECT count(*) AS n, sum(a % 7) AS s FROM generate_series(1, 30000000) t(a)"}'
+( end=$((SECONDS + ${BENCH_SECONDS:-15} + 2)); n=0
+  while [ $SECONDS -lt $end ]; do
+    curl -s -o /dev/null -X POST -H 'content-type: application/json' --data "$heavy" \
+      "http://127.0.0.1:$api_port/v1/sql"; n=$((n + 1))
+  done; echo "[reads] heavy SQL queries run meanwhile: $n" ) &
+sql_loop=$!
+sleep 1
+bench "pool, paced, while heavy SQL runs" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+wait $sql_loop
 kill "${pids[@]}" 2>/dev/null || true
 wait 2>/dev/null || true
 pids=()
