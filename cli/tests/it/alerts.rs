@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Notifications Alertmanager posted to the webhook.
 type Inbox = Arc<Mutex<Vec<Value>>>;
@@ -68,14 +68,6 @@ fn notified(inbox: &Inbox, name: &str, status: &str) -> Option<Value> {
         .iter()
         .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
         .find(|a| a["labels"]["alertname"] == name && a["status"] == status)
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -169,7 +161,7 @@ fn issue_13_lag_and_provider_alerts_fire_reach_the_webhook_and_resolve() {
         serde_json::from_slice(&body).unwrap_or(Value::Null)
     };
     // Healthy first: scraped, ready, no alert firing.
-    wait_until("Prometheus to scrape a ready Tidewater", Duration::from_secs(60), || {
+    wait_for_within("Prometheus to scrape a ready Tidewater", Duration::from_secs(60), || {
         query("tidewater_ready")["data"]["result"][0]["value"][1] == "1"
     });
     std::thread::sleep(Duration::from_secs(5));
@@ -209,7 +201,7 @@ fn issue_13_lag_and_provider_alerts_fire_reach_the_webhook_and_resolve() {
     // The provider fails everything but the head: the tail falls behind and errors pile up.
     proxy.fail_except_head.store(true, Ordering::Relaxed);
     let limit = Duration::from_secs(150);
-    wait_until("the lag and provider alerts at the webhook", limit, || {
+    wait_for_within("the lag and provider alerts at the webhook", limit, || {
         notified(&inbox, "TidewaterHeadLagBlocks", "firing").is_some()
             && notified(&inbox, "TidewaterRpcErrorRate", "firing").is_some()
     });
@@ -224,7 +216,7 @@ fn issue_13_lag_and_provider_alerts_fire_reach_the_webhook_and_resolve() {
 
     // The provider is back: the tail catches up and both alerts resolve.
     proxy.fail_except_head.store(false, Ordering::Relaxed);
-    wait_until("the alerts to resolve", limit, || {
+    wait_for_within("the alerts to resolve", limit, || {
         notified(&inbox, "TidewaterHeadLagBlocks", "resolved").is_some()
             && notified(&inbox, "TidewaterRpcErrorRate", "resolved").is_some()
     });

@@ -5,7 +5,7 @@ use crate::proxy::Proxy;
 use crate::util::*;
 use alloy_primitives::keccak256;
 use serde_json::{json, Value};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Deploys a contract whose every call emits `LOG2(topic0, calldata[0..32])` with
@@ -155,27 +155,6 @@ fn issue_8_corrupt_files_give_clear_errors_not_panics() {
     check("bad hash in manifest entry", &["status", "--data", "data"], &name);
 }
 
-fn sigterm(child: &Child) {
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-fn wait_exit(r: &mut Running) -> std::process::ExitStatus {
-    let c = r.0.as_mut().unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(st) = c.try_wait().unwrap() {
-            r.0 = None;
-            return st;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn metric(api: &str, name: &str) -> Option<f64> {
     let (_, body) = http("GET", &format!("{api}/metrics"), &[], b"").ok()?;
     let text = String::from_utf8(body).ok()?;
@@ -183,14 +162,6 @@ fn metric(api: &str, name: &str) -> Option<f64> {
         .find(|l| l.split([' ', '{']).next() == Some(name))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -217,9 +188,7 @@ fn issue_8_sigterm_commits_every_confirmed_block_and_finality_outages_hold_the_w
     let mut run = Running(Some(
         t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
     ));
-    wait_for("the tail to reach the head", || {
-        http("GET", &format!("{api}/ready"), &[], b"").map(|r| r.0).ok() == Some(200)
-    });
+    wait_for("the tail to reach the head", || is_ready(&api));
     wait_for("a watermark", || metric(&api, "tidewater_watermark_block").is_some_and(|w| w > 0.0));
     let wm0 = metric(&api, "tidewater_watermark_block").unwrap();
     // The node's finalized block cannot be read for a while: the watermark holds where it
@@ -294,9 +263,7 @@ fn issue_8_no_key_from_a_provider_url_is_written_anywhere() {
             .spawn()
             .unwrap(),
     ));
-    wait_for("the run to reach the head", || {
-        http("GET", &format!("{api}/ready"), &[], b"").map(|r| r.0).ok() == Some(200)
-    });
+    wait_for("the run to reach the head", || is_ready(&api));
     proxy.down.store(true, std::sync::atomic::Ordering::Relaxed);
     rpc(&net.url, "anvil_mine", json!([2]));
     std::thread::sleep(Duration::from_millis(800));

@@ -181,11 +181,7 @@ fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
     let _run = Running(Some(
         t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
     ));
-    let start = Instant::now();
-    while http("GET", &format!("{api}/ready"), &[], b"").map(|r| r.0).ok() != Some(200) {
-        assert!(start.elapsed() < Duration::from_secs(60), "run never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("run to become ready", || is_ready(&api));
     let mut rng = rand::rngs::StdRng::seed_from_u64(crate::proxy::seed());
     warm_up(&net, &mut rng);
     let b = Browser::start();

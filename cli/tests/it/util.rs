@@ -376,3 +376,42 @@ impl Drop for Running {
         }
     }
 }
+
+/// Sends SIGTERM (a graceful stop) to `child`.
+pub fn sigterm(child: &Child) {
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+}
+
+/// Waits (30 s at most) for the process to exit; returns its status.
+pub fn wait_exit(r: &mut Running) -> std::process::ExitStatus {
+    let c = r.0.as_mut().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            r.0 = None;
+            return st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` until it holds (60 s at most).
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_for_within(what, Duration::from_secs(60), f);
+}
+
+/// Polls `f` until it holds, `limit` at most.
+pub fn wait_for_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the API at `api` answers `/ready` with 200.
+pub fn is_ready(api: &str) -> bool {
+    http("GET", &format!("{api}/ready"), &[], b"").map(|r| r.0).ok() == Some(200)
+}
