@@ -5,7 +5,8 @@
 #     and mined -> SSE end to end;
 #  2. head-state reads of one pool and of its ticks with wrk: at a paced ~5,000 requests/s
 #     (each of 50 connections waits 9 ms between requests) and flat out, requests/s and p99;
-#     and paced again while heavy SQL queries run back to back;
+#     and paced again while heavy SQL queries run back to back, and while deep reorgs reload
+#     the live state (BENCH_BASELINE=<older binary> runs these read phases for it too);
 #  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
 #     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
 # BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state), BENCH_SKIP_SMALL=1 skips 1 and 2.
@@ -95,28 +96,73 @@ for l in metrics.splitlines():
         print(f"[stream] metric {l}")
 PY
 
-# Head reads under wrk, against `tidewater serve` on the small dataset just written.
-"$bin" serve --data "$work/small/data" --listen "127.0.0.1:$api_port" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
-pool=$(curl -s "http://127.0.0.1:$api_port/v1/pools" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(max(d["pools"], key=lambda p: p["initialized_ticks"])["address"])')
-ticks=$(curl -s "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ticks"]))')
-bench "pool, paced" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
-bench "ticks ($ticks initialized), paced" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" -s "$work/pace.lua"
-bench "pool, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool"
-bench "ticks, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks"
-# The same paced head reads while heavy SQL queries run back to back (each a few seconds of
-# CPU; SQL has a runtime of its own).
+# Head reads under wrk, against `tidewater serve` on the small dataset just written; then
+# against `tidewater run` while deep reorgs (deeper than the watermark: the cold tier rolls
+# back and the live state reloads from it) come one after another. With BENCH_BASELINE=<binary>
+# (an older build) every read phase runs for it too, side by side in this one run.
+kill "${pids[@]}" 2>/dev/null || true
+wait 2>/dev/null || true
+pids=()
 heavy='{"sql": "SELECT count(*) AS n, sum(a % 7) AS s FROM generate_series(1, 30000000) t(a)"}'
-( end=$((SECONDS + ${BENCH_SECONDS:-15} + 2)); n=0
-  while [ $SECONDS -lt $end ]; do
-    curl -s -o /dev/null -X POST -H 'content-type: application/json' --data "$heavy" \
-      "http://127.0.0.1:$api_port/v1/sql"; n=$((n + 1))
-  done; echo "[reads] heavy SQL queries run meanwhile: $n" ) &
-sql_loop=$!
-sleep 1
-bench "pool, paced, while heavy SQL runs" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
-wait $sql_loop
+read_phases() { # binary label
+  local b=$1 l=$2 sp
+  "$b" serve --data "$work/small/data" --listen "127.0.0.1:$api_port" >/dev/null 2>&1 &
+  sp=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
+  pool=$(curl -s "http://127.0.0.1:$api_port/v1/pools" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(max(d["pools"], key=lambda p: p["initialized_ticks"])["address"])')
+  ticks=$(curl -s "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ticks"]))')
+  bench "$l: pool, paced" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+  bench "$l: ticks ($ticks initialized), paced" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks" -s "$work/pace.lua"
+  bench "$l: pool, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool"
+  bench "$l: ticks, flat out" "http://127.0.0.1:$api_port/v1/pools/$pool/ticks"
+  # Paced head reads while heavy SQL queries (each a few seconds of CPU) run back to back.
+  ( n=0; end=$((SECONDS + ${BENCH_SECONDS:-15})); while [ $SECONDS -lt $end ]; do
+      curl -s -o /dev/null -X POST -H 'content-type: application/json' -d "$heavy" \
+        "http://127.0.0.1:$api_port/v1/sql"; n=$((n + 1))
+    done; echo "[reads] $l: heavy SQL queries run meanwhile: $n" ) &
+  local sql_loop=$!
+  bench "$l: pool, paced, while heavy SQL runs" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+  wait $sql_loop
+  kill $sp; wait $sp 2>/dev/null || true
+  # Paced head reads while deep reorgs reload the state, on a fresh anvil and data directory.
+  local port; port=$(free_port)
+  scripts/devnet.sh start small "$port" >/dev/null 2>&1 &
+  local ap=$!
+  wait_rpc "http://127.0.0.1:$port"
+  rm -rf "$work/reorg"
+  "$b" run --rpc "http://127.0.0.1:$port" --ws "ws://127.0.0.1:$port" --data "$work/reorg" \
+    --confirmations 2 --compact-blocks 1 --listen "127.0.0.1:$api_port" \
+    --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" >/dev/null 2>"$work/reorg.log" &
+  local rp=$!
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
+  python3 - "http://127.0.0.1:$port" "$work/reorgs.stop" <<'PY' &
+import os, sys, time
+sys.path.insert(0, "scripts")
+import benchlib
+url, stop = sys.argv[1], sys.argv[2]
+n = 0
+while not os.path.exists(stop):
+    for _ in range(6):
+        benchlib.rpc(url, "evm_mine", [])
+    time.sleep(0.3)
+    # 3 of the 5 replaced blocks are already cold; a transfer makes the new branch differ.
+    tx = {"from": "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266", "to": "0x000000000000000000000000000000000000dEaD", "value": hex(n + 1)}
+    benchlib.rpc(url, "anvil_reorg", [5, [[tx, 0]]])
+    n += 1
+    time.sleep(0.2)
+print(f"[reads] deep reorgs driven: {n}")
+PY
+  local driver=$!
+  sleep 1
+  bench "$l: pool, paced, while deep reorgs reload the state" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+  touch "$work/reorgs.stop"; wait $driver; rm -f "$work/reorgs.stop"
+  echo "[reads] $l: $(curl -s "http://127.0.0.1:$api_port/metrics" | grep -E '^tidewater_(deep_reorgs_total|reorgs_total) ' | tr '\n' ' ')"
+  echo "[reads] $l: state reloads logged: $(grep -c 'reloaded from the cold tier' "$work/reorg.log" || true)"
+  kill $rp $ap; wait $rp $ap 2>/dev/null || true
+}
+read -r factory npm < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["factory"], d["position_manager"])' "$small/deploy.json")
+if [ -n "${BENCH_BASELINE:-}" ]; then read_phases "$BENCH_BASELINE" baseline; fi
+read_phases "$bin" this
 kill "${pids[@]}" 2>/dev/null || true
 wait 2>/dev/null || true
 pids=()

@@ -1,20 +1,32 @@
 #!/usr/bin/env python3
 """Fails when a crate depends on a crate of the workspace it must not (STYLE.md: dependencies
-point downward; backfill and tail never depend on each other; only cli depends on everything)."""
+point downward; backfill and tail never depend on each other, nor state and queries; the API
+knows no pipeline; only node and cli see everything), or when a workspace crate is missing
+from the graph."""
 import json, subprocess, sys
 
+# The crate graph (docs/design/README.md): each crate may depend only on those listed.
+P, C, S = "tidewater-primitives", "tidewater-chain", "tidewater-storage"
 ALLOWED = {
-    "tidewater-chain": set(),
-    "tidewater-storage": {"tidewater-chain"},
-    "tidewater-backfill": {"tidewater-chain", "tidewater-storage"},
-    "tidewater-tail": {"tidewater-chain", "tidewater-storage"},
-    "tidewater-queries": {"tidewater-storage", "tidewater-chain"},
-    "tidewater": {"tidewater-chain", "tidewater-storage", "tidewater-backfill", "tidewater-tail", "tidewater-queries"},
+    P: set(),
+    C: {P},
+    S: {P, C},
+    "tidewater-backfill": {P, C, S},
+    "tidewater-tail": {P, C, S},
+    "tidewater-state": {P, C, S},
+    "tidewater-queries": {P, C, S},
+    "tidewater-api": {P, C, S, "tidewater-state", "tidewater-queries"},
+    "tidewater-node": {P, C, S, "tidewater-backfill", "tidewater-tail", "tidewater-state",
+                       "tidewater-queries", "tidewater-api"},
+    "tidewater": {P, C, S, "tidewater-backfill", "tidewater-tail", "tidewater-state",
+                  "tidewater-queries", "tidewater-api", "tidewater-node"},
 }
 meta = json.loads(subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps"]))
 bad = []
 for pkg in meta["packages"]:
     name = pkg["name"]
+    if name not in ALLOWED:
+        bad.append(f"{name} is not in the crate graph of check-deps.py")
     for dep in pkg["dependencies"]:
         if dep["name"].startswith("tidewater") and dep["kind"] is None:
             if dep["name"] not in ALLOWED.get(name, set()):

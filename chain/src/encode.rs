@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::events::{ColumnKind, EventCatalog, EventDef};
 use crate::schema::{blocks_schema, logs_schema, BLOCKS, LOGS};
-use crate::types::{Header, Log};
+use crate::{Header, Log};
 use alloy_dyn_abi::DynSolValue;
 use alloy_primitives::Address;
 use arrow::array::{

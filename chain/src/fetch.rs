@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::range::BlockRange;
 use crate::rpc::RpcClient;
-use crate::types::{Header, Log, LogFilter};
+use crate::{Header, Log, LogFilter};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,8 @@
 //! requests in flight, a rate limit per provider, retries with exponential backoff and jitter,
 //! failover across providers), adaptive `eth_getLogs` ranges ([`RangeSizer`]), complete range
 //! fetches with consistency checks ([`fetch_range`]), the event catalog ([`EventCatalog`]) and
-//! decoding of headers and logs into Arrow batches ([`encode`]).
+//! decoding of headers and logs into Arrow batches ([`encode`]). Block, log and update types and
+//! table names come from `tidewater-primitives` (re-exported here).
 //!
 //! It does not own files or SQL.
 //!
@@ -30,15 +31,13 @@ pub mod encode;
 mod error;
 pub mod events;
 mod fetch;
+mod filter;
 pub mod metrics;
 mod pools;
 mod provider_url;
 mod range;
 mod rpc;
-pub mod schema;
 mod task;
-mod types;
-mod update;
 
 pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
@@ -46,6 +45,7 @@ pub use fetch::{
     confirm_empty_block, fetch_logs, fetch_range, fetch_range_consistent, next_span, RangeData,
     RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
 };
+pub use filter::{LogFilter, MAX_ADDRESSES_PER_REQUEST};
 pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};
 pub use provider_url::{redact, BadProviderUrl, ProviderUrl};
 pub use range::BlockRange;
@@ -54,7 +54,8 @@ pub use rpc::{
     DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, HEADER_BATCH,
 };
 pub use task::{run_on_rayon, Panicked, SpawnedTask};
-pub use types::{quantity, Header, Log, LogFilter, MAX_ADDRESSES_PER_REQUEST};
-pub use update::{ChainUpdate, HotBlock};
+// The shared types live in tidewater-primitives; re-exported so a user of the client needs one
+// crate.
+pub use tidewater_primitives::{quantity, schema, ChainUpdate, Header, HotBlock, Log};
 
 pub use alloy_primitives::{Address, Bloom, B256};

@@ -4,7 +4,7 @@
 use crate::error::{is_range_message, parse_range_hint, Error, Result};
 use crate::provider_url::ProviderUrl;
 use crate::range::BlockRange;
-use crate::types::{Header, Log, LogFilter};
+use crate::{Header, Log, LogFilter};
 use alloy_primitives::B256;
 use rand::Rng;
 use serde::de::DeserializeOwned;

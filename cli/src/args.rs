@@ -211,10 +211,10 @@ pub(crate) struct TailArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ApiArgs {
     /// Address the HTTP API listens on (port 0 picks a free one; the log says which)
-    #[arg(long, default_value = tidewater_queries::server::DEFAULT_LISTEN, help_heading = "API")]
+    #[arg(long, default_value = tidewater_api::DEFAULT_LISTEN, help_heading = "API")]
     pub(crate) listen: std::net::SocketAddr,
     /// Write a derived-state snapshot every this many blocks of confirmed data (0: none)
-    #[arg(long, default_value_t = tidewater_queries::pool_state::DEFAULT_SNAPSHOT_INTERVAL, help_heading = "API")]
+    #[arg(long, default_value_t = tidewater_state::pool_state::DEFAULT_SNAPSHOT_INTERVAL, help_heading = "API")]
     pub(crate) snapshot_interval: u64,
     /// Most rows a POST /v1/sql answer may hold
     #[arg(long, default_value_t = tidewater_queries::df_sql::DEFAULT_MAX_ROWS, help_heading = "API")]
@@ -225,6 +225,25 @@ pub(crate) struct ApiArgs {
     /// Memory limit of a POST /v1/sql query, in MiB
     #[arg(long, default_value = "256", help_heading = "API")]
     pub(crate) sql_memory_mib: usize,
+    /// POST /v1/sql queries run at once; more wait (within their time limit), then get 429
+    #[arg(long, default_value = "2", help_heading = "API")]
+    pub(crate) sql_concurrency: usize,
+}
+
+impl ApiArgs {
+    /// The API's options, as the node takes them.
+    pub(crate) fn options(&self) -> tidewater_node::ApiOptions {
+        tidewater_node::ApiOptions {
+            listen: self.listen,
+            snapshot_interval: self.snapshot_interval,
+            limits: tidewater_queries::df_sql::SqlLimits {
+                max_rows: self.sql_max_rows,
+                timeout: std::time::Duration::from_millis(self.sql_timeout_ms.max(1)),
+                memory: self.sql_memory_mib.max(1) << 20,
+                concurrency: self.sql_concurrency.max(1),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args)]

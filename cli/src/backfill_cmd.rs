@@ -260,7 +260,7 @@ pub(crate) async fn run(
     }
     // The API's port is taken before anything is written: a conflict is bad input.
     let listener = match &tail {
-        Some((_, t)) if !t.no_serve => Some(crate::serve_cmd::bind(&t.api).await?),
+        Some((_, t)) if !t.no_serve => Some(tidewater_node::bind(&t.api.options()).await?),
         _ => None,
     };
     let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
@@ -295,7 +295,7 @@ pub(crate) async fn run(
     };
 
     let cancel = CancellationToken::new();
-    let mut signals = Signals::new()?;
+    let mut signals = tidewater_node::Signals::new()?;
     let follower = match &tail_cfg {
         Some(cfg) => Some(
             Tail::new(rpc.clone(), plan.sources.clone(), chain_id, cfg.clone()).map_err(usage)?,
@@ -306,25 +306,22 @@ pub(crate) async fn run(
     // the state is what was committed before.
     let api = match (listener, &follower, &tail) {
         (Some(listener), Some(f), Some((_, targs))) => {
-            let live = std::sync::Arc::new(std::sync::RwLock::new(
-                crate::serve_cmd::load(&plan.data, &targs.api).await?,
-            ));
+            let live = tidewater_node::load(&plan.data, &targs.api.options(), None).await?.reader();
             let (stats, caught, metrics_rpc) = (f.stats(), f.stats(), rpc.clone());
-            let metrics: tidewater_queries::server::MetricsFn =
-                std::sync::Arc::new(move |out: &mut String| {
-                    stats.render_metrics(out);
-                    metrics_rpc.render_metrics(out);
-                });
+            let metrics: tidewater_api::MetricsFn = std::sync::Arc::new(move |out: &mut String| {
+                stats.render_metrics(out);
+                metrics_rpc.render_metrics(out);
+            });
             // Ready once the tail has reached the head, and while it stays within a few blocks.
-            let caught_up: tidewater_queries::server::CaughtUpFn = std::sync::Arc::new(move || {
+            let caught_up: tidewater_api::CaughtUpFn = std::sync::Arc::new(move || {
                 use std::sync::atomic::Ordering::Relaxed;
                 let lag = caught.head.load(Relaxed).saturating_sub(caught.tip.load(Relaxed));
                 caught.caught_up.load(Relaxed) && lag <= READY_MAX_LAG_BLOCKS
             });
-            let server = crate::serve_cmd::start(
+            let server = tidewater_node::start(
                 live.clone(),
                 listener,
-                &targs.api,
+                &targs.api.options(),
                 metrics,
                 caught_up,
                 Some(rpc.clone()),
@@ -375,9 +372,9 @@ pub(crate) async fn run(
     if let Some((live, _)) = &api {
         // The backfill committed more: the state starts again from the cold tier as it is now,
         // then folds the tail's updates.
-        let fresh = crate::serve_cmd::load(&plan.data, &targs.api).await?;
-        *live.write().expect("invariant: live lock not poisoned") = fresh;
-        tidewater_queries::live::spawn_consumer(live.clone(), follower.subscribe())
+        let fresh =
+            tidewater_node::load(&plan.data, &targs.api.options(), Some(live.clone())).await?;
+        tidewater_state::live::spawn_consumer(fresh, follower.subscribe())
             .wrap_err("starting the live state")?;
     }
     // Subscribe only when printing: a receiver nobody reads would hold the bus's last
@@ -451,27 +448,4 @@ fn print_summary(summary: &tidewater_backfill::Summary, json: bool) -> eyre::Res
         println!("  {t:<20} {n:>10} rows");
     }
     Ok(())
-}
-
-/// SIGINT and SIGTERM as one stream.
-pub(crate) struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(crate) fn new() -> eyre::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            int: signal(SignalKind::interrupt()).wrap_err("installing the SIGINT handler")?,
-            term: signal(SignalKind::terminate()).wrap_err("installing the SIGTERM handler")?,
-        })
-    }
-
-    pub(crate) async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
 }

@@ -7,30 +7,15 @@ mod args;
 mod backfill_cmd;
 mod config;
 mod progress;
-mod serve_cmd;
 mod sql_cmd;
 
 use clap::Parser as _;
 use std::process::ExitCode;
 
 /// A failure with its exit code: bad input (2) or a runtime failure (1).
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Usage(eyre::Report),
-    Runtime(eyre::Report),
-}
-
-impl<E: Into<eyre::Report>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Self::Runtime(e.into())
-    }
-}
+pub(crate) use tidewater_node::{usage, Failure};
 
 pub(crate) type CmdResult = Result<(), Failure>;
-
-pub(crate) fn usage(e: impl Into<eyre::Report>) -> Failure {
-    Failure::Usage(e.into())
-}
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
@@ -62,7 +47,10 @@ fn main() -> ExitCode {
             args::Command::State(a) => sql_cmd::state(a).await,
             args::Command::Status(a) => sql_cmd::status(a).await,
             args::Command::Verify(a) => sql_cmd::verify(a).await,
-            args::Command::Serve(a) => serve_cmd::serve(a).await,
+            args::Command::Serve(a) => {
+                let poll = std::time::Duration::from_millis(a.poll_interval_ms);
+                tidewater_node::serve_directory(a.data, a.api.options(), poll).await
+            }
         }
     });
     match result {

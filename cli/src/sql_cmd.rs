@@ -139,7 +139,7 @@ pub(crate) async fn state(a: StateArgs) -> CmdResult {
     let u = sources
         .uniswap_v3
         .ok_or_else(|| usage(eyre!("{} does not index Uniswap V3", a.data.display())))?;
-    tidewater_queries::pool_state::check_coverage(&ds, &u).map_err(usage)?;
+    tidewater_state::pool_state::check_coverage(&ds, &u).map_err(usage)?;
     let last = ds.manifest().last().map(|c| c.end);
     let first = ds.manifest().chunks().first().map(|c| c.start);
     if let (Some(b), Some(last), Some(first)) = (a.block, last, first) {
@@ -151,7 +151,7 @@ pub(crate) async fn state(a: StateArgs) -> CmdResult {
     }
     let block = a.block;
     let mut st = tokio::task::spawn_blocking(move || {
-        tidewater_queries::pool_state::fold_dataset(&ds, &u, block)
+        tidewater_state::pool_state::fold_dataset(&ds, &u, block)
     })
     .await
     .wrap_err("folding state")?
@@ -160,9 +160,9 @@ pub(crate) async fn state(a: StateArgs) -> CmdResult {
         if !st.pools.contains_key(&p) {
             return Err(usage(eyre!("no pool {p} was created by the factory")));
         }
-        st.pools.retain(|k, _| *k == p);
-        st.ticks.retain(|k, _| *k == p);
-        st.positions.retain(|_, pos| pos.pool == Some(p));
+        st.pools = st.pools.into_iter().filter(|(k, _)| *k == p).collect();
+        st.ticks = st.ticks.into_iter().filter(|(k, _)| *k == p).collect();
+        st.positions = st.positions.into_iter().filter(|(_, pos)| pos.pool == Some(p)).collect();
     }
     let out = st.to_json();
     println!("{}", serde_json::to_string_pretty(&out).wrap_err("serializing state")?);

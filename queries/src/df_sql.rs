@@ -30,6 +30,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Memory a query's operators may hold (sorts, joins, aggregates): 256 MiB leaves the rest of
 /// a small machine to the indexer.
 pub const DEFAULT_MEMORY: usize = 256 << 20;
+/// Queries running at once: each has the SQL runtime's threads; more would only share them.
+pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Longest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 64 << 10;
 
@@ -42,11 +44,18 @@ pub struct SqlLimits {
     pub timeout: Duration,
     /// Operator memory, bytes.
     pub memory: usize,
+    /// Queries running at once (per service); more wait within their time limit.
+    pub concurrency: usize,
 }
 
 impl Default for SqlLimits {
     fn default() -> Self {
-        Self { max_rows: DEFAULT_MAX_ROWS, timeout: DEFAULT_TIMEOUT, memory: DEFAULT_MEMORY }
+        Self {
+            max_rows: DEFAULT_MAX_ROWS,
+            timeout: DEFAULT_TIMEOUT,
+            memory: DEFAULT_MEMORY,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
     }
 }
 
@@ -66,6 +75,9 @@ pub enum SqlError {
     /// Over the time limit.
     #[error("the query ran longer than {0:?}")]
     Timeout(Duration),
+    /// Waited its whole time limit for one of the query slots.
+    #[error("{0} SQL queries are running and none finished within {1:?}; retry later")]
+    Busy(usize, Duration),
     /// Reading the dataset failed.
     #[error("reading the dataset")]
     Storage(#[from] tidewater_storage::Error),
@@ -246,6 +258,30 @@ pub async fn run_sql(
 /// while the indexer's own runtime keeps its threads.
 pub const SQL_THREADS: usize = 2;
 
+/// Scheduling priority of the SQL threads where `SCHED_IDLE` is refused (`nice`).
+pub const SQL_NICE: i32 = 10;
+
+/// Puts the calling thread (an SQL worker) in Linux's `SCHED_IDLE` class: it runs only on CPU
+/// that the threads following the head and answering head reads leave idle, and yields to them
+/// at once when they wake. Where that is refused, lowers its priority to [`SQL_NICE`]. Best
+/// effort: elsewhere the query runs at normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscalls on the calling thread (pid 0 / its own tid); `param` outlives
+        // the call.
+        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+        if !idle {
+            let tid = unsafe { libc::gettid() } as libc::id_t;
+            // SAFETY: as above.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, SQL_NICE) } != 0 {
+                tracing::debug!("could not lower the SQL threads' priority");
+            }
+        }
+    }
+}
+
 fn sql_runtime() -> Result<&'static tokio::runtime::Runtime, SqlError> {
     static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
         std::sync::OnceLock::new();
@@ -254,6 +290,7 @@ fn sql_runtime() -> Result<&'static tokio::runtime::Runtime, SqlError> {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(SQL_THREADS)
                 .thread_name("tidewater-sql")
+                .on_thread_start(lower_priority)
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())

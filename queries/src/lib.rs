@@ -1,24 +1,16 @@
 //! # tidewater-queries
 //!
-//! Owns reading the dataset: a DuckDB session with one view per table over exactly the files
-//! the manifest lists (never a glob, so a file renamed into place by a writer that crashed
-//! before its manifest entry is invisible) plus the derived-state snapshot tables; read-only
-//! DataFusion SQL over cold Parquet plus the hot buffer ([`df_sql`]); the exact Uniswap V3
-//! state fold ([`pool_state`]); the live state kept from the tail's updates ([`live`]); and the
-//! HTTP API with its SSE stream ([`server`]). It writes nothing but derived-state snapshots.
+//! Owns the SQL engines over the dataset: a DuckDB session with one view per table over exactly
+//! the files the manifest lists (never a glob, so a file renamed into place by a writer that
+//! crashed before its manifest entry is invisible) plus the derived-state snapshot tables; and
+//! read-only DataFusion SQL over cold Parquet plus the hot buffer ([`df_sql`]), with its limits
+//! (rows, memory, time, concurrency) and the read-only check of statements ([`read_only`]). It
+//! does not own HTTP or the Uniswap V3 state (`tidewater-api`, `tidewater-state`).
 //!
 //! ```text
-//!   cold Parquet ──snapshot + fold──▶ LiveState ◀── ChainUpdate bus (Applied / Reverted / Confirmed)
-//!                                        │  head state + undo journal per hot block
-//!             ┌──────────────────────────┼──────────────────────────┐
-//!   GET /v1/pools, /ticks, /positions    GET /v1/stream (SSE)        POST /v1/sql (DataFusion:
-//!   (head: in memory; hot past block:    pending / confirmed /       cold files + hot blocks,
-//!    undo journals; confirmed past        reverted, Last-Event-ID    `confirmed` column)
-//!    block: snapshot + fold)
+//!   manifest ──exact file list──▶ DuckDB views (logs, blocks, events, *_snapshots)
+//!   manifest + hot blocks ──────▶ DataFusion: one view per table = cold ∪ hot, `confirmed`
 //! ```
-//!
-//! Invariants: the head state equals a fold of the canonical chain through the newest applied
-//! block; a revert restores exactly the values the block changed; stream ids increase by one.
 //!
 //! Big integers (uint128, uint160, int256, uint256) are stored as exact decimal strings; cast
 //! them in SQL: `amount0::HUGEINT` (int256 values within ±2^127), `liquidity::UHUGEINT`
@@ -33,11 +25,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod df_sql;
-pub mod live;
-mod openapi;
-pub mod pool_state;
 pub mod read_only;
-pub mod server;
 
 use arrow::array::{Array, ArrayRef, BinaryArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};

@@ -2,7 +2,8 @@
 //! blocks becoming final. Defined here, below the stages, so the tail (producer) and the query
 //! service (consumer) share it without depending on each other.
 
-use crate::{Header, Log, B256};
+use crate::{Header, Log};
+use alloy_primitives::B256;
 use arrow::record_batch::RecordBatch;
 use std::collections::BTreeMap;
 use std::sync::Arc;

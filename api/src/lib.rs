@@ -1,12 +1,24 @@
+//! # tidewater-api
+//!
 //! The HTTP API (axum): pool, tick and position state at the head and at past blocks, the SSE
-//! stream, read-only SQL, health, readiness, Prometheus metrics and the OpenAPI document.
+//! stream, read-only SQL, health, readiness, Prometheus metrics, the OpenAPI document and the
+//! liquidity page. It owns routing, request parsing and answers; the state logic is in
+//! `tidewater-state` and the SQL engines in `tidewater-queries`.
+//!
+//! ```text
+//!   GET /v1/pools, /ticks, /positions    GET /v1/stream (SSE)        POST /v1/sql (DataFusion:
+//!   (head: newest View, no lock; hot     pending / confirmed /       cold files + hot blocks,
+//!    past block: undo journals;          reverted, Last-Event-ID     `confirmed` column)
+//!    confirmed: snapshot + fold)
+//! ```
 //!
 //! Every error is JSON `{"error": "..."}` with a 4xx status for bad input (malformed address,
 //! unknown pool, a block outside the indexed range, bad or non-read SQL) and 5xx otherwise.
 
-use crate::df_sql::{hot_batches, run_sql, SqlError, SqlLimits};
-use crate::live::{LiveState, StateAt, StreamEvent};
-use crate::pool_state::{cold_state_at, tick_entries, ticks_json, TickEntry, UniswapState};
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+mod openapi;
+
 use alloy_primitives::{Address, U256};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,8 +30,13 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS};
+use tidewater_queries::df_sql::{hot_batches, run_sql, SqlError, SqlLimits};
+use tidewater_state::live::{LiveReader, StateAt, StreamEvent, Subscription, View};
+use tidewater_state::pool_state::{
+    cold_state_at, tick_entries, ticks_json, TickEntry, UniswapState,
+};
 use tokio::sync::broadcast;
 
 /// The default listen address: loopback only, so nothing is exposed unless asked.
@@ -33,10 +50,11 @@ pub type CaughtUpFn = Arc<dyn Fn() -> bool + Send + Sync>;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Service {
-    live: Arc<RwLock<LiveState>>,
+    live: LiveReader,
     metrics: MetricsFn,
     caught_up: CaughtUpFn,
     limits: SqlLimits,
+    sql_slots: Arc<tokio::sync::Semaphore>,
     stats: Arc<ServerStats>,
     tokens: Option<TokenFn>,
     token_cache: Arc<std::sync::Mutex<HashMap<Address, Option<TokenInfo>>>>,
@@ -74,7 +92,7 @@ struct ServerStats {
 impl Service {
     /// A service over `live`; `metrics` and `caught_up` come from the tail when there is one.
     pub fn new(
-        live: Arc<RwLock<LiveState>>,
+        live: LiveReader,
         metrics: MetricsFn,
         caught_up: CaughtUpFn,
         limits: SqlLimits,
@@ -84,6 +102,7 @@ impl Service {
             metrics,
             caught_up,
             limits,
+            sql_slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1))),
             stats: Arc::new(ServerStats {
                 requests: AtomicU64::new(0),
                 stream_clients: AtomicU64::new(0),
@@ -131,15 +150,17 @@ impl Service {
             .with_state(self)
     }
 
-    /// The live state. A poisoned lock (its writer panicked: a bug) is a 503 for every
-    /// request, and `/ready` says not ready, rather than a panic per request.
-    fn live(&self) -> Result<std::sync::RwLockReadGuard<'_, LiveState>, ApiError> {
-        self.live.read().map_err(|_| {
-            ApiError(
+    /// The newest view of the live state (no lock: the writer never holds readers up). A
+    /// writer that died (it panicked: a bug) is a 503 for every request, and `/ready` says not
+    /// ready, rather than a state that silently stopped moving.
+    fn live(&self) -> Result<Arc<View>, ApiError> {
+        if self.live.writer_failed() {
+            return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the live state failed (its updater panicked); restart the process".into(),
-            )
-        })
+            ));
+        }
+        Ok(self.live.view())
     }
 }
 
@@ -203,7 +224,9 @@ async fn state_at(
     block: Option<u64>,
 ) -> Result<(Arc<UniswapState>, bool), ApiError> {
     let at = svc.live()?.state_at(block).map_err(|e| match e {
-        crate::live::BlockError::Empty => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        tidewater_state::live::BlockError::Empty => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         e => bad(e.to_string()),
     })?;
     match at {
@@ -254,8 +277,8 @@ async fn pools(State(svc): State<Service>, Query(q): Query<HashMap<String, Strin
     Ok(json_response(&json!({"block": block_json(&st, confirmed), "pools": pools})))
 }
 
-/// Answers `body(state, confirmed)` for one pool: at the head under the read lock (no clone of
-/// the state: the hot path), else from the state at the block.
+/// Answers `body(state, confirmed)` for one pool: at the head from the newest view (no copy:
+/// the hot path), else from the state at the block.
 async fn pool_view(
     svc: &Service,
     address: &str,
@@ -302,7 +325,7 @@ struct AtBlock<'a, T> {
 struct IntervalOut {
     tick_lower: i32,
     tick_upper: i32,
-    #[serde(serialize_with = "crate::pool_state::dec")]
+    #[serde(serialize_with = "tidewater_state::pool_state::dec")]
     liquidity: i128,
 }
 
@@ -311,9 +334,9 @@ struct TicksOut {
     pool: Address,
     block: BlockOut,
     tick: i32,
-    #[serde(serialize_with = "crate::pool_state::dec")]
+    #[serde(serialize_with = "tidewater_state::pool_state::dec")]
     liquidity: u128,
-    #[serde(serialize_with = "crate::pool_state::dec")]
+    #[serde(serialize_with = "tidewater_state::pool_state::dec")]
     sqrt_price_x96: U256,
     tick_spacing: i32,
     ticks: Vec<TickEntry>,
@@ -331,7 +354,7 @@ fn pool_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Vec<u8>>
 fn ticks_body(st: &UniswapState, a: &Address, confirmed: bool) -> Option<Vec<u8>> {
     let p = st.pools.get(a)?;
     let t = st.ticks.get(a);
-    let intervals = crate::pool_state::intervals(t)
+    let intervals = tidewater_state::pool_state::intervals(t)
         .into_iter()
         .map(|(lo, hi, l)| IntervalOut { tick_lower: lo, tick_upper: hi, liquidity: l })
         .collect();
@@ -460,14 +483,19 @@ async fn stream(
         None => None,
     };
     let (queue, rx, last, first) = {
-        let live = svc.live()?;
+        svc.live()?;
+        let sub = svc.live.subscribe(last_id);
+        let live = match &sub {
+            Ok(s) => s.view.clone(),
+            Err(_) => svc.live.view(),
+        };
         if let Some(f) = &filter {
             if let Some(a) = f.iter().find(|a| !live.head().pools.contains_key(*a)) {
                 return Err(missing(format!("unknown pool {a}")));
             }
         }
-        match live.subscribe(last_id) {
-            Ok((missed, rx)) => {
+        match sub {
+            Ok(Subscription { missed, rx, .. }) => {
                 let last = last_id.unwrap_or(live.last_event_id());
                 // A new client starts from the head state, then folds the events after it.
                 let first = last_id.is_none().then(|| {
@@ -486,10 +514,17 @@ async fn stream(
                 });
                 (missed.into_iter().collect(), rx, last, first)
             }
-            Err(oldest) => {
-                let (_, rx) = live.subscribe(None).expect("invariant: no cursor never fails");
-                (VecDeque::new(), rx, live.last_event_id(), Some(resync_event(oldest)))
-            }
+            Err(oldest) => match svc.live.subscribe(None) {
+                Ok(s) => {
+                    (VecDeque::new(), s.rx, s.view.last_event_id(), Some(resync_event(oldest)))
+                }
+                Err(_) => {
+                    return Err(ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the stream is unavailable".into(),
+                    ))
+                }
+            },
         }
     };
     svc.stats.stream_clients.fetch_add(1, Ordering::Relaxed);
@@ -508,10 +543,7 @@ async fn stream(
                     Ok(ev) => ev,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the channel: catch up from the history.
-                        let Ok(live) = st.svc.live() else { return None };
-                        let since = live.since(st.last_id);
-                        drop(live);
-                        match since {
+                        match st.svc.live.since(st.last_id) {
                             Ok(evs) => {
                                 st.queue.extend(evs);
                                 continue;
@@ -554,8 +586,17 @@ async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
         let live = svc.live()?;
         (live.root().to_path_buf(), live.hot_blocks(), live.chain_id())
     };
+    // At most `concurrency` queries run; the others wait for a slot within their time limit.
+    let limits = svc.limits;
+    let _slot = tokio::time::timeout(limits.timeout, svc.sql_slots.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            let e = SqlError::Busy(limits.concurrency, limits.timeout);
+            ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        })?
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
     let hot = hot_batches(&hot, chain_id);
-    let batches = run_sql(&root, hot, &text, svc.limits).await.map_err(|e| match e {
+    let batches = run_sql(&root, hot, &text, limits).await.map_err(|e| match e {
         SqlError::NotAllowed(_) => ApiError(StatusCode::FORBIDDEN, e.to_string()),
         SqlError::Invalid(_) => bad(e.to_string()),
         SqlError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
@@ -563,7 +604,7 @@ async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
         e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     })?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let text = crate::format_batches(&batches, crate::Format::Json)
+    let text = tidewater_queries::format_batches(&batches, tidewater_queries::Format::Json)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let rows_json: Value = serde_json::from_str(&text)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -636,7 +677,6 @@ fn readiness(svc: &Service) -> (bool, bool, bool, Option<u64>, Option<u64>) {
     let Ok(live) = svc.live() else { return (false, false, true, None, None) };
     let (head, confirmed, degraded) =
         (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded());
-    drop(live);
     let caught_up = (svc.caught_up)();
     (caught_up && !degraded && head.is_some(), caught_up, degraded, head, confirmed)
 }

@@ -50,7 +50,7 @@ pub(crate) fn document() -> Value {
             "/v1/sql": {"post": {"summary": "Read-only SQL (DataFusion) over every table: cold Parquet plus the hot buffer, with a `confirmed` column",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string"}}}}, "text/plain": {"schema": {"type": "string"}}}},
                 "responses": {"200": {"description": "rows", "content": {"application/json": {"schema": {"type": "object", "properties": {"row_count": {"type": "integer"}, "rows": {"type": "array", "items": {"type": "object"}}}}}}},
-                              "400": {"description": "bad SQL"}, "403": {"description": "not a read"}, "408": {"description": "over the time limit"}, "413": {"description": "over the row or memory limit"}}}},
+                              "400": {"description": "bad SQL"}, "403": {"description": "not a read"}, "408": {"description": "over the time limit"}, "413": {"description": "over the row or memory limit"}, "429": {"description": "every query slot stayed busy for the whole time limit"}}}},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "the process serves"}}}},
             "/ready": {"get": {"summary": "Readiness: 503 while catching up with the head", "responses": {"200": {"description": "ready"}, "503": {"description": "catching up"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format 0.0.4", "content": {"text/plain": {}}}}}},

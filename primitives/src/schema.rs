@@ -75,7 +75,7 @@ pub fn blocks_schema() -> SchemaRef {
 }
 
 /// The key fields of every log-derived table.
-pub(crate) fn key_fields() -> Vec<Field> {
+pub fn key_fields() -> Vec<Field> {
     vec![
         Field::new(BLOCK_NUMBER, DataType::UInt64, false),
         Field::new(BLOCK_HASH, DataType::Binary, false),

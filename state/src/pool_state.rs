@@ -13,11 +13,13 @@ use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::{sol, SolEvent};
 use arrow::array::{Array, BinaryArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
+use imbl::OrdMap;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use tidewater_chain::{schema, UniswapV3};
+use tidewater_chain::UniswapV3;
+use tidewater_primitives::schema;
 use tidewater_storage::Dataset;
 use tidewater_storage::{column, fixed};
 
@@ -117,7 +119,7 @@ impl Position {
 }
 
 /// Initialized ticks of one pool, by tick.
-pub type Ticks = BTreeMap<i32, TickLiquidity>;
+pub type Ticks = OrdMap<i32, TickLiquidity>;
 
 /// Initialized ticks in order, as the API prints them.
 pub fn tick_entries(ticks: Option<&Ticks>) -> Vec<TickEntry> {
@@ -154,11 +156,11 @@ pub struct UniswapState {
     /// Its hash (zero when unknown, e.g. before any block).
     pub block_hash: B256,
     /// Pools by address.
-    pub pools: BTreeMap<Address, PoolState>,
+    pub pools: OrdMap<Address, PoolState>,
     /// Initialized ticks by pool.
-    pub ticks: BTreeMap<Address, Ticks>,
+    pub ticks: OrdMap<Address, Ticks>,
     /// Positions by token id.
-    pub positions: BTreeMap<U256, Position>,
+    pub positions: OrdMap<U256, Position>,
 }
 
 impl UniswapState {
