@@ -46,13 +46,7 @@ pub(crate) enum Command {
     Serve(ServeArgs),
 }
 
-/// A block bound: a number or a tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BlockBound {
-    Number(u64),
-    Latest,
-    Finalized,
-}
+pub(crate) use tidewater_node::BlockBound;
 
 pub(crate) fn parse_bound(s: &str) -> Result<BlockBound, String> {
     match s {
@@ -228,6 +222,23 @@ pub(crate) struct ApiArgs {
     /// POST /v1/sql queries run at once; more wait (within their time limit), then get 429
     #[arg(long, default_value = "2", help_heading = "API")]
     pub(crate) sql_concurrency: usize,
+}
+
+impl TailArgs {
+    /// The tail's options, as the node takes them.
+    pub(crate) fn options(self) -> tidewater_node::TailOptions {
+        tidewater_node::TailOptions {
+            ws: self.ws,
+            poll_interval_ms: self.poll_interval_ms,
+            confirmations: self.confirmations,
+            compact_blocks: self.compact_blocks,
+            compact_interval_secs: self.compact_interval_secs,
+            merge_blocks: self.merge_blocks,
+            print_updates: self.print_updates,
+            no_serve: self.no_serve,
+            api: self.api.options(),
+        }
+    }
 }
 
 impl ApiArgs {

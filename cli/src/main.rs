@@ -4,10 +4,9 @@
 //! written), 1 runtime failures.
 
 mod args;
-mod backfill_cmd;
+mod cmd;
 mod config;
 mod progress;
-mod sql_cmd;
 
 use clap::Parser as _;
 use std::process::ExitCode;
@@ -34,23 +33,14 @@ fn main() -> ExitCode {
         .expect("invariant: tokio runtime starts");
     let result = rt.block_on(async move {
         match cli.command {
-            args::Command::Backfill(a) => backfill_cmd::run(*a, None, writer).await,
-            args::Command::Run(a) => {
-                let a = *a;
-                backfill_cmd::run(a.source, Some((backfill_cmd::Mode::Run, a.tail)), writer).await
-            }
-            args::Command::Tail(a) => {
-                let a = *a;
-                backfill_cmd::run(a.source, Some((backfill_cmd::Mode::Tail, a.tail)), writer).await
-            }
-            args::Command::Sql(a) => sql_cmd::sql(a).await,
-            args::Command::State(a) => sql_cmd::state(a).await,
-            args::Command::Status(a) => sql_cmd::status(a).await,
-            args::Command::Verify(a) => sql_cmd::verify(a).await,
-            args::Command::Serve(a) => {
-                let poll = std::time::Duration::from_millis(a.poll_interval_ms);
-                tidewater_node::serve_directory(a.data, a.api.options(), poll).await
-            }
+            args::Command::Backfill(a) => cmd::backfill::run(*a, None, writer).await,
+            args::Command::Run(a) => cmd::run::run(*a, writer).await,
+            args::Command::Tail(a) => cmd::tail::tail(*a, writer).await,
+            args::Command::Sql(a) => cmd::sql::sql(a).await,
+            args::Command::State(a) => cmd::state::state(a).await,
+            args::Command::Status(a) => cmd::status::status(a).await,
+            args::Command::Verify(a) => cmd::verify::verify(a).await,
+            args::Command::Serve(a) => cmd::serve::serve(a).await,
         }
     });
     match result {

@@ -14,9 +14,11 @@
 //! ```
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod pipeline;
 pub mod serve;
 mod tokens;
 
+pub use pipeline::{BlockBound, Mode, Observer, Plan, TailOptions};
 pub use serve::{bind, load, serve_directory, start, ApiOptions};
 pub use tokens::token_lookup;
 

@@ -1,144 +1,103 @@
-//! `tidewater backfill`: resolve flags and config, validate everything, then run.
+//! The pipeline: probe the providers, check the plan against the chain, open the data
+//! directory, backfill up to `--to` or the confirmed watermark, then (for `run` and `tail`)
+//! follow the head with the live state and the API beside it, all stopped by one
+//! cancellation token on SIGINT or SIGTERM.
 
-use crate::args::{BackfillArgs, BlockBound, TailArgs};
-use crate::progress::{LogWriter, Reporter};
-use crate::{config, usage, CmdResult, Failure};
+use crate::{usage, Failure};
 use eyre::{eyre, WrapErr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use tidewater_backfill::{Backfill, BackfillConfig};
-use tidewater_chain::{
-    BlockRange, ContractSource, EventCatalog, ProviderUrl, RpcClient, RpcConfig, Sources, UniswapV3,
-};
-use tidewater_storage::{DatasetWriter, Identity, Shard};
+use tidewater_backfill::{Backfill, BackfillConfig, Progress, Summary};
+use tidewater_chain::{BlockRange, EventCatalog, ProviderUrl, RpcClient, RpcConfig, Sources};
+use tidewater_storage::{DatasetWriter, Identity};
 use tidewater_tail::{ChainUpdate, Finality, Tail, TailConfig};
 use tokio_util::sync::CancellationToken;
+
+/// A block given as a number or as a tag the node resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockBound {
+    /// A block number.
+    Number(u64),
+    /// The node's head.
+    Latest,
+    /// The node's finalized block.
+    Finalized,
+}
+
+/// How the head is followed and the API served (`run`, `tail`).
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    /// A WebSocket endpoint for new heads (polling otherwise).
+    pub ws: Option<String>,
+    /// Poll interval, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Confirmation depth; `None` follows the node's `finalized` tag.
+    pub confirmations: Option<u64>,
+    /// Confirmed blocks per compaction.
+    pub compact_blocks: u64,
+    /// Longest wait between compactions, seconds.
+    pub compact_interval_secs: u64,
+    /// Blocks per merged cold file.
+    pub merge_blocks: u64,
+    /// Whether the observer gets every bus update.
+    pub print_updates: bool,
+    /// No API (and no live state).
+    pub no_serve: bool,
+    /// The API.
+    pub api: crate::ApiOptions,
+}
+
+/// What the caller shows of a run: progress, the backfill's summary, bus updates.
+pub trait Observer: Send {
+    /// The backfill starts; `progress` moves while it runs.
+    fn backfill_started(&mut self, progress: Arc<Progress>) {
+        let _ = progress;
+    }
+    /// Called a few times a second while the backfill runs.
+    fn tick(&mut self) {}
+    /// The backfill ended (`then_tail`: a tail takes over).
+    fn backfill_done(&mut self, summary: &Summary, then_tail: bool) -> eyre::Result<()> {
+        let _ = (summary, then_tail);
+        Ok(())
+    }
+    /// A bus update (with `print_updates` only).
+    fn update(&mut self, u: &ChainUpdate) -> eyre::Result<()> {
+        let _ = u;
+        Ok(())
+    }
+}
 
 /// Attempts for the first call to a provider: an unreachable node should fail in seconds.
 const PROBE_ATTEMPTS: u32 = 3;
 
-/// Everything a backfill needs, validated.
-pub(crate) struct Plan {
-    pub(crate) rpc_urls: Vec<ProviderUrl>,
-    pub(crate) data: PathBuf,
-    pub(crate) sources: Sources,
-    pub(crate) chain_id: Option<u64>,
-    pub(crate) cfg: BackfillConfig,
-    pub(crate) from: BlockBound,
-    pub(crate) to: BlockBound,
-    pub(crate) concurrency: Option<usize>,
-    pub(crate) rps: Option<f64>,
-    pub(crate) rpc_timeout: Option<Duration>,
+/// Everything a backfill needs, validated (the CLI merges flags over the config file into it).
+#[derive(Debug)]
+pub struct Plan {
+    /// Providers, in order of preference.
+    pub rpc_urls: Vec<ProviderUrl>,
+    /// The data directory.
+    pub data: PathBuf,
+    /// What to index.
+    pub sources: Sources,
+    /// The chain the providers must serve, when given.
+    pub chain_id: Option<u64>,
+    /// Backfill tuning (its range is set from `from`/`to`).
+    pub cfg: BackfillConfig,
+    /// First block.
+    pub from: BlockBound,
+    /// Last block of a plain backfill.
+    pub to: BlockBound,
+    /// Requests in flight.
+    pub concurrency: Option<usize>,
+    /// Requests per second per provider.
+    pub rps: Option<f64>,
+    /// Time limit of one request.
+    pub rpc_timeout: Option<Duration>,
 }
 
-/// Merges flags over the config file and checks what can be checked without a node.
-pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
-    let file = config::load(a.config.as_deref()).map_err(usage)?;
-    let mut raw_urls = if a.rpc.is_empty() { file.chain.rpc.clone() } else { a.rpc.clone() };
-    if raw_urls.is_empty() {
-        if let Ok(url) = std::env::var("ETH_RPC_URL") {
-            raw_urls.push(url);
-        }
-    }
-    if raw_urls.is_empty() {
-        return Err(usage(eyre!(
-            "no RPC URL: pass --rpc, set ETH_RPC_URL, or set chain.rpc in tidewater.toml"
-        )));
-    }
-    // Provider URLs carry API keys: from here on only their redacted form is printed.
-    let rpc_urls = raw_urls
-        .iter()
-        .map(|u| ProviderUrl::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(usage)?;
-    let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("data"));
-
-    let mut sources = Sources {
-        uniswap_v3: file.sources.uniswap_v3.clone(),
-        contracts: file.sources.contracts.clone(),
-    };
-    if let Some(factory) = a.uniswap_v3_factory {
-        sources.uniswap_v3 = Some(UniswapV3 {
-            factory,
-            position_manager: a.uniswap_v3_position_manager,
-            factory_start_block: a.factory_start_block.unwrap_or(0),
-        });
-    } else if a.uniswap_v3_position_manager.is_some() {
-        return Err(usage(eyre!("--uniswap-v3-position-manager needs --uniswap-v3-factory")));
-    }
-    if let (Some(u), Some(b)) = (sources.uniswap_v3.as_mut(), a.factory_start_block) {
-        u.factory_start_block = b;
-    }
-    if !a.event.is_empty() && a.contract.is_empty() {
-        return Err(usage(eyre!("--event needs at least one --contract")));
-    }
-    if !a.contract.is_empty() && a.event.is_empty() {
-        return Err(usage(eyre!("--contract needs at least one --event signature")));
-    }
-    for addr in &a.contract {
-        sources.contracts.push(ContractSource { address: *addr, events: a.event.clone() });
-    }
-    if sources.uniswap_v3.is_none() && sources.contracts.is_empty() {
-        return Err(usage(eyre!(
-            "nothing to index: pass --uniswap-v3-factory, or --contract with --event, or set [sources] in tidewater.toml"
-        )));
-    }
-    // Parses every event signature: a bad one is a usage error before anything runs.
-    EventCatalog::new(&sources).map_err(usage)?;
-
-    if let (BlockBound::Number(f), BlockBound::Number(t)) = (a.from, a.to) {
-        if f > t {
-            return Err(usage(eyre!("--from {f} is after --to {t}")));
-        }
-    }
-    if a.from != BlockBound::Number(0) && !matches!(a.from, BlockBound::Number(_)) {
-        return Err(usage(eyre!("--from must be a block number")));
-    }
-    let t = &file.tuning;
-    let mut cfg = BackfillConfig::new(BlockRange::new(0, 0));
-    cfg.chunk_size = a.chunk_size.or(t.chunk_size).unwrap_or(cfg.chunk_size);
-    cfg.chunks_in_flight =
-        a.chunks_in_flight.or(t.chunks_in_flight).unwrap_or(cfg.chunks_in_flight);
-    cfg.log_range = a.log_range.or(t.log_range).unwrap_or(cfg.log_range);
-    cfg.max_log_range = a.max_log_range.or(t.max_log_range).unwrap_or(cfg.max_log_range);
-    cfg.shard = a.shard.map(|(index, count)| Shard { index, count });
-    for (name, v) in [
-        ("--chunk-size", cfg.chunk_size),
-        ("--chunks-in-flight", cfg.chunks_in_flight as u64),
-        ("--log-range", cfg.log_range),
-        ("--max-log-range", cfg.max_log_range),
-    ] {
-        if v == 0 {
-            return Err(usage(eyre!("{name} must be at least 1")));
-        }
-    }
-    let concurrency = a.concurrency.or(t.concurrency);
-    if concurrency == Some(0) {
-        return Err(usage(eyre!("--concurrency must be at least 1")));
-    }
-    let rps = a.rps.or(t.rps);
-    if rps.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
-        return Err(usage(eyre!("--rps must be a non-negative number")));
-    }
-    let rpc_timeout = match a.rpc_timeout_ms.or(t.rpc_timeout_ms) {
-        Some(0) => return Err(usage(eyre!("--rpc-timeout-ms must be at least 1"))),
-        ms => ms.map(Duration::from_millis),
-    };
-    Ok(Plan {
-        rpc_timeout,
-        rpc_urls,
-        data,
-        sources,
-        chain_id: a.chain_id.or(file.chain.chain_id),
-        cfg,
-        from: a.from,
-        to: a.to,
-        concurrency,
-        rps,
-    })
-}
-
-async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
+/// A block bound as a number, asking the node for `latest` and `finalized`.
+pub async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
     Ok(match b {
         BlockBound::Number(n) => n,
         BlockBound::Latest => rpc.block_number().await?,
@@ -156,19 +115,21 @@ const READY_MAX_LAG_BLOCKS: u64 = 3;
 
 /// Whether a head follower takes over after (or instead of) the backfill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub enum Mode {
     /// Backfill to the watermark, then tail.
     Run,
     /// Tail only.
     Tail,
 }
 
-pub(crate) async fn run(
-    a: BackfillArgs,
-    tail: Option<(Mode, TailArgs)>,
-    log_writer: LogWriter,
-) -> CmdResult {
-    let mut plan = resolve(&a)?;
+/// Runs a backfill (`tail` None), or a backfill to the watermark then the tail (`Mode::Run`),
+/// or the tail alone (`Mode::Tail`), until done or SIGINT/SIGTERM. Bad input is
+/// [`Failure::Usage`], found before anything is written.
+pub async fn run(
+    mut plan: Plan,
+    tail: Option<(Mode, TailOptions)>,
+    observer: &mut dyn Observer,
+) -> Result<(), Failure> {
     let ws = match tail.as_ref().and_then(|(_, t)| t.ws.as_deref()) {
         Some(ws) => Some(ProviderUrl::parse_with(ws, &["ws", "wss"]).map_err(usage)?),
         None => None,
@@ -260,7 +221,7 @@ pub(crate) async fn run(
     }
     // The API's port is taken before anything is written: a conflict is bad input.
     let listener = match &tail {
-        Some((_, t)) if !t.no_serve => Some(tidewater_node::bind(&t.api.options()).await?),
+        Some((_, t)) if !t.no_serve => Some(crate::bind(&t.api).await?),
         _ => None,
     };
     let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
@@ -295,7 +256,7 @@ pub(crate) async fn run(
     };
 
     let cancel = CancellationToken::new();
-    let mut signals = tidewater_node::Signals::new()?;
+    let mut signals = crate::Signals::new()?;
     let follower = match &tail_cfg {
         Some(cfg) => Some(
             Tail::new(rpc.clone(), plan.sources.clone(), chain_id, cfg.clone()).map_err(usage)?,
@@ -306,7 +267,7 @@ pub(crate) async fn run(
     // the state is what was committed before.
     let api = match (listener, &follower, &tail) {
         (Some(listener), Some(f), Some((_, targs))) => {
-            let live = tidewater_node::load(&plan.data, &targs.api.options(), None).await?.reader();
+            let live = crate::load(&plan.data, &targs.api, None).await?.reader();
             let (stats, caught, metrics_rpc) = (f.stats(), f.stats(), rpc.clone());
             let metrics: tidewater_api::MetricsFn = std::sync::Arc::new(move |out: &mut String| {
                 stats.render_metrics(out);
@@ -318,10 +279,10 @@ pub(crate) async fn run(
                 let lag = caught.head.load(Relaxed).saturating_sub(caught.tip.load(Relaxed));
                 caught.caught_up.load(Relaxed) && lag <= READY_MAX_LAG_BLOCKS
             });
-            let server = tidewater_node::start(
+            let server = crate::start(
                 live.clone(),
                 listener,
-                &targs.api.options(),
+                &targs.api,
                 metrics,
                 caught_up,
                 Some(rpc.clone()),
@@ -335,21 +296,20 @@ pub(crate) async fn run(
         plan.cfg.range = BlockRange::new(from, to);
         let backfill = Backfill::new(rpc.clone(), plan.sources.clone(), chain_id, plan.cfg.clone())
             .map_err(usage)?;
-        let mut reporter = Reporter::new(backfill.progress(), log_writer.clone(), a.json);
+        observer.backfill_started(backfill.progress());
         let run = backfill.run_with(dataset, cancel.clone());
         tokio::pin!(run);
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         let result = loop {
             tokio::select! {
                 r = &mut run => break r,
-                _ = ticker.tick() => reporter.tick(),
+                _ = ticker.tick() => observer.tick(),
                 _ = signals.recv(), if !cancel.is_cancelled() => {
                     tracing::warn!("stopping after the chunk being committed (signal received)");
                     cancel.cancel();
                 }
             }
         };
-        drop(reporter);
         let (summary, w) = result.wrap_err_with(|| {
             format!("backfill of {} into {}", plan.cfg.range, plan.data.display())
         })?;
@@ -361,9 +321,8 @@ pub(crate) async fn run(
                 to,
                 "backfill done, tail takes over"
             );
-        } else {
-            print_summary(&summary, a.json)?;
         }
+        observer.backfill_done(&summary, tail.is_some())?;
         if summary.cancelled {
             return Ok(());
         }
@@ -372,8 +331,7 @@ pub(crate) async fn run(
     if let Some((live, _)) = &api {
         // The backfill committed more: the state starts again from the cold tier as it is now,
         // then folds the tail's updates.
-        let fresh =
-            tidewater_node::load(&plan.data, &targs.api.options(), Some(live.clone())).await?;
+        let fresh = crate::load(&plan.data, &targs.api, Some(live.clone())).await?;
         tidewater_state::live::spawn_consumer(fresh, follower.subscribe())
             .wrap_err("starting the live state")?;
     }
@@ -382,7 +340,6 @@ pub(crate) async fn run(
     let mut updates = targs.print_updates.then(|| follower.subscribe());
     let run = follower.run(dataset, cancel.clone());
     tokio::pin!(run);
-    let mut stdout = std::io::stdout().lock();
     loop {
         tokio::select! {
             r = &mut run => {
@@ -391,7 +348,7 @@ pub(crate) async fn run(
             }
             u = async { updates.as_mut().expect("invariant: guarded by print_updates").recv().await }, if targs.print_updates => {
                 match u {
-                    Ok(u) => print_update(&mut stdout, &u)?,
+                    Ok(u) => observer.update(&u)?,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         return Err(Failure::Runtime(eyre!("--print-updates fell {n} updates behind")));
                     }
@@ -404,48 +361,4 @@ pub(crate) async fn run(
             }
         }
     }
-}
-
-fn print_update(out: &mut impl std::io::Write, u: &ChainUpdate) -> eyre::Result<()> {
-    let v = match u {
-        ChainUpdate::Applied(b) | ChainUpdate::Reverted(b) => serde_json::json!({
-            "status": if matches!(u, ChainUpdate::Applied(_)) { "pending" } else { "reverted" },
-            "block_number": b.header.number,
-            "block_hash": b.header.hash,
-            "logs": b.logs.iter().map(|l| serde_json::json!([l.log_index, l.transaction_hash, l.address])).collect::<Vec<_>>(),
-            "events": b.events.iter().map(|(t, batch)| (t.clone(), batch.num_rows())).collect::<std::collections::BTreeMap<_, _>>(),
-        }),
-        ChainUpdate::Confirmed { number, hash } => {
-            serde_json::json!({"status": "confirmed", "block_number": number, "block_hash": hash})
-        }
-    };
-    writeln!(out, "{v}").wrap_err("writing an update")?;
-    out.flush().wrap_err("writing an update")?;
-    Ok(())
-}
-
-fn print_summary(summary: &tidewater_backfill::Summary, json: bool) -> eyre::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(summary).wrap_err("serializing the summary")?);
-        return Ok(());
-    }
-    let rate = |n: u64| n as f64 / summary.elapsed_secs.max(1e-9);
-    println!(
-        "backfill [{}, {}]: {} chunks committed of {} planned, {} blocks, {} logs, {} pools in {:.2}s ({:.0} blocks/s, {:.0} logs/s){}",
-        summary.range.0,
-        summary.range.1,
-        summary.chunks_committed,
-        summary.chunks_planned,
-        summary.blocks,
-        summary.logs,
-        summary.pools,
-        summary.elapsed_secs,
-        rate(summary.blocks),
-        rate(summary.logs),
-        if summary.cancelled { " (stopped early on a signal)" } else { "" },
-    );
-    for (t, n) in &summary.rows {
-        println!("  {t:<20} {n:>10} rows");
-    }
-    Ok(())
 }

@@ -1,35 +1,9 @@
-//! `tidewater sql`, `status` and `verify`: read-only commands over a data directory.
+//! `tidewater status`: what a data directory holds, and how far it is behind the chain.
 
-use crate::args::{DataArgs, OutputFormat, SqlArgs, StateArgs, StatusArgs};
-use crate::{usage, CmdResult, Failure};
+use super::open;
+use crate::args::StatusArgs;
+use crate::{usage, CmdResult};
 use eyre::{eyre, WrapErr};
-use std::io::Write as _;
-use std::path::Path;
-use tidewater_queries::{format_batches, Format, SqlSession};
-use tidewater_storage::Dataset;
-
-fn open(data: &Path) -> Result<Dataset, Failure> {
-    Dataset::open(data)
-        .map_err(|e| if e.is_usage() { usage(e) } else { Failure::Runtime(eyre!(e)) })
-}
-
-pub(crate) async fn sql(a: SqlArgs) -> CmdResult {
-    let ds = open(&a.data)?;
-    let out = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
-        let session = SqlSession::open(&ds).wrap_err("preparing views")?;
-        let batches = session.query(&a.query).map_err(usage)?;
-        let format = match a.format {
-            OutputFormat::Table => Format::Table,
-            OutputFormat::Csv => Format::Csv,
-            OutputFormat::Json => Format::Json,
-        };
-        Ok(format_batches(&batches, format)?)
-    })
-    .await
-    .wrap_err("running the query")??;
-    std::io::stdout().write_all(out.as_bytes()).wrap_err("writing the result")?;
-    Ok(())
-}
 
 pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
     let a = sa.data;
@@ -116,55 +90,5 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
             println!("  {t:<20} {n:>10} rows");
         }
     }
-    Ok(())
-}
-
-pub(crate) async fn verify(a: DataArgs) -> CmdResult {
-    let ds = open(&a.data)?;
-    let problems = tokio::task::spawn_blocking(move || ds.verify()).await.wrap_err("verifying")?;
-    if problems.is_empty() {
-        println!("ok: every committed file matches the manifest");
-        return Ok(());
-    }
-    for p in &problems {
-        eprintln!("corrupt: {:#}", eyre!(format!("{p}")));
-    }
-    Err(Failure::Runtime(eyre!("{} file(s) do not match the manifest", problems.len())))
-}
-
-pub(crate) async fn state(a: StateArgs) -> CmdResult {
-    let ds = open(&a.data)?;
-    let sources: tidewater_chain::Sources = serde_json::from_value(ds.identity().sources.clone())
-        .wrap_err("reading the dataset's sources")?;
-    let u = sources
-        .uniswap_v3
-        .ok_or_else(|| usage(eyre!("{} does not index Uniswap V3", a.data.display())))?;
-    tidewater_state::pool_state::check_coverage(&ds, &u).map_err(usage)?;
-    let last = ds.manifest().last().map(|c| c.end);
-    let first = ds.manifest().chunks().first().map(|c| c.start);
-    if let (Some(b), Some(last), Some(first)) = (a.block, last, first) {
-        if b > last || b < first {
-            return Err(usage(eyre!(
-                "block {b} is outside the committed blocks [{first}, {last}]"
-            )));
-        }
-    }
-    let block = a.block;
-    let mut st = tokio::task::spawn_blocking(move || {
-        tidewater_state::pool_state::fold_dataset(&ds, &u, block)
-    })
-    .await
-    .wrap_err("folding state")?
-    .wrap_err("reading the logs table")?;
-    if let Some(p) = a.pool {
-        if !st.pools.contains_key(&p) {
-            return Err(usage(eyre!("no pool {p} was created by the factory")));
-        }
-        st.pools = st.pools.into_iter().filter(|(k, _)| *k == p).collect();
-        st.ticks = st.ticks.into_iter().filter(|(k, _)| *k == p).collect();
-        st.positions = st.positions.into_iter().filter(|(_, pos)| pos.pool == Some(p)).collect();
-    }
-    let out = st.to_json();
-    println!("{}", serde_json::to_string_pretty(&out).wrap_err("serializing state")?);
     Ok(())
 }
