@@ -11,7 +11,7 @@ test:
 	scripts/test.sh
 
 lint:
-	$(ENV) cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings && python3 scripts/check-deps.py
+	$(ENV) cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings && python3 scripts/check-deps.py && cargo deny check licenses bans sources
 
 pr: lint test
 	$(ENV) RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps

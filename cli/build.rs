@@ -5,6 +5,8 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_BUNDLED_DUCKDB").is_none() {
         if let Ok(dir) = std::env::var("DUCKDB_LIB_DIR") {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+            // A packaged binary (scripts/dist.sh) finds the library beside it, in ../lib.
+            println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
         }
     }
 }

@@ -31,6 +31,12 @@ for pkg in meta["packages"]:
         if dep["name"].startswith("tidewater") and dep["kind"] is None:
             if dep["name"] not in ALLOWED.get(name, set()):
                 bad.append(f"{name} -> {dep['name']}")
+# One Arrow across the tree (DataFusion, DuckDB's arrow and ours must agree).
+full = json.loads(subprocess.check_output(["cargo", "metadata", "--format-version", "1"]))
+for name in ("arrow", "arrow-array", "arrow-schema", "parquet", "datafusion"):
+    versions = sorted({p["version"] for p in full["packages"] if p["name"] == name})
+    if len(versions) > 1:
+        bad.append(f"{name} in {len(versions)} versions: {', '.join(versions)}")
 if bad:
     print("forbidden crate dependencies:\n  " + "\n  ".join(bad), file=sys.stderr)
     sys.exit(1)

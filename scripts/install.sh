@@ -49,3 +49,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "install: cargo-nextest" >&2
   cargo install --locked cargo-nextest >&2
 fi
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "install: cargo-deny" >&2
+  cargo install --locked cargo-deny >&2
+fi

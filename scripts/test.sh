@@ -9,6 +9,10 @@ scripts/install.sh
 export TIDEWATER_DEVNET_SMALL="$(scripts/devnet.sh build small)"
 
 python3 scripts/check-deps.py
+# Licenses, banned crates and sources (deny.toml). Advisories need the RustSec database from a
+# git host these machines cannot reach: checked only when CARGO_DENY_ADVISORIES=1.
+cargo deny --log-level error check licenses bans sources
+if [ "${CARGO_DENY_ADVISORIES:-0}" = 1 ]; then cargo deny check advisories; fi
 # The alert rules: valid, and their unit tests (promtool from Debian's prometheus package).
 promtool check rules ops/prometheus/alerts.yml
 (cd ops/prometheus && promtool test rules alerts_test.yml)

@@ -60,13 +60,7 @@ pub(crate) fn parse_bound(s: &str) -> Result<BlockBound, String> {
 }
 
 pub(crate) fn parse_address(s: &str) -> Result<Address, String> {
-    let hex = s
-        .strip_prefix("0x")
-        .ok_or_else(|| format!("{s:?} is not an address (expected 0x and 40 hex digits)"))?;
-    if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("{s:?} is not an address (expected 0x and 40 hex digits)"));
-    }
-    s.parse().map_err(|e| format!("{s:?} is not an address: {e}"))
+    tidewater_primitives::parse_address(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_shard(s: &str) -> Result<(u32, u32), String> {

@@ -9,10 +9,12 @@
 //! and the state, the chain client and the storage) share it without depending on each other.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod parse;
 pub mod schema;
 mod types;
 mod update;
 
 pub use alloy_primitives::{Address, Bloom, B256};
+pub use parse::{parse_address, BadAddress};
 pub use types::{quantity, Header, Log};
 pub use update::{ChainUpdate, HotBlock};

@@ -163,6 +163,7 @@ pub async fn run_sql(
     hot: BTreeMap<String, Vec<RecordBatch>>,
     sql: &str,
     limits: SqlLimits,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Vec<RecordBatch>, SqlError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(SqlError::TooLarge(format!("the SQL text is over {MAX_SQL_BYTES} bytes")));
@@ -224,6 +225,9 @@ pub async fn run_sql(
         SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let sql = sql.to_string();
     let work = async move {
+        // The query's slot is held until its task ends, not until its caller gives up: a
+        // query past its time limit keeps its slot until the abort reaches it.
+        let _slot = slot;
         // Plan first, then check the plan's kind: a write is refused by what it is, not by the
         // wording of an error.
         let plan = ctx.state().create_logical_plan(&sql).await.map_err(classify)?;
@@ -258,26 +262,22 @@ pub async fn run_sql(
 /// while the indexer's own runtime keeps its threads.
 pub const SQL_THREADS: usize = 2;
 
-/// Scheduling priority of the SQL threads where `SCHED_IDLE` is refused (`nice`).
+/// Scheduling priority of the SQL threads (`nice`): below the threads that follow the head and
+/// answer head reads, so that a heavy query mostly takes CPU they leave idle, yet never starves
+/// on a busy machine (`SCHED_IDLE` would: a query could wait out its time limit unscheduled).
 pub const SQL_NICE: i32 = 10;
 
-/// Puts the calling thread (an SQL worker) in Linux's `SCHED_IDLE` class: it runs only on CPU
-/// that the threads following the head and answering head reads leave idle, and yields to them
-/// at once when they wake. Where that is refused, lowers its priority to [`SQL_NICE`]. Best
-/// effort: elsewhere the query runs at normal priority.
+/// Lowers the calling thread's (an SQL worker's) priority to [`SQL_NICE`] (Linux: per thread).
+/// Best effort: where it is refused, the query runs at normal priority.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: plain syscalls on the calling thread (pid 0 / its own tid); `param` outlives
-        // the call.
-        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
-        if !idle {
-            let tid = unsafe { libc::gettid() } as libc::id_t;
-            // SAFETY: as above.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, SQL_NICE) } != 0 {
-                tracing::debug!("could not lower the SQL threads' priority");
-            }
+        // SAFETY: plain syscalls on the calling thread's own id; no memory is passed.
+        let r = unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, SQL_NICE)
+        };
+        if r != 0 {
+            tracing::debug!("could not lower the SQL threads' priority");
         }
     }
 }

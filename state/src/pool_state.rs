@@ -1190,6 +1190,163 @@ mod tests {
         }
     }
 
+    /// One arbitrary event: (kind, tick, width, amount, token id, raw data for garbage).
+    type AnyOp = (u8, i32, i32, u128, u64, Vec<u8>);
+
+    fn any_event(op: &AnyOp) -> Owned {
+        let (kind, lo, width, amount, id, data) = op;
+        let (lo, hi) = (lo * 10, (lo + width) * 10);
+        let id = U256::from(*id);
+        let tx = 9;
+        match kind % 8 {
+            0 => log(
+                POOL,
+                tx,
+                &Swap {
+                    sender: Address::ZERO,
+                    recipient: Address::ZERO,
+                    amount0: Default::default(),
+                    amount1: Default::default(),
+                    sqrtPriceX96: U160::from(*amount as u64),
+                    liquidity: *amount,
+                    tick: i24(lo),
+                },
+            ),
+            1 => log(
+                POOL,
+                tx,
+                &Mint {
+                    sender: NPM,
+                    owner: if id.bit(0) { NPM } else { Address::repeat_byte(7) },
+                    tickLower: i24(lo),
+                    tickUpper: i24(hi),
+                    amount: *amount,
+                    amount0: U256::ZERO,
+                    amount1: U256::ZERO,
+                },
+            ),
+            2 => log(
+                POOL,
+                tx,
+                &Burn {
+                    owner: NPM,
+                    tickLower: i24(lo),
+                    tickUpper: i24(hi),
+                    amount: *amount,
+                    amount0: U256::ZERO,
+                    amount1: U256::ZERO,
+                },
+            ),
+            3 => log(
+                NPM,
+                tx,
+                &IncreaseLiquidity {
+                    tokenId: id,
+                    liquidity: *amount,
+                    amount0: U256::ZERO,
+                    amount1: U256::ZERO,
+                },
+            ),
+            4 => log(
+                NPM,
+                tx,
+                &DecreaseLiquidity {
+                    tokenId: id,
+                    liquidity: *amount,
+                    amount0: U256::ZERO,
+                    amount1: U256::ZERO,
+                },
+            ),
+            5 => log(
+                NPM,
+                tx,
+                &Transfer {
+                    from: if id.bit(1) { Address::ZERO } else { Address::repeat_byte(7) },
+                    to: if id.bit(2) { Address::ZERO } else { Address::repeat_byte(8) },
+                    tokenId: id,
+                },
+            ),
+            // A known signature with words that do not decode (short, or out of range).
+            6 => {
+                let sigs = [
+                    Mint::SIGNATURE_HASH,
+                    Burn::SIGNATURE_HASH,
+                    Swap::SIGNATURE_HASH,
+                    IncreaseLiquidity::SIGNATURE_HASH,
+                ];
+                let mut topics = vec![sigs[(id.as_limbs()[0] % 4) as usize]];
+                topics.extend(
+                    (0..(width.unsigned_abs() % 4))
+                        .map(|i| B256::repeat_byte(data.get(i as usize).copied().unwrap_or(0xff))),
+                );
+                Owned { address: POOL, tx: B256::repeat_byte(tx), topics, data: data.clone() }
+            }
+            _ => log(
+                NPM,
+                tx,
+                &DecreaseLiquidity {
+                    tokenId: U256::from(1),
+                    liquidity: u128::MAX,
+                    amount0: U256::ZERO,
+                    amount1: U256::ZERO,
+                },
+            ),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The fold over arbitrary event sequences (impossible ones included: burns of nothing,
+        /// decreases past zero, undecodable words) never panics; an event it cannot take is an
+        /// error whose journal undo restores the state before the block (what the live state
+        /// does before marking itself degraded); after every block it took, no tick is kept
+        /// with zero liquidityGross and the pool's liquidityNet sums to zero.
+        #[test]
+        fn the_fold_takes_any_events_or_says_no(ops in prop::collection::vec(
+            (0u8..8, -30i32..30, 1i32..30, prop_oneof![0u128..1_000_000, any::<u128>()], 0u64..6,
+             prop::collection::vec(any::<u8>(), 0..200)),
+            1..40,
+        )) {
+            let mut f = genesis();
+            for (n, op) in ops.iter().enumerate() {
+                let block = 2 + n as u64;
+                let before = f.state().clone();
+                let ev = any_event(op);
+                let raw = RawLog {
+                    block_number: block,
+                    transaction_hash: ev.tx.as_slice(),
+                    address: ev.address,
+                    topics: &ev.topics,
+                    data: &ev.data,
+                };
+                let mut j = Journal::default();
+                match f.apply(&raw, Some(&mut j)) {
+                    Ok(()) => {
+                        let st = f.state();
+                        if let Some(ticks) = st.ticks.get(&POOL) {
+                            prop_assert!(ticks.values().all(|t| t.liquidity_gross > 0));
+                            let (mut up, mut down) = (U256::ZERO, U256::ZERO);
+                            for t in ticks.values() {
+                                let v = U256::from(t.liquidity_net.unsigned_abs());
+                                if t.liquidity_net > 0 { up += v } else { down += v }
+                            }
+                            prop_assert_eq!(up, down);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.block, block);
+                        j.undo(f.state_mut());
+                        let mut st = f.state().clone();
+                        st.block = before.block;
+                        prop_assert_eq!(st, before);
+                    }
+                }
+                f.end_block(block, B256::with_last_byte(block as u8));
+            }
+        }
+    }
+
     #[test]
     fn collect_burns_zero_and_changes_nothing() {
         let mut f = genesis();

@@ -1,0 +1,122 @@
+//! Operations: `/health`, `/ready`, `/metrics`, `/openapi.json`, and the liquidity page at `/`.
+
+use super::*;
+
+/// The liquidity page: one self-contained HTML file (no build step, no CDN) that reads only the
+/// public API.
+const PAGE: &str = include_str!("page.html");
+
+pub(super) async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        PAGE,
+    )
+        .into_response()
+}
+
+pub(super) async fn health() -> Response {
+    json_response(&json!({"status": "ok"}))
+}
+
+/// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
+/// degraded, head, confirmed).
+fn readiness(svc: &Service) -> (bool, bool, bool, Option<u64>, Option<u64>) {
+    let Ok(live) = svc.live() else { return (false, false, true, None, None) };
+    let (head, confirmed, degraded) =
+        (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded());
+    let caught_up = (svc.caught_up)();
+    (caught_up && !degraded && head.is_some(), caught_up, degraded, head, confirmed)
+}
+
+pub(super) async fn ready(State(svc): State<Service>) -> Response {
+    let (ok, caught_up, degraded, head, confirmed) = readiness(&svc);
+    let body = json!({
+        "ready": ok,
+        "caught_up": caught_up,
+        "degraded": degraded,
+        "head": head,
+        "confirmed": confirmed,
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub(super) async fn metrics(State(svc): State<Service>) -> Response {
+    use tidewater_chain::metrics::single;
+    let mut out = String::new();
+    (svc.metrics)(&mut out);
+    let (hot, head, confirmed) = match svc.live() {
+        Ok(live) => (live.hot_len(), live.head_block(), live.confirmed().map(|c| c.0)),
+        Err(_) => (0, None, None),
+    };
+    single(
+        &mut out,
+        "tidewater_state_head_block",
+        "Newest block in the live state.",
+        "gauge",
+        head.unwrap_or(0) as f64,
+    );
+    single(
+        &mut out,
+        "tidewater_state_confirmed_block",
+        "Newest confirmed block in the live state.",
+        "gauge",
+        confirmed.unwrap_or(0) as f64,
+    );
+    single(
+        &mut out,
+        "tidewater_state_hot_blocks",
+        "Unconfirmed blocks in the live state.",
+        "gauge",
+        hot as f64,
+    );
+    let (ok, _, degraded, _, _) = readiness(&svc);
+    single(
+        &mut out,
+        "tidewater_ready",
+        "1 when /ready answers 200: following the head, state not degraded.",
+        "gauge",
+        f64::from(u8::from(ok)),
+    );
+    single(
+        &mut out,
+        "tidewater_state_degraded",
+        "1 when the live state missed updates or met an event it cannot take.",
+        "gauge",
+        f64::from(u8::from(degraded)),
+    );
+    let s = &svc.stats;
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    single(
+        &mut out,
+        "tidewater_http_requests_total",
+        "API requests served.",
+        "counter",
+        g(&s.requests),
+    );
+    single(
+        &mut out,
+        "tidewater_sql_queries_total",
+        "POST /v1/sql queries.",
+        "counter",
+        g(&s.sql_queries),
+    );
+    single(
+        &mut out,
+        "tidewater_stream_clients",
+        "Connected SSE clients.",
+        "gauge",
+        g(&s.stream_clients),
+    );
+    s.stream_delay.render(
+        &mut out,
+        "tidewater_stream_delay_seconds",
+        "From an update reaching the live state to its SSE event being handed to a client.",
+        "",
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+pub(super) async fn openapi() -> Response {
+    json_response(&crate::openapi::document())
+}

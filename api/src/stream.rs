@@ -1,0 +1,134 @@
+//! `/v1/stream`: Server-Sent Events of every block's changes, resumable with `Last-Event-ID`.
+
+use super::*;
+
+struct StreamState {
+    svc: Service,
+    queue: VecDeque<Arc<StreamEvent>>,
+    rx: broadcast::Receiver<Arc<StreamEvent>>,
+    last_id: u64,
+    filter: Option<HashSet<Address>>,
+    first: Option<Event>,
+    done: bool,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.svc.stats.stream_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn sse_event(ev: &StreamEvent, filter: Option<&HashSet<Address>>) -> Option<Event> {
+    let data = ev.to_json(filter)?;
+    Some(Event::default().id(ev.id.to_string()).event(ev.status.as_str()).data(data.to_string()))
+}
+
+fn resync_event(oldest: u64) -> Event {
+    Event::default().event("resync").data(
+        json!({"error": "events since Last-Event-ID are no longer kept; reload the state", "oldest_id": oldest})
+            .to_string(),
+    )
+}
+
+pub(super) async fn stream(
+    State(svc): State<Service>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<params::Stream>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filter = q.pools.map(|p| p.into_iter().collect::<HashSet<_>>());
+    let last_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("malformed Last-Event-ID: expected an event id"))?,
+        ),
+        None => None,
+    };
+    let (queue, rx, last, first) = {
+        svc.live()?;
+        let sub = svc.live.subscribe(last_id);
+        let live = match &sub {
+            Ok(s) => s.view.clone(),
+            Err(_) => svc.live.view(),
+        };
+        if let Some(f) = &filter {
+            if let Some(a) = f.iter().find(|a| !live.head().pools.contains_key(*a)) {
+                return Err(missing(format!("unknown pool {a}")));
+            }
+        }
+        match sub {
+            Ok(Subscription { missed, rx, .. }) => {
+                let last = last_id.unwrap_or(live.last_event_id());
+                // A new client starts from the head state, then folds the events after it.
+                let first = last_id.is_none().then(|| {
+                    let st = live.head();
+                    let keep = |a: &Address| filter.as_ref().is_none_or(|f| f.contains(a));
+                    let snapshot = json!({
+                        "block": block_json(st, live.is_confirmed(st.block)),
+                        "pools": st.pools.values().filter(|p| keep(&p.address)).map(|p| {
+                            let mut v = p.to_json();
+                            v["ticks"] = ticks_json(st.ticks.get(&p.address));
+                            v
+                        }).collect::<Vec<_>>(),
+                        "positions": st.positions.values().filter(|p| p.pool.is_none_or(|a| keep(&a))).map(|p| p.to_json()).collect::<Vec<_>>(),
+                    });
+                    Event::default().id(last.to_string()).event("snapshot").data(snapshot.to_string())
+                });
+                (missed.into_iter().collect(), rx, last, first)
+            }
+            Err(oldest) => match svc.live.subscribe(None) {
+                Ok(s) => {
+                    (VecDeque::new(), s.rx, s.view.last_event_id(), Some(resync_event(oldest)))
+                }
+                Err(_) => {
+                    return Err(ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the stream is unavailable".into(),
+                    ))
+                }
+            },
+        }
+    };
+    svc.stats.stream_clients.fetch_add(1, Ordering::Relaxed);
+    let st = StreamState { svc, queue, rx, last_id: last, filter, first, done: false };
+    let s = futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(e) = st.first.take() {
+            return Some((Ok(e), st));
+        }
+        loop {
+            let ev = match st.queue.pop_front() {
+                Some(ev) => ev,
+                None => match st.rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow for the channel: catch up from the history.
+                        match st.svc.live.since(st.last_id) {
+                            Ok(evs) => {
+                                st.queue.extend(evs);
+                                continue;
+                            }
+                            Err(oldest) => {
+                                st.done = true;
+                                return Some((Ok(resync_event(oldest)), st));
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if ev.id <= st.last_id {
+                continue;
+            }
+            st.last_id = ev.id;
+            if let Some(e) = sse_event(&ev, st.filter.as_ref()) {
+                st.svc.stats.stream_delay.observe(ev.received.elapsed().as_secs_f64());
+                return Some((Ok(e), st));
+            }
+        }
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}
