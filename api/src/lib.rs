@@ -69,9 +69,10 @@ pub struct Service {
 }
 
 /// An ERC-20's symbol and decimals, as its own `symbol()` and `decimals()` say.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// The token's address.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{40}$")]
     pub address: Address,
     /// `symbol()`.
     pub symbol: String,
@@ -187,9 +188,16 @@ pub async fn serve(
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, in words.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 

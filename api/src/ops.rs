@@ -6,6 +6,9 @@ use super::*;
 /// public API.
 const PAGE: &str = include_str!("page.html");
 
+/// The liquidity page (HTML): pools, a pool's distribution and positions with time travel and a
+/// live view, operations; it reads only this API.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "HTML", content_type = "text/html")))]
 pub(super) async fn page() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
@@ -14,8 +17,32 @@ pub(super) async fn page() -> Response {
         .into_response()
 }
 
+/// `/health`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
+    /// Always "ok": the process serves.
+    status: &'static str,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 pub(super) async fn health() -> Response {
-    json_response(&json!({"status": "ok"}))
+    json_response(&Health { status: "ok" })
+}
+
+/// `/ready`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Readiness {
+    /// Following the head, state not degraded.
+    ready: bool,
+    /// The indexer has reached the chain head and stays within a few blocks of it.
+    caught_up: bool,
+    /// The live state missed updates, met an event it cannot take, or its writer failed.
+    degraded: bool,
+    /// Newest block in the live state.
+    head: Option<u64>,
+    /// Newest confirmed block.
+    confirmed: Option<u64>,
 }
 
 /// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
@@ -28,19 +55,17 @@ fn readiness(svc: &Service) -> (bool, bool, bool, Option<u64>, Option<u64>) {
     (caught_up && !degraded && head.is_some(), caught_up, degraded, head, confirmed)
 }
 
+/// Readiness: 503 while catching up with the head, or while the state is degraded.
+#[utoipa::path(get, path = "/ready", responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
 pub(super) async fn ready(State(svc): State<Service>) -> Response {
     let (ok, caught_up, degraded, head, confirmed) = readiness(&svc);
-    let body = json!({
-        "ready": ok,
-        "caught_up": caught_up,
-        "degraded": degraded,
-        "head": head,
-        "confirmed": confirmed,
-    });
+    let body = Readiness { ready: ok, caught_up, degraded, head, confirmed };
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub(super) async fn metrics(State(svc): State<Service>) -> Response {
     use tidewater_chain::metrics::single;
     let mut out = String::new();
@@ -117,6 +142,8 @@ pub(super) async fn metrics(State(svc): State<Service>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
 pub(super) async fn openapi() -> Response {
     json_response(&crate::openapi::document())
 }

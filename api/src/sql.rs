@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// The answer to a query.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct SqlAnswer {
+    /// Rows returned.
+    row_count: usize,
+    /// The rows, one object per row (big integers as decimal strings).
+    #[schema(value_type = Vec<Object>)]
+    rows: Value,
+}
+
+/// Read-only SQL (DataFusion) over every table: cold Parquet plus the hot buffer, with a
+/// `confirmed` column. The body is `{"sql": "..."}` or the SQL as plain text.
+#[utoipa::path(post, path = "/v1/sql", request_body(content = String, description = "`{\"sql\": \"SELECT ...\"}` or plain SQL"),
+    responses((status = 200, body = SqlAnswer),
+        (status = 400, description = "Bad SQL", body = ErrorBody),
+        (status = 403, description = "Not a read", body = ErrorBody),
+        (status = 408, description = "Over the time limit", body = ErrorBody),
+        (status = 413, description = "Over the row, memory or text limit", body = ErrorBody),
+        (status = 429, description = "Every query slot stayed busy for the whole time limit", body = ErrorBody),
+        (status = 500, description = "Reading the dataset failed", body = ErrorBody),
+        (status = 503, description = "The live state failed", body = ErrorBody)))]
 pub(super) async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
     svc.stats.sql_queries.fetch_add(1, Ordering::Relaxed);
     let text =
@@ -40,5 +61,5 @@ pub(super) async fn sql(State(svc): State<Service>, body: String) -> ApiResult {
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let rows_json: Value = serde_json::from_str(&text)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(json_response(&json!({"row_count": rows, "rows": rows_json})))
+    Ok(json_response(&SqlAnswer { row_count: rows, rows: rows_json }))
 }

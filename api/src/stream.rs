@@ -30,6 +30,51 @@ fn resync_event(oldest: u64) -> Event {
     )
 }
 
+/// The block of a stream event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the JSON that `StreamEvent::to_json` writes.
+pub(super) struct StreamBlock {
+    number: u64,
+    hash: String,
+    parent_hash: String,
+}
+
+/// The status of a block in a stream event.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum StreamStatus {
+    Pending,
+    Confirmed,
+    Reverted,
+}
+
+/// One stream event (`pending`, `confirmed` or `reverted`): the block and what it changed, as
+/// it is after the change (a tick with liquidity_gross "0" is gone; a position with `burned` is
+/// gone). The first event of a new client is `snapshot`: the head state.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct StreamUpdate {
+    id: u64,
+    status: StreamStatus,
+    block: StreamBlock,
+    pools: Vec<tidewater_state::pool_state::PoolState>,
+    #[schema(value_type = Vec<Object>)]
+    ticks: Vec<()>,
+    #[schema(value_type = Vec<Object>)]
+    positions: Vec<()>,
+}
+
+/// Server-Sent Events: `snapshot` first (the head state), then `pending`, `confirmed` and
+/// `reverted` updates with increasing ids. Reconnect with `Last-Event-ID` to receive what was
+/// missed, reverts included; `resync` means the cursor is older than the history kept.
+#[utoipa::path(get, path = "/v1/stream",
+    params(("pools" = Option<String>, Query, description = "Comma-separated pool addresses"),
+           ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received")),
+    responses((status = 200, description = "Event stream", content_type = "text/event-stream", body = StreamUpdate),
+        (status = 400, description = "Malformed pool address or Last-Event-ID", body = ErrorBody),
+        (status = 404, description = "Unknown pool", body = ErrorBody),
+        (status = 503, description = "The live state failed", body = ErrorBody)))]
 pub(super) async fn stream(
     State(svc): State<Service>,
     headers: HeaderMap,

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// An ERC-20's `symbol()` and `decimals()`, read from the node and cached.
+#[utoipa::path(get, path = "/v1/tokens/{address}",
+    params(("address" = String, Path, description = "Token address")),
+    responses((status = 200, body = TokenInfo), (status = 400, description = "Malformed address", body = ErrorBody), (status = 404, description = "No node to ask (serve), or not an ERC-20 that answers", body = ErrorBody)))]
 pub(super) async fn token(State(svc): State<Service>, Path(address): Path<String>) -> ApiResult {
     let a = parse_address(&address)?;
     let Some(lookup) = &svc.tokens else {

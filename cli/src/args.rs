@@ -216,6 +216,10 @@ pub(crate) struct ApiArgs {
     /// POST /v1/sql queries run at once; more wait (within their time limit), then get 429
     #[arg(long, default_value = "2", help_heading = "API")]
     pub(crate) sql_concurrency: usize,
+    /// Scheduling priority (nice, 0-19) of the SQL threads: above 0, head reads preempt heavy
+    /// queries, which may then run into their time limit on a busy machine
+    #[arg(long, default_value = "0", help_heading = "API")]
+    pub(crate) sql_nice: i32,
 }
 
 impl TailArgs {
@@ -238,6 +242,7 @@ impl TailArgs {
 impl ApiArgs {
     /// The API's options, as the node takes them.
     pub(crate) fn options(&self) -> tidewater_node::ApiOptions {
+        tidewater_queries::df_sql::set_sql_nice(self.sql_nice);
         tidewater_node::ApiOptions {
             listen: self.listen,
             snapshot_interval: self.snapshot_interval,

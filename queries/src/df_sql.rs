@@ -262,24 +262,32 @@ pub async fn run_sql(
 /// while the indexer's own runtime keeps its threads.
 pub const SQL_THREADS: usize = 2;
 
-/// Scheduling priority of the SQL threads (`nice`): below the threads that follow the head and
-/// answer head reads, so that a heavy query mostly takes CPU they leave idle, yet never starves
-/// on a busy machine (`SCHED_IDLE` would: a query could wait out its time limit unscheduled).
-pub const SQL_NICE: i32 = 10;
+/// Scheduling priority (`nice`) of the SQL threads; 0 (the default) leaves them as they are.
+static SQL_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Lowers the calling thread's (an SQL worker's) priority to [`SQL_NICE`] (Linux: per thread).
-/// Best effort: where it is refused, the query runs at normal priority.
+/// Sets the SQL threads' `nice` (before the first query; `--sql-nice`). A positive value lets
+/// head reads preempt a heavy query on a small machine (measured: `scripts/bench-serve.sh`),
+/// at a price: on a machine that other processes keep busy, queries get a small share of CPU
+/// and may run into their time limit. Hence opt-in.
+pub fn set_sql_nice(nice: i32) {
+    SQL_NICE.store(nice.clamp(0, 19), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Lowers the calling thread's (an SQL worker's) priority to the configured `nice` (Linux: per
+/// thread). Best effort: where it is refused, the query runs at normal priority.
 fn lower_priority() {
+    let nice = SQL_NICE.load(std::sync::atomic::Ordering::Relaxed);
     #[cfg(target_os = "linux")]
-    {
+    if nice > 0 {
         // SAFETY: plain syscalls on the calling thread's own id; no memory is passed.
-        let r = unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, SQL_NICE)
-        };
+        let r =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
         if r != 0 {
             tracing::debug!("could not lower the SQL threads' priority");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 fn sql_runtime() -> Result<&'static tokio::runtime::Runtime, SqlError> {

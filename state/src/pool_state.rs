@@ -41,18 +41,20 @@ pub fn dec<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S:
 }
 
 /// Liquidity at one initialized tick.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TickLiquidity {
     /// Total liquidity referencing the tick.
     #[serde(serialize_with = "dec")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+$")]
     pub liquidity_gross: u128,
     /// Liquidity added when the price crosses the tick upwards.
     #[serde(serialize_with = "dec")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+$")]
     pub liquidity_net: i128,
 }
 
 /// One initialized tick as the API prints it.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct TickEntry {
     /// The tick.
     pub tick: i32,
@@ -63,13 +65,16 @@ pub struct TickEntry {
 
 /// One pool's scalar state (its ticks live in [`UniswapState::ticks`]). Serializes as the API
 /// and `tidewater state` print it: big integers as decimal strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PoolState {
     /// Pool address.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{40}$")]
     pub address: Address,
     /// token0.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{40}$")]
     pub token0: Address,
     /// token1.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{40}$")]
     pub token1: Address,
     /// Fee in hundredths of a bip.
     pub fee: u32,
@@ -77,11 +82,13 @@ pub struct PoolState {
     pub tick_spacing: i32,
     /// sqrt(price) as Q64.96 (0 before Initialize).
     #[serde(serialize_with = "dec")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+$")]
     pub sqrt_price_x96: U256,
     /// Current tick.
     pub tick: i32,
     /// In-range liquidity.
     #[serde(serialize_with = "dec")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+$")]
     pub liquidity: u128,
 }
 
@@ -93,14 +100,17 @@ impl PoolState {
 }
 
 /// One position manager token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Position {
     /// Token id.
     #[serde(serialize_with = "dec")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+$")]
     pub token_id: U256,
     /// Owner.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{40}$")]
     pub owner: Address,
     /// Pool, once known.
+    #[schema(value_type = Option<String>, pattern = "^0x[0-9a-fA-F]{40}$")]
     pub pool: Option<Address>,
     /// Lower tick.
     pub tick_lower: i32,
@@ -108,6 +118,7 @@ pub struct Position {
     pub tick_upper: i32,
     /// Liquidity.
     #[serde(serialize_with = "dec")]
+    #[schema(value_type = String, pattern = "^-?[0-9]+$")]
     pub liquidity: u128,
 }
 

@@ -233,6 +233,8 @@ fn issue_13_the_page_shows_what_the_api_and_the_contracts_say() {
             "const bars = [...document.querySelectorAll('#chart rect.bar')]; const v = document.querySelector('#v-tick'); if (!bars.length || !v) return null; return {block: Number(document.querySelector('#v-block').dataset.value), tick: Number(v.dataset.value), liquidity: document.querySelector('#v-liquidity').dataset.value, sqrt: document.querySelector('#v-sqrt').dataset.value, now: document.querySelector('#now') && Number(document.querySelector('#now').dataset.tick), bars: bars.map(r => [Number(r.dataset.lower), Number(r.dataset.upper), r.dataset.liquidity]), positions: [...document.querySelectorAll('#positions tbody tr')].map(r => [r.dataset.token, r.dataset.liquidity, r.lastElementChild.textContent])};",
         )
     };
+    // The pool view renders after its fetches: wait for its zoom control before using it.
+    b.wait("the zoom control", "return document.querySelector('#zoom') ? true : null;");
     b.js("document.querySelector('#zoom').value = '0'; document.querySelector('#zoom').onchange(); return true;");
     std::thread::sleep(Duration::from_millis(300));
     let shown = view(&b);

@@ -150,6 +150,7 @@ pub fn get_json(url: &str) -> (u16, Value) {
     let (status, body) = http_get(url);
     let v = serde_json::from_slice(&body)
         .unwrap_or_else(|e| panic!("GET {url}: {status} {e}: {}", String::from_utf8_lossy(&body)));
+    crate::openapi::check("GET", url, status, &v);
     (status, v)
 }
 
