@@ -39,6 +39,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+pub use tidewater_chain::metrics::Registry;
 use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS};
 use tidewater_queries::df_sql::{hot_batches, run_sql, SqlError, SqlLimits};
 use tidewater_state::live::{LiveReader, StateAt, StreamEvent, Subscription, View};
@@ -50,8 +51,6 @@ use tokio::sync::broadcast;
 /// The default listen address: loopback only, so nothing is exposed unless asked.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Renders extra Prometheus text (the tail's and the RPC client's counters).
-pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
 /// Whether the indexer behind the service has caught up with the chain head.
 pub type CaughtUpFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -59,7 +58,7 @@ pub type CaughtUpFn = Arc<dyn Fn() -> bool + Send + Sync>;
 #[derive(Clone)]
 pub struct Service {
     live: LiveReader,
-    metrics: MetricsFn,
+    metrics: Arc<Registry>,
     caught_up: CaughtUpFn,
     limits: SqlLimits,
     sql_slots: Arc<tokio::sync::Semaphore>,
@@ -99,25 +98,33 @@ struct ServerStats {
 }
 
 impl Service {
-    /// A service over `live`; `metrics` and `caught_up` come from the tail when there is one.
+    /// A service over `live`. `metrics` holds the collectors of the stages it runs beside (the
+    /// tail's, the RPC client's; empty for `serve`), to which it adds its own; `caught_up`
+    /// comes from the tail when there is one.
     pub fn new(
         live: LiveReader,
-        metrics: MetricsFn,
+        mut metrics: Registry,
         caught_up: CaughtUpFn,
         limits: SqlLimits,
     ) -> Self {
+        let stats = Arc::new(ServerStats {
+            requests: AtomicU64::new(0),
+            stream_clients: AtomicU64::new(0),
+            stream_delay: Histogram::new(DELAY_BUCKETS),
+            sql_queries: AtomicU64::new(0),
+        });
+        metrics.register_collector(Box::new(ops::ApiMetrics {
+            live: live.clone(),
+            caught_up: caught_up.clone(),
+            stats: stats.clone(),
+        }));
         Self {
             live,
-            metrics,
+            metrics: Arc::new(metrics),
             caught_up,
             limits,
             sql_slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1))),
-            stats: Arc::new(ServerStats {
-                requests: AtomicU64::new(0),
-                stream_clients: AtomicU64::new(0),
-                stream_delay: Histogram::new(DELAY_BUCKETS),
-                sql_queries: AtomicU64::new(0),
-            }),
+            stats,
             tokens: None,
             token_cache: Arc::default(),
         }

@@ -48,10 +48,20 @@ pub(super) struct Readiness {
 /// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
 /// degraded, head, confirmed).
 fn readiness(svc: &Service) -> (bool, bool, bool, Option<u64>, Option<u64>) {
-    let Ok(live) = svc.live() else { return (false, false, true, None, None) };
+    readiness_of(&svc.live, &svc.caught_up)
+}
+
+fn readiness_of(
+    live: &LiveReader,
+    caught_up: &CaughtUpFn,
+) -> (bool, bool, bool, Option<u64>, Option<u64>) {
+    if live.writer_failed() {
+        return (false, false, true, None, None);
+    }
+    let live = live.view();
     let (head, confirmed, degraded) =
         (live.head_block(), live.confirmed().map(|c| c.0), live.is_degraded());
-    let caught_up = (svc.caught_up)();
+    let caught_up = caught_up();
     (caught_up && !degraded && head.is_some(), caught_up, degraded, head, confirmed)
 }
 
@@ -64,82 +74,83 @@ pub(super) async fn ready(State(svc): State<Service>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus metrics (text format 0.0.4).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
-pub(super) async fn metrics(State(svc): State<Service>) -> Response {
-    use tidewater_chain::metrics::single;
-    let mut out = String::new();
-    (svc.metrics)(&mut out);
-    let (hot, head, confirmed) = match svc.live() {
-        Ok(live) => (live.hot_len(), live.head_block(), live.confirmed().map(|c| c.0)),
-        Err(_) => (0, None, None),
-    };
-    single(
-        &mut out,
-        "tidewater_state_head_block",
-        "Newest block in the live state.",
-        "gauge",
-        head.unwrap_or(0) as f64,
-    );
-    single(
-        &mut out,
-        "tidewater_state_confirmed_block",
-        "Newest confirmed block in the live state.",
-        "gauge",
-        confirmed.unwrap_or(0) as f64,
-    );
-    single(
-        &mut out,
-        "tidewater_state_hot_blocks",
-        "Unconfirmed blocks in the live state.",
-        "gauge",
-        hot as f64,
-    );
-    let (ok, _, degraded, _, _) = readiness(&svc);
-    single(
-        &mut out,
-        "tidewater_ready",
-        "1 when /ready answers 200: following the head, state not degraded.",
-        "gauge",
-        f64::from(u8::from(ok)),
-    );
-    single(
-        &mut out,
-        "tidewater_state_degraded",
-        "1 when the live state missed updates or met an event it cannot take.",
-        "gauge",
-        f64::from(u8::from(degraded)),
-    );
-    let s = &svc.stats;
-    let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-    single(
-        &mut out,
-        "tidewater_http_requests_total",
-        "API requests served.",
-        "counter",
-        g(&s.requests),
-    );
-    single(
-        &mut out,
-        "tidewater_sql_queries_total",
-        "POST /v1/sql queries.",
-        "counter",
-        g(&s.sql_queries),
-    );
-    single(
-        &mut out,
-        "tidewater_stream_clients",
-        "Connected SSE clients.",
-        "gauge",
-        g(&s.stream_clients),
-    );
-    s.stream_delay.render(
-        &mut out,
-        "tidewater_stream_delay_seconds",
-        "From an update reaching the live state to its SSE event being handed to a client.",
-        "",
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+/// The API's own metrics: the live state, readiness, requests, SQL and the stream.
+pub(super) struct ApiMetrics {
+    pub(super) live: LiveReader,
+    pub(super) caught_up: CaughtUpFn,
+    pub(super) stats: Arc<ServerStats>,
+}
+
+impl std::fmt::Debug for ApiMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiMetrics").finish_non_exhaustive()
+    }
+}
+
+impl tidewater_chain::metrics::Collector for ApiMetrics {
+    fn encode(
+        &self,
+        mut enc: tidewater_chain::metrics::DescriptorEncoder<'_>,
+    ) -> tidewater_chain::metrics::Result {
+        use tidewater_chain::metrics::{counter, gauge};
+        let e = &mut enc;
+        let (ok, _, degraded, head, confirmed) = readiness_of(&self.live, &self.caught_up);
+        let hot = if self.live.writer_failed() { 0 } else { self.live.view().hot_len() };
+        gauge(
+            e,
+            "tidewater_state_head_block",
+            "Newest block in the live state.",
+            head.unwrap_or(0) as f64,
+        )?;
+        gauge(
+            e,
+            "tidewater_state_confirmed_block",
+            "Newest confirmed block in the live state.",
+            confirmed.unwrap_or(0) as f64,
+        )?;
+        gauge(
+            e,
+            "tidewater_state_hot_blocks",
+            "Unconfirmed blocks in the live state.",
+            hot as f64,
+        )?;
+        gauge(
+            e,
+            "tidewater_ready",
+            "1 when /ready answers 200: following the head, state not degraded.",
+            f64::from(u8::from(ok)),
+        )?;
+        gauge(
+            e,
+            "tidewater_state_degraded",
+            "1 when the live state missed updates or met an event it cannot take.",
+            f64::from(u8::from(degraded)),
+        )?;
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(e, "tidewater_http_requests", "API requests served.", n(&s.requests))?;
+        counter(e, "tidewater_sql_queries", "POST /v1/sql queries.", n(&s.sql_queries))?;
+        gauge(
+            e,
+            "tidewater_stream_clients",
+            "Connected SSE clients.",
+            n(&s.stream_clients) as f64,
+        )?;
+        s.stream_delay.encode(
+            e,
+            "tidewater_stream_delay_seconds",
+            "From an update reaching the live state to its SSE event being handed to a client.",
+        )
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text), from every stage this process runs.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub(super) async fn metrics(State(svc): State<Service>) -> ApiResult {
+    let out = tidewater_chain::metrics::encode(&svc.metrics).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}"))
+    })?;
+    Ok(([(header::CONTENT_TYPE, tidewater_chain::metrics::CONTENT_TYPE)], out).into_response())
 }
 
 /// This document.

@@ -1,9 +1,19 @@
-//! Lock-free counters and histograms rendered in the Prometheus text format. Each stage keeps its
-//! own numbers (the RPC client per provider, the tail per stage) and renders them; the HTTP
-//! service only concatenates the texts, so no stage depends on the server.
+//! Metrics, encoded by `prometheus-client`. Each stage keeps its own lock-free numbers (the RPC
+//! client per provider, the tail per stage, the API) and is a [`Collector`] that encodes them on
+//! each scrape (gauges such as lag are computed then); the API registers the collectors of the
+//! stages it runs beside, so no stage depends on the server.
 
-use std::fmt::Write as _;
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+pub use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What encoding returns.
+pub type Result = std::result::Result<(), std::fmt::Error>;
 
 /// Bucket bounds in seconds for delays: from 1 ms (a WebSocket head) to 10 min (a slow
 /// compaction interval).
@@ -46,49 +56,94 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Writes `name_bucket`, `name_sum` and `name_count` lines with `labels` (`k="v"` pairs,
-    /// comma-separated, may be empty).
-    pub fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        header(out, name, help, "histogram");
-        self.render_series(out, name, labels);
+    fn samples(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        // The encoder writes infinity as the `+Inf` bucket and accumulates the counts.
+        buckets.push((f64::INFINITY, self.counts[self.bounds.len()].load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|b| b.1).sum();
+        (self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
     }
 
-    /// Writes the sample lines only (several label sets share one `# HELP`/`# TYPE` header).
-    pub fn render_series(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cum += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
+    /// Writes the histogram.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>, name: &str, help: &str) -> Result {
+        let (sum, count, buckets) = self.samples();
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    /// Writes several histograms as one metric, one per label set.
+    pub fn encode_family(
+        enc: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        series: &[(Vec<(&str, String)>, &Self)],
+    ) -> Result {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, h) in series {
+            let (sum, count, buckets) = h.samples();
+            m.encode_family(labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        cum += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cum}");
+        Ok(())
     }
 }
 
-/// Writes the `# HELP` and `# TYPE` lines of a metric.
-pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// Writes one gauge.
+pub fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-/// Writes one gauge or counter with its header.
-pub fn single(out: &mut String, name: &str, help: &str, kind: &str, value: f64) {
-    header(out, name, help, kind);
-    let _ = writeln!(out, "{name} {value}");
+/// Writes one counter; `name` without the `_total` the encoder appends.
+pub fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-/// Escapes a label value.
-pub fn label_value(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// Writes a counter with one sample per label set: `(labels, value)`.
+pub fn counter_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: &[(Vec<(&str, String)>, u64)],
+) -> Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
 }
+
+/// Encodes a registry in the OpenMetrics text format (what `/metrics` serves; Prometheus reads
+/// it with `Content-Type: application/openmetrics-text`).
+pub fn encode(registry: &Registry) -> std::result::Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// The `Content-Type` of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct One(Histogram);
+
+    impl Collector for One {
+        fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result {
+            let series = [(vec![("stage", "x".to_string())], &self.0)];
+            Histogram::encode_family(&mut enc, "d", "delay", &series)?;
+            counter(&mut enc, "c", "a counter", 3)?;
+            gauge(&mut enc, "g", "a gauge", 1.5)
+        }
+    }
 
     #[test]
     fn buckets_are_cumulative_and_count_everything() {
@@ -96,13 +151,17 @@ mod tests {
         for v in [0.5, 1.5, 1.7, 9.0] {
             h.observe(v);
         }
-        let mut s = String::new();
-        h.render(&mut s, "d", "delay", "stage=\"x\"");
-        assert!(s.contains("d_bucket{stage=\"x\",le=\"1\"} 1\n"), "{s}");
-        assert!(s.contains("d_bucket{stage=\"x\",le=\"2\"} 3\n"), "{s}");
-        assert!(s.contains("d_bucket{stage=\"x\",le=\"+Inf\"} 4\n"), "{s}");
+        assert_eq!(h.count(), 4);
+        let mut r = Registry::default();
+        r.register_collector(Box::new(One(h)));
+        let s = encode(&r).unwrap();
+        assert!(s.contains("d_bucket{le=\"1.0\",stage=\"x\"} 1\n"), "{s}");
+        assert!(s.contains("d_bucket{le=\"2.0\",stage=\"x\"} 3\n"), "{s}");
+        assert!(s.contains("d_bucket{le=\"+Inf\",stage=\"x\"} 4\n"), "{s}");
         assert!(s.contains("d_count{stage=\"x\"} 4\n"), "{s}");
         assert!(s.contains("d_sum{stage=\"x\"} 12.7\n"), "{s}");
-        assert_eq!(h.count(), 4);
+        assert!(s.contains("# TYPE c counter\nc_total 3\n"), "{s}");
+        assert!(s.contains("g 1.5\n"), "{s}");
+        assert!(s.ends_with("# EOF\n"), "{s}");
     }
 }

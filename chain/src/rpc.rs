@@ -152,22 +152,6 @@ impl RpcClient {
         self.inner.providers.iter().map(|p| &p.stats)
     }
 
-    /// Renders the per-provider counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        for (name, help, pick) in [
-            ("tidewater_rpc_requests_total", "JSON-RPC requests sent, per provider.", 0),
-            ("tidewater_rpc_errors_total", "JSON-RPC requests that failed, per provider.", 1),
-        ] {
-            crate::metrics::header(out, name, help, "counter");
-            for s in self.stats() {
-                let v = if pick == 0 { &s.requests } else { &s.errors };
-                let url = crate::metrics::label_value(s.url.redacted());
-                let _ = writeln!(out, "{name}{{provider=\"{url}\"}} {}", v.load(Ordering::Relaxed));
-            }
-        }
-    }
-
     /// The first provider's URL (redacted when printed).
     pub fn primary_url(&self) -> &ProviderUrl {
         &self.inner.cfg.urls[0]
@@ -575,6 +559,26 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let cap = base.saturating_mul(1u32 << attempt.min(20)).min(max);
     let nanos = rand::thread_rng().gen_range(0..=cap.as_nanos() as u64);
     Duration::from_nanos(nanos)
+}
+
+/// Requests and errors per provider (URLs redacted).
+impl crate::metrics::Collector for RpcClient {
+    fn encode(&self, mut enc: crate::metrics::DescriptorEncoder<'_>) -> crate::metrics::Result {
+        for (name, help, errors) in [
+            ("tidewater_rpc_requests", "JSON-RPC requests sent, per provider.", false),
+            ("tidewater_rpc_errors", "JSON-RPC requests that failed, per provider.", true),
+        ] {
+            let samples: Vec<_> = self
+                .stats()
+                .map(|s| {
+                    let v = if errors { &s.errors } else { &s.requests };
+                    (vec![("provider", s.url.redacted().to_string())], v.load(Ordering::Relaxed))
+                })
+                .collect();
+            crate::metrics::counter_family(&mut enc, name, help, &samples)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

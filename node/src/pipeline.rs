@@ -269,10 +269,9 @@ pub async fn run(
         (Some(listener), Some(f), Some((_, targs))) => {
             let live = crate::load(&plan.data, &targs.api, None).await?.reader();
             let (stats, caught, metrics_rpc) = (f.stats(), f.stats(), rpc.clone());
-            let metrics: tidewater_api::MetricsFn = std::sync::Arc::new(move |out: &mut String| {
-                stats.render_metrics(out);
-                metrics_rpc.render_metrics(out);
-            });
+            let mut metrics = tidewater_api::Registry::default();
+            metrics.register_collector(Box::new(stats));
+            metrics.register_collector(Box::new(metrics_rpc));
             // Ready once the tail has reached the head, and while it stays within a few blocks.
             let caught_up: tidewater_api::CaughtUpFn = std::sync::Arc::new(move || {
                 use std::sync::atomic::Ordering::Relaxed;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tidewater_api::{CaughtUpFn, MetricsFn, Service};
+use tidewater_api::{CaughtUpFn, Registry, Service};
 use tidewater_queries::df_sql::SqlLimits;
 use tidewater_state::live::{LiveReader, LiveState};
 use tidewater_storage::Dataset;
@@ -79,7 +79,7 @@ pub fn start(
     live: LiveReader,
     listener: tokio::net::TcpListener,
     api: &ApiOptions,
-    metrics: MetricsFn,
+    metrics: Registry,
     caught_up: CaughtUpFn,
     rpc: Option<tidewater_chain::RpcClient>,
     cancel: CancellationToken,
@@ -108,15 +108,8 @@ pub async fn serve_directory(
     let live = Arc::new(std::sync::Mutex::new(load(&data, &api, None).await?));
     let reader = live.lock().map_err(|_| eyre!("the live state failed"))?.reader();
     let cancel = CancellationToken::new();
-    let server = start(
-        reader,
-        listener,
-        &api,
-        Arc::new(|_: &mut String| {}),
-        Arc::new(|| true),
-        None,
-        cancel.clone(),
-    );
+    let server =
+        start(reader, listener, &api, Registry::default(), Arc::new(|| true), None, cancel.clone());
     let mut signals = Signals::new()?;
     let mut tick = tokio::time::interval(poll_interval.max(Duration::from_millis(10)));
     let server_done = server.join();

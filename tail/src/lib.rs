@@ -213,117 +213,109 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-impl TailStats {
-    /// Renders the counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use tidewater_chain::metrics::single;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+/// Head, watermark, lag, backlog, reorgs and the delay of each stage.
+impl tidewater_chain::metrics::Collector for TailStats {
+    fn encode(
+        &self,
+        mut enc: tidewater_chain::metrics::DescriptorEncoder<'_>,
+    ) -> tidewater_chain::metrics::Result {
+        use tidewater_chain::metrics::{counter, gauge, Histogram};
+        let e = &mut enc;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = |a: &AtomicU64| n(a) as f64;
         let head = g(&self.head);
         let tip = g(&self.tip);
-        single(out, "tidewater_head_block", "Latest head block seen on the node.", "gauge", head);
-        single(
-            out,
+        gauge(e, "tidewater_head_block", "Latest head block seen on the node.", head)?;
+        gauge(
+            e,
             "tidewater_watermark_block",
             "Confirmed watermark (finalized, or head - confirmations).",
-            "gauge",
             g(&self.watermark),
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_checkpoint_block",
             "Last block persisted to the cold tier.",
-            "gauge",
             g(&self.checkpoint),
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_lag_blocks",
             "Head minus the newest block in the hot buffer.",
-            "gauge",
             (head - tip).max(0.0),
-        );
+        )?;
         let ts = g(&self.tip_timestamp);
-        single(
-            out,
+        gauge(
+            e,
             "tidewater_lag_seconds",
             "Now minus the timestamp of the newest block applied.",
-            "gauge",
             if ts > 0.0 { (unix_now() - ts).max(0.0) } else { 0.0 },
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_backlog_blocks",
             "Blocks detected but not yet persisted (hot buffer) plus blocks not yet fetched.",
-            "gauge",
             g(&self.hot_blocks) + (head - tip).max(0.0),
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_finalized_stale",
             "1 while the node's finalized block cannot be read and the watermark holds at the last known one.",
-            "gauge",
             if self.finalized_stale.load(Ordering::Relaxed) { 1.0 } else { 0.0 },
-        );
-        single(
-            out,
-            "tidewater_finalized_errors_total",
+        )?;
+        counter(
+            e,
+            "tidewater_finalized_errors",
             "Calls for the node's finalized block that failed.",
-            "counter",
-            g(&self.finalized_errors),
-        );
-        single(out, "tidewater_reorgs_total", "Reorgs handled.", "counter", g(&self.reorgs));
-        single(
-            out,
+            n(&self.finalized_errors),
+        )?;
+        counter(e, "tidewater_reorgs", "Reorgs handled.", n(&self.reorgs))?;
+        gauge(
+            e,
             "tidewater_reorg_max_depth_blocks",
             "Deepest reorg handled since the start, in blocks.",
-            "gauge",
             g(&self.max_reorg_depth),
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_last_deep_reorg_checkpoint_block",
             "The checkpoint the last deep reorg invalidated (0: none since the start).",
-            "gauge",
             g(&self.last_deep_reorg_checkpoint),
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_last_deep_reorg_rolled_back_blocks",
             "Cold blocks the last deep reorg rolled back.",
-            "gauge",
             g(&self.last_deep_reorg_blocks),
-        );
-        single(
-            out,
+        )?;
+        gauge(
+            e,
             "tidewater_last_deep_reorg_timestamp_seconds",
             "When the last deep reorg was handled (unix seconds; 0: none since the start).",
-            "gauge",
             g(&self.last_deep_reorg_time),
-        );
-        single(
-            out,
-            "tidewater_deep_reorgs_total",
+        )?;
+        counter(
+            e,
+            "tidewater_deep_reorgs",
             "Reorgs deeper than the watermark (cold data rolled back).",
-            "counter",
-            g(&self.deep_reorgs),
-        );
-        single(
-            out,
-            "tidewater_blocks_applied_total",
+            n(&self.deep_reorgs),
+        )?;
+        counter(
+            e,
+            "tidewater_blocks_applied",
             "Blocks applied to the hot buffer.",
-            "counter",
-            g(&self.blocks_applied),
-        );
-        self.reorg_depth.render(out, "tidewater_reorg_depth_blocks", "Depth of reorgs.", "");
-        tidewater_chain::metrics::header(
-            out,
+            n(&self.blocks_applied),
+        )?;
+        self.reorg_depth.encode(e, "tidewater_reorg_depth_blocks", "Depth of reorgs.")?;
+        Histogram::encode_family(
+            e,
             "tidewater_stage_delay_seconds",
             "Delay from the block timestamp to each stage (detected, persisted).",
-            "histogram",
-        );
-        let name = "tidewater_stage_delay_seconds";
-        self.detect_delay.render_series(out, name, "stage=\"detected\"");
-        self.persist_delay.render_series(out, name, "stage=\"persisted\"");
+            &[
+                (vec![("stage", "detected".to_string())], &self.detect_delay),
+                (vec![("stage", "persisted".to_string())], &self.persist_delay),
+            ],
+        )
     }
 }
 

@@ -694,7 +694,7 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
         .unwrap();
     assert!(deep >= 1.0, "{deep}");
     for needle in [
-        "tidewater_stage_delay_seconds_bucket{stage=\"detected\",le=\"+Inf\"}",
+        "tidewater_stage_delay_seconds_bucket{le=\"+Inf\",stage=\"detected\"}",
         "tidewater_stage_delay_seconds_count{stage=\"persisted\"}",
         "tidewater_rpc_requests_total{provider=\"http://127.0.0.1:",
         "tidewater_lag_blocks 0",
