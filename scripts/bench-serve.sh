@@ -6,7 +6,8 @@
 #  2. head-state reads of one pool and of its ticks with wrk: at a paced ~5,000 requests/s
 #     (each of 50 connections waits 9 ms between requests) and flat out, requests/s and p99;
 #     and paced again while heavy SQL queries run back to back, and while deep reorgs reload
-#     the live state (BENCH_BASELINE=<older binary> runs these read phases for it too);
+#     the live state (BENCH_BASELINE=<older binary> runs these read phases for it too;
+#     BENCH_SQL_NICE=N repeats the heavy-SQL phase with --sql-nice N);
 #  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
 #     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
 # BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state), BENCH_SKIP_SMALL=1 skips 1 and 2.
@@ -124,6 +125,20 @@ read_phases() { # binary label
   bench "$l: pool, paced, while heavy SQL runs" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
   wait $sql_loop
   kill $sp; wait $sp 2>/dev/null || true
+  # The same with the SQL threads at a lower priority (--sql-nice), where the binary has it.
+  if [ -n "${BENCH_SQL_NICE:-}" ] && "$b" serve --help | grep -q -- --sql-nice; then
+    "$b" serve --data "$work/small/data" --listen "127.0.0.1:$api_port" --sql-nice "$BENCH_SQL_NICE" >/dev/null 2>&1 &
+    sp=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break; sleep 0.1; done
+    ( n=0; end=$((SECONDS + ${BENCH_SECONDS:-15})); while [ $SECONDS -lt $end ]; do
+        curl -s -o /dev/null -X POST -H 'content-type: application/json' -d "$heavy" \
+          "http://127.0.0.1:$api_port/v1/sql"; n=$((n + 1))
+      done; echo "[reads] $l --sql-nice $BENCH_SQL_NICE: heavy SQL queries run meanwhile: $n" ) &
+    sql_loop=$!
+    bench "$l --sql-nice $BENCH_SQL_NICE: pool, paced, while heavy SQL runs" "http://127.0.0.1:$api_port/v1/pools/$pool" -s "$work/pace.lua"
+    wait $sql_loop
+    kill $sp; wait $sp 2>/dev/null || true
+  fi
   # Paced head reads while deep reorgs reload the state, on a fresh anvil and data directory.
   local port; port=$(free_port)
   scripts/devnet.sh start small "$port" >/dev/null 2>&1 &
