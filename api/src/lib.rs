@@ -180,6 +180,11 @@ impl Service {
     }
 }
 
+/// The OpenAPI document that `/openapi.json` serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::document()
+}
+
 /// Serves until `cancel` fires.
 pub async fn serve(
     service: Service,

@@ -13,6 +13,7 @@ mod oracle;
 mod page;
 mod proxy;
 mod serve;
+mod snapshots;
 mod state;
 mod tail;
 mod util;

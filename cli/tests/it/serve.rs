@@ -702,6 +702,9 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
+    // The names and types of every metric `run` serves: a rename shows in review.
+    let types: Vec<&str> = m.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    insta::assert_snapshot!("metric_types_of_run", types.join("\n"));
     let (_, stderr) = child.stop();
     assert!(stderr.contains("deep reorg"), "{stderr}");
 }
