@@ -25,7 +25,7 @@ mod sql;
 mod stream;
 mod tokens;
 
-use pools::{to_bytes, BlockOut};
+use pools::to_bytes;
 
 use alloy_primitives::{Address, U256};
 use axum::extract::{Path, Query, State};
@@ -330,8 +330,7 @@ async fn state_at(
     })?;
     match at {
         StateAt::Ready(st, confirmed) => Ok((Arc::from(st), confirmed)),
-        StateAt::Cold(root, u) => {
-            let n = block.expect("invariant: the head is never cold-only");
+        StateAt::Cold(root, u, n) => {
             let st = tokio::task::spawn_blocking(move || {
                 // A merge may replace files between listing and reading: retry once.
                 let once = || {
@@ -351,7 +350,7 @@ async fn state_at(
 }
 
 fn block_json(st: &UniswapState, confirmed: bool) -> Value {
-    serde_json::to_value(BlockOut::of(st, confirmed)).expect("invariant: plain structs serialize")
+    json!({"number": st.block, "hash": st.block_hash, "confirmed": confirmed})
 }
 
 fn json_response<T: serde::Serialize>(v: &T) -> Response {

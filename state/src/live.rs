@@ -133,9 +133,9 @@ struct HotEntry {
 pub enum StateAt {
     /// Computed in memory (the head or an unconfirmed block).
     Ready(Box<UniswapState>, bool),
-    /// A confirmed block: fold it from the cold tier ([`cold_state_at`]) off the request path
-    /// (open the dataset at this root then: the cold tier may have grown).
-    Cold(std::path::PathBuf, UniswapV3),
+    /// A confirmed block (the last field): fold it from the cold tier ([`cold_state_at`]) off
+    /// the request path (open the dataset at this root then: the cold tier may have grown).
+    Cold(std::path::PathBuf, UniswapV3, u64),
 }
 
 /// A block the state cannot be given for.
@@ -251,7 +251,7 @@ impl View {
             return Ok(StateAt::Ready(Box::new(self.head.clone()), self.is_confirmed(n)));
         }
         if self.is_confirmed(n) {
-            return Ok(StateAt::Cold(self.root.to_path_buf(), (*self.u).clone()));
+            return Ok(StateAt::Cold(self.root.to_path_buf(), (*self.u).clone(), n));
         }
         let mut st = self.head.clone();
         for e in self.hot.iter().rev().take_while(|e| e.number > n) {
