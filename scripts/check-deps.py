@@ -9,6 +9,8 @@ import json, subprocess, sys
 P, C, S = "tidewater-primitives", "tidewater-chain", "tidewater-storage"
 ALLOWED = {
     P: set(),
+    # Test and benchmark support (the provider simulator): talks JSON-RPC, knows no crate.
+    "tidewater-testkit": set(),
     C: {P},
     S: {P, C},
     "tidewater-backfill": {P, C, S},

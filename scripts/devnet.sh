@@ -7,7 +7,10 @@
 #
 # A cached chain is $TIDEWATER_HOME/devnet/NAME-<key>/{state.json,deploy.json}, where key hashes
 # the traffic flags and the generator script, so a change to either builds a new chain.
-# Presets: small (tests: ~10 pools, hundreds of positions), large (benchmarks: >= 500k logs).
+# Presets: small (tests: ~10 pools, hundreds of positions), large (benchmarks: >= 500k logs),
+# mainnet-shape (benchmarks: 5,000 pools, 200 noise contracts and a spoofer, saturated blooms,
+# 100,000 empty blocks, 1,000,000 watched logs; ~30 min to build) and mainnet-shape-mini (tests:
+# the same shape, 600 pools).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
@@ -20,7 +23,16 @@ preset_flags() {
   case "$1" in
     small) echo "--seed 7 --pools 10 --rounds 260 --swaps-per-tx 12" ;;
     large) echo "--seed 11 --pools 24 --rounds 6000 --swaps-per-tx 125" ;;
-    *) echo "devnet: unknown preset '$1' (small, large)" >&2; exit 2 ;;
+    mainnet-shape) echo "--seed 5 --pools 5000 --hot 300 --noise 200 --watched-logs 1000000 --logs-per-block 300 --sparse 100000" ;;
+    mainnet-shape-mini) echo "--seed 6 --pools 600 --hot 40 --noise 40 --watched-logs 12000 --logs-per-block 300 --sparse 4000" ;;
+    *) echo "devnet: unknown preset '$1' (small, large, mainnet-shape, mainnet-shape-mini)" >&2; exit 2 ;;
+  esac
+}
+
+generator() {
+  case "$1" in
+    mainnet-shape*) echo "$TIDEWATER_SCRIPTS/devnet/mainnet_shape.mjs" ;;
+    *) echo "$TIDEWATER_SCRIPTS/devnet/traffic.mjs" ;;
   esac
 }
 
@@ -28,7 +40,7 @@ chain_dir() {
   local name="$1"; shift
   local flags="$*"
   local key
-  key=$(cat "$TIDEWATER_SCRIPTS/devnet/traffic.mjs" <(echo "$flags" "${ANVIL_FLAGS[*]}") | sha256sum | cut -c1-12)
+  key=$(cat "$(generator "$name")" <(echo "$flags" "${ANVIL_FLAGS[*]}") | sha256sum | cut -c1-12)
   echo "$TIDEWATER_HOME/devnet/$name-$key"
 }
 
@@ -46,7 +58,7 @@ case "$cmd" in
     trap 'kill $anvil_pid 2>/dev/null || true' EXIT
     wait_rpc "http://127.0.0.1:$port"
     echo "devnet: building '$name' ($flags) into $dir" >&2
-    node "$TIDEWATER_SCRIPTS/devnet/traffic.mjs" --rpc "http://127.0.0.1:$port" \
+    node "$(generator "$name")" --rpc "http://127.0.0.1:$port" \
       --modules "$TIDEWATER_NODE_MODULES" --out "$dir/deploy.json.tmp" $flags >&2
     kill -INT $anvil_pid; wait $anvil_pid || true; trap - EXIT
     mv "$dir/deploy.json.tmp" "$dir/deploy.json"

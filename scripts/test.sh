@@ -7,6 +7,7 @@ source scripts/env.sh
 
 scripts/install.sh
 export TIDEWATER_DEVNET_SMALL="$(scripts/devnet.sh build small)"
+export TIDEWATER_DEVNET_MAINNET_SHAPE_MINI="$(scripts/devnet.sh build mainnet-shape-mini)"
 
 python3 scripts/check-deps.py
 # Licenses, banned crates and sources (deny.toml). Advisories need the RustSec database from a

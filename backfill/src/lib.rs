@@ -36,6 +36,7 @@ mod range_plan;
 
 pub use error::{Error, Result};
 pub use range_plan::{plan_chunks, DEFAULT_CHUNK_SIZE};
+pub use tidewater_chain::FilterMode;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -45,8 +46,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 use tidewater_chain::encode::SkippedLog;
 use tidewater_chain::{
-    discover_pools, discover_pools_checked, fetch_range_consistent, run_on_rayon, BlockRange,
-    EventCatalog, LogFilter, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask,
+    discover_pools, discover_pools_checked, fetch_range_consistent_with, run_on_rayon, Address,
+    BlockRange, Checks, EventCatalog, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask,
     DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
@@ -55,6 +56,10 @@ use tokio_util::sync::CancellationToken;
 /// Chunks fetched or encoding at once. Four keeps the RPC semaphore busy while a chunk encodes
 /// and bounds memory to four chunks' logs.
 pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
+/// Blocks this close to the head are fetched with a header per block ([`Checks::Blocks`]);
+/// older ones with a header per `eth_getLogs` answer ([`Checks::Spans`]). Lagging nodes behind
+/// load balancers miss blocks near the head, not blocks hours old.
+pub const DEFAULT_BLOCK_CHECKS_DEPTH: u64 = 1_024;
 /// Undecodable logs listed by name in a summary; the rest are only counted.
 const SKIPPED_LISTED: usize = 100;
 
@@ -73,6 +78,12 @@ pub struct BackfillConfig {
     pub log_range: u64,
     /// Largest `eth_getLogs` span.
     pub max_log_range: u64,
+    /// How the factory's pools are asked for.
+    pub filter_mode: FilterMode,
+    /// Chunks ending before this block are checked with [`Checks::Spans`], the others with
+    /// [`Checks::Blocks`] (the caller sets it from the head and a depth, e.g.
+    /// [`DEFAULT_BLOCK_CHECKS_DEPTH`]; 0 checks every block).
+    pub spans_below: u64,
 }
 
 impl BackfillConfig {
@@ -85,6 +96,8 @@ impl BackfillConfig {
             shard: None,
             log_range: DEFAULT_LOG_RANGE,
             max_log_range: DEFAULT_MAX_LOG_RANGE,
+            filter_mode: FilterMode::Auto,
+            spans_below: 0,
         }
     }
 }
@@ -155,6 +168,12 @@ struct Shared {
     catalog: Arc<EventCatalog>,
     chain_id: u64,
     sizer: RangeSizer,
+    filter_mode: FilterMode,
+    spans_below: u64,
+    /// Selectors of every pool event (asked for from any contract in [`FilterMode::Topics`]).
+    pool_topic0s: Vec<tidewater_chain::B256>,
+    /// The fixed contracts, sorted.
+    contracts: Vec<Address>,
 }
 
 struct Encoded {
@@ -186,7 +205,17 @@ impl Backfill {
     ) -> tidewater_chain::Result<Self> {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
         let sizer = RangeSizer::new(cfg.log_range, cfg.max_log_range);
-        let shared = Arc::new(Shared { rpc, sources, catalog, chain_id, sizer });
+        let shared = Arc::new(Shared {
+            rpc,
+            sources,
+            pool_topic0s: catalog.pool_topic0s(),
+            contracts: catalog.contracts(),
+            catalog,
+            chain_id,
+            sizer,
+            filter_mode: cfg.filter_mode,
+            spans_below: cfg.spans_below,
+        });
         Ok(Self { shared, cfg, progress: Arc::default() })
     }
 
@@ -308,7 +337,8 @@ impl Backfill {
             set.merge(&found);
         }
         for range in unplanned {
-            let found = discover_pools_checked(&sh.rpc, u.factory, range, &sh.sizer)
+            let checks = sh.checks_for(range);
+            let found = discover_pools_checked(&sh.rpc, u.factory, range, &sh.sizer, checks)
                 .await
                 .map_err(|source| Error::Discover { range, source })?;
             set.merge(&found);
@@ -343,15 +373,49 @@ fn split_by_plan(all: BlockRange, plan: &[BlockRange]) -> (Vec<BlockRange>, Vec<
 }
 
 impl Shared {
+    /// `chunk`'s logs and headers: the part before `spans_below` with [`Checks::Spans`], the
+    /// rest with [`Checks::Blocks`].
+    async fn fetch_checked(
+        &self,
+        filter: &tidewater_chain::LogFilter,
+        chunk: BlockRange,
+    ) -> tidewater_chain::Result<tidewater_chain::RangeData> {
+        let fetch = |r: BlockRange| {
+            fetch_range_consistent_with(&self.rpc, filter, r, &self.sizer, self.checks_for(r))
+        };
+        if chunk.start >= self.spans_below || chunk.end < self.spans_below {
+            return fetch(chunk).await;
+        }
+        let (old, new) = chunk.split_at_len(self.spans_below - chunk.start);
+        let Some(new) = new else { return fetch(old).await };
+        let (mut a, b) = futures::try_join!(fetch(old), fetch(new))?;
+        a.headers.extend(b.headers);
+        a.blocks.extend(b.blocks);
+        a.logs.extend(b.logs);
+        a.bloom_refetches += b.bloom_refetches;
+        Ok(a)
+    }
+
+    fn checks_for(&self, range: BlockRange) -> Checks {
+        if range.end < self.spans_below {
+            Checks::Spans
+        } else {
+            Checks::Blocks
+        }
+    }
+
     /// Fetches and encodes `chunk`. When the chunk holds a `PoolCreated` log of a pool not yet
     /// known, the pool is added to `pools` and the chunk is fetched again with it.
     async fn fetch_and_encode(&self, chunk: BlockRange, pools: &SharedPools) -> Result<Encoded> {
         loop {
             let known = read_pools(pools);
-            let mut addresses = self.catalog.contracts();
-            addresses.extend(known.created_by(chunk.end));
-            let filter = LogFilter { addresses, topic0s: vec![] };
-            let data = fetch_range_consistent(&self.rpc, &filter, chunk, &self.sizer)
+            let filter = self.filter_mode.filter(
+                self.contracts.clone(),
+                known.created_by(chunk.end),
+                &self.pool_topic0s,
+            );
+            let mut data = self
+                .fetch_checked(&filter, chunk)
                 .await
                 .map_err(|source| Error::Fetch { range: chunk, source })?;
             if let Some(u) = &self.sources.uniswap_v3 {
@@ -366,6 +430,18 @@ impl Shared {
                     pools.write().unwrap_or_else(PoisonError::into_inner).merge(&seen);
                     continue;
                 }
+            }
+            if !filter.open_topic0s.is_empty() {
+                // Asked by selector from any contract: keep the watched emitters only. A
+                // contract the factory did not create never reaches a table.
+                let contracts = &self.contracts;
+                data.logs.retain(|l| {
+                    contracts.binary_search(&l.address).is_ok()
+                        || known.is_pool_at(l.address, l.block_number)
+                });
+                let with_logs: std::collections::HashSet<u64> =
+                    data.logs.iter().map(|l| l.block_number).collect();
+                data.blocks.retain(|b| b.parent_hash.is_some() || with_logs.contains(&b.number));
             }
             let pools_used = known.count_created_by(chunk.end);
             let catalog = self.catalog.clone();

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::events::{ColumnKind, EventCatalog, EventDef};
 use crate::schema::{blocks_schema, logs_schema, BLOCKS, LOGS};
-use crate::{Header, Log};
+use crate::{BlockRow, Log};
 use alloy_dyn_abi::DynSolValue;
 use alloy_primitives::Address;
 use arrow::array::{
@@ -15,20 +15,20 @@ use arrow::record_batch::RecordBatch;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The `blocks` batch for a run of headers.
-pub fn blocks_batch(headers: &[Header], chain_id: u64) -> Result<RecordBatch> {
-    let mut number = UInt64Builder::with_capacity(headers.len());
+/// The `blocks` batch for a run of rows.
+pub fn blocks_batch(rows: &[BlockRow], chain_id: u64) -> Result<RecordBatch> {
+    let mut number = UInt64Builder::with_capacity(rows.len());
     let mut hash = BinaryBuilder::new();
     let mut parent = BinaryBuilder::new();
-    let mut ts = UInt64Builder::with_capacity(headers.len());
+    let mut ts = UInt64Builder::with_capacity(rows.len());
     let mut bloom = BinaryBuilder::new();
-    let mut chain = UInt64Builder::with_capacity(headers.len());
-    for h in headers {
+    let mut chain = UInt64Builder::with_capacity(rows.len());
+    for h in rows {
         number.append_value(h.number);
         hash.append_value(h.hash);
-        parent.append_value(h.parent_hash);
+        parent.append_option(h.parent_hash);
         ts.append_value(h.timestamp);
-        bloom.append_value(h.logs_bloom.as_slice());
+        bloom.append_option(h.logs_bloom.as_ref().map(|b| b.as_slice()));
         chain.append_value(chain_id);
     }
     let cols: Vec<ArrayRef> = vec![
@@ -352,6 +352,7 @@ mod tests {
             transaction_index: 0,
             log_index: index,
             removed: false,
+            block_timestamp: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub enum Error {
         method: String,
         /// HTTP status code.
         status: u16,
+        /// The provider's `Retry-After`, when it sent one (a 429 or 503).
+        retry_after: Option<std::time::Duration>,
     },
     /// The provider answered with a JSON-RPC error object.
     #[error("{method} on {provider}: JSON-RPC error {code}: {message}")]
@@ -276,6 +278,7 @@ mod tests {
     #[test]
     fn http_statuses() {
         let e = |status| Error::HttpStatus {
+            retry_after: None,
             provider: ProviderUrl::parse("http://p").unwrap(),
             method: "m".into(),
             status,

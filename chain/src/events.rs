@@ -67,6 +67,13 @@ pub const UNISWAP_V3_POOL_EVENTS: [(&str, &str); 6] = [
     ("collects", "Collect(address indexed owner, address recipient, int24 indexed tickLower, int24 indexed tickUpper, uint128 amount0, uint128 amount1)"),
     ("flashes", "Flash(address indexed sender, address indexed recipient, uint256 amount0, uint256 amount1, uint256 paid0, uint256 paid1)"),
 ];
+/// The pool's other events: not decoded, but a pool's raw logs include them, so asking for pool
+/// logs by selector must ask for these too.
+pub const UNISWAP_V3_POOL_OTHER_EVENTS: [&str; 3] = [
+    "IncreaseObservationCardinalityNext(uint16 observationCardinalityNextOld, uint16 observationCardinalityNextNew)",
+    "SetFeeProtocol(uint8 feeProtocol0Old, uint8 feeProtocol1Old, uint8 feeProtocol0New, uint8 feeProtocol1New)",
+    "CollectProtocol(address indexed sender, address indexed recipient, uint128 amount0, uint128 amount1)",
+];
 /// NonfungiblePositionManager events and their tables.
 pub const UNISWAP_V3_POSITION_EVENTS: [(&str, &str); 4] = [
     ("position_increases", "IncreaseLiquidity(uint256 indexed tokenId, uint128 liquidity, uint256 amount0, uint256 amount1)"),
@@ -286,6 +293,27 @@ impl EventCatalog {
             }
         })?;
         Some(&self.defs[*i])
+    }
+
+    /// The selectors of every event a factory pool emits (decoded or not); empty without a
+    /// factory.
+    pub fn pool_topic0s(&self) -> Vec<B256> {
+        let mut v: Vec<B256> = self
+            .defs
+            .iter()
+            .filter(|d| d.emitter == Emitter::FactoryPools)
+            .map(|d| d.selector)
+            .collect();
+        if !v.is_empty() {
+            for sig in UNISWAP_V3_POOL_OTHER_EVENTS {
+                if let Ok(e) = parse_event(sig) {
+                    v.push(e.selector());
+                }
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Fixed contracts watched.

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::range::BlockRange;
 use crate::rpc::RpcClient;
-use crate::{Header, Log, LogFilter};
+use crate::{BlockRow, Header, Log, LogFilter};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const DEFAULT_LOG_RANGE: u64 = 2_000;
 /// Largest span the sizer grows to.
 pub const DEFAULT_MAX_LOG_RANGE: u64 = 10_000;
+
+/// `eth_getLogs` calls in flight for one range (more come from ranges fetched side by side).
+const PARTS_IN_FLIGHT: usize = 4;
+/// Fewer logs than this in an answer: the span doubles.
+const SPARSE_ANSWER: usize = 1_000;
 
 /// Adapts the `eth_getLogs` span: shrinks to what the provider accepts, grows back by a quarter
 /// after each success at full span.
@@ -35,11 +40,13 @@ impl RangeSizer {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// A span of `used` blocks succeeded.
-    pub fn on_success(&self, used: u64) {
+    /// A span of `used` blocks succeeded with `logs` logs. A sparse answer doubles the span
+    /// (a dense stretch that shrank it is over); a fuller one grows it by a quarter.
+    pub fn on_success(&self, used: u64, logs: usize) {
         let cur = self.current();
         if used >= cur {
-            let grown = (cur + cur / 4 + 1).min(self.max);
+            let grown = if logs < SPARSE_ANSWER { cur * 2 } else { cur + cur / 4 + 1 };
+            let grown = grown.min(self.max);
             let _ = self.size.compare_exchange(cur, grown, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
@@ -63,12 +70,37 @@ pub fn next_span(failed: BlockRange, hint: Option<BlockRange>) -> u64 {
 /// Everything a block range holds for a filter.
 #[derive(Debug, Clone, Default)]
 pub struct RangeData {
-    /// One header per block, in order.
+    /// The headers fetched, in order: every block's with [`Checks::Blocks`]; with
+    /// [`Checks::Spans`] the range's first block's and the last block's of each answer (the
+    /// range's last block among them). Never empty for a non-empty range.
     pub headers: Vec<Header>,
+    /// The `blocks` table's rows, in order: one per header, and one per other block with logs
+    /// (from its logs: number, hash, timestamp).
+    pub blocks: Vec<BlockRow>,
     /// The matching logs, ordered by (block_number, log_index).
     pub logs: Vec<Log>,
     /// Blocks whose logs were refetched by hash because the bloom disagreed with an empty answer.
     pub bloom_refetches: u64,
+}
+
+/// How a range fetch makes sure the node's answers are complete.
+///
+/// See `docs/design/mainnet-shape.md` for which check stands where a header is not fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checks {
+    /// Every block's header (one billed call per block): hashes link from block to block,
+    /// every log carries its block's hash, and a block whose bloom may match but came back
+    /// empty is asked again by hash, then its receipts decide. For blocks near the head,
+    /// where lagging nodes behind load balancers answer `[]` for blocks they have not seen.
+    #[default]
+    Blocks,
+    /// The header of the range's first block and of the last block of every `eth_getLogs`
+    /// answer (one billed call per answer, not per block): logs agree with those headers and
+    /// with each other (one hash and timestamp per block, no duplicate, none removed), and an
+    /// answer that stops short of its last block while that block's bloom may match is
+    /// confirmed by hash; a disagreement refetches the range with [`Checks::Blocks`]. For
+    /// settled history, where nodes have every block.
+    Spans,
 }
 
 /// Logs for `range`, split adaptively. Sub-ranges are fetched concurrently (the client's
@@ -79,16 +111,42 @@ pub async fn fetch_logs(
     range: BlockRange,
     sizer: &RangeSizer,
 ) -> Result<Vec<Log>> {
-    let mut logs = Vec::new();
+    let mut logs: Vec<Log> = fetch_log_spans(rpc, filter, range, sizer)
+        .await?
+        .into_iter()
+        .flat_map(|(_, l)| l)
+        .collect();
+    logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+    Ok(logs)
+}
+
+/// The answers for `range`, split adaptively: each sub-range the node answered, with its logs,
+/// ordered by sub-range.
+pub async fn fetch_log_spans(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    sizer: &RangeSizer,
+) -> Result<Vec<(BlockRange, Vec<Log>)>> {
+    let mut spans = Vec::new();
     let mut in_flight = FuturesUnordered::new();
-    for part in range.chunks(sizer.current()) {
-        in_flight.push(fetch_one(rpc, filter, part));
-    }
-    while let Some((part, result)) = in_flight.next().await {
+    // Parts are cut as they are sent, each at the sizer's span of the moment, a few at a time:
+    // a span shrunk by a dense stretch grows back within the range, not only in the next one.
+    let mut uncut = std::collections::VecDeque::from([range]);
+    loop {
+        while in_flight.len() < PARTS_IN_FLIGHT {
+            let Some(r) = uncut.pop_front() else { break };
+            let (part, rest) = r.split_at_len(sizer.current().max(1));
+            if let Some(rest) = rest {
+                uncut.push_front(rest);
+            }
+            in_flight.push(fetch_one(rpc, filter, part));
+        }
+        let Some((part, result)) = in_flight.next().await else { break };
         match result {
-            Ok(mut got) => {
-                sizer.on_success(part.len());
-                logs.append(&mut got);
+            Ok(got) => {
+                sizer.on_success(part.len(), got.len());
+                spans.push((part, got));
             }
             Err(Error::RangeTooLarge { hint, message, .. }) => {
                 if part.len() == 1 {
@@ -101,16 +159,14 @@ pub async fn fetch_logs(
                 let (head, rest) = part.split_at_len(span);
                 in_flight.push(fetch_one(rpc, filter, head));
                 if let Some(rest) = rest {
-                    for p in rest.chunks(span) {
-                        in_flight.push(fetch_one(rpc, filter, p));
-                    }
+                    uncut.push_front(rest);
                 }
             }
             Err(e) => return Err(e),
         }
     }
-    logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
-    Ok(logs)
+    spans.sort_unstable_by_key(|(p, _)| p.start);
+    Ok(spans)
 }
 
 async fn fetch_one(
@@ -133,9 +189,130 @@ pub async fn fetch_range(
     range: BlockRange,
     sizer: &RangeSizer,
 ) -> Result<RangeData> {
-    let (headers, logs) =
-        futures::try_join!(rpc.headers(range), fetch_logs(rpc, filter, range, sizer))?;
-    check_and_repair(rpc, filter, range, headers, logs).await
+    fetch_range_with(rpc, filter, range, sizer, Checks::Blocks).await
+}
+
+/// [`fetch_range`] with the checks `checks` says.
+pub async fn fetch_range_with(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    sizer: &RangeSizer,
+    checks: Checks,
+) -> Result<RangeData> {
+    match checks {
+        Checks::Blocks => {
+            let (headers, logs) =
+                futures::try_join!(rpc.headers(range), fetch_logs(rpc, filter, range, sizer))?;
+            let mut data = check_and_repair(rpc, filter, range, headers, logs).await?;
+            data.blocks = data.headers.iter().map(BlockRow::from).collect();
+            Ok(data)
+        }
+        Checks::Spans => {
+            let spans = fetch_log_spans(rpc, filter, range, sizer).await?;
+            check_spans(rpc, filter, range, spans).await
+        }
+    }
+}
+
+/// The checks of [`Checks::Spans`], and the rows of the `blocks` table.
+async fn check_spans(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    spans: Vec<(BlockRange, Vec<Log>)>,
+) -> Result<RangeData> {
+    let inconsistent = |what: String| Error::Inconsistent { range, what };
+    let mut wanted: Vec<u64> = spans.iter().map(|(p, _)| p.end).collect();
+    wanted.push(range.start);
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut headers = rpc.headers_of(&wanted).await?;
+    let mut short: Vec<&Header> = Vec::new();
+    {
+        let by_number: HashMap<u64, &Header> = headers.iter().map(|h| (h.number, h)).collect();
+        for (part, logs) in &spans {
+            let newest = logs.iter().map(|l| l.block_number).max();
+            let end = by_number[&part.end];
+            if newest.is_none_or(|n| n < part.end) && filter.may_match(&end.logs_bloom) {
+                short.push(end);
+            }
+        }
+        // An answer that stops short of its last block, whose bloom says it may hold a match:
+        // a lagging node's signature, or an honest gap. The block by hash decides.
+        let confirmed = futures::future::try_join_all(short.iter().map(|h| async move {
+            let other = (rpc.provider_count() > 1).then(|| rpc.preferred() + 1);
+            rpc.get_logs_by_hash_on(other, filter, h.hash).await.map(|got| (h.number, got))
+        }))
+        .await?;
+        if let Some((n, got)) = confirmed.into_iter().find(|(_, got)| !got.is_empty()) {
+            return Err(inconsistent(format!(
+                "the answer missed {} logs of block {n} (found asking by hash)",
+                got.len()
+            )));
+        }
+    }
+    let mut logs: Vec<Log> = spans.into_iter().flat_map(|(_, l)| l).collect();
+    logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+    // Blocks with logs but no timestamp in them (an older node): their headers, batched.
+    let mut untimed: Vec<u64> =
+        logs.iter().filter(|l| l.block_timestamp.is_none()).map(|l| l.block_number).collect();
+    untimed.dedup();
+    untimed.retain(|n| headers.binary_search_by_key(n, |h| h.number).is_err());
+    if !untimed.is_empty() {
+        headers.extend(rpc.headers_of(&untimed).await?);
+        headers.sort_unstable_by_key(|h| h.number);
+    }
+    let mut blocks: Vec<BlockRow> = headers.iter().map(BlockRow::from).collect();
+    let mut hi = 0;
+    for (i, l) in logs.iter().enumerate() {
+        if !range.contains(l.block_number) {
+            return Err(inconsistent(format!("log at block {} outside the range", l.block_number)));
+        }
+        if l.removed {
+            return Err(inconsistent(format!("removed log at block {}", l.block_number)));
+        }
+        if i > 0 {
+            let p = &logs[i - 1];
+            if (p.block_number, p.log_index) == (l.block_number, l.log_index) {
+                return Err(inconsistent(format!(
+                    "duplicate log {} in block {}",
+                    l.log_index, l.block_number
+                )));
+            }
+            if p.block_number == l.block_number
+                && (p.block_hash != l.block_hash
+                    || p.block_timestamp.zip(l.block_timestamp).is_some_and(|(a, b)| a != b))
+            {
+                return Err(inconsistent(format!(
+                    "logs of block {} disagree on its hash or timestamp",
+                    l.block_number
+                )));
+            }
+        }
+        while hi < headers.len() && headers[hi].number < l.block_number {
+            hi += 1;
+        }
+        match headers.get(hi).filter(|h| h.number == l.block_number) {
+            Some(h) if h.hash != l.block_hash => {
+                return Err(inconsistent(format!(
+                    "log at block {} has block hash {}, header says {}",
+                    l.block_number, l.block_hash, h.hash
+                )));
+            }
+            Some(_) => {}
+            None if i > 0 && logs[i - 1].block_number == l.block_number => {}
+            None => blocks.push(BlockRow {
+                number: l.block_number,
+                hash: l.block_hash,
+                parent_hash: None,
+                timestamp: l.block_timestamp.unwrap_or_default(),
+                logs_bloom: None,
+            }),
+        }
+    }
+    blocks.sort_unstable_by_key(|b| b.number);
+    Ok(RangeData { headers, blocks, logs, bloom_refetches: 0 })
 }
 
 async fn check_and_repair(
@@ -202,7 +379,7 @@ async fn check_and_repair(
             logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
         }
     }
-    Ok(RangeData { headers, logs, bloom_refetches })
+    Ok(RangeData { headers, blocks: Vec::new(), logs, bloom_refetches })
 }
 
 /// The logs `filter` selects in a block for which an answer came back empty although its bloom
@@ -247,11 +424,24 @@ pub async fn fetch_range_consistent(
     range: BlockRange,
     sizer: &RangeSizer,
 ) -> Result<RangeData> {
+    fetch_range_consistent_with(rpc, filter, range, sizer, Checks::Blocks).await
+}
+
+/// [`fetch_range_consistent`] starting with `checks`; after a disagreement the range is
+/// refetched with [`Checks::Blocks`].
+pub async fn fetch_range_consistent_with(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    sizer: &RangeSizer,
+    mut checks: Checks,
+) -> Result<RangeData> {
     let mut attempt = 0;
     loop {
-        match fetch_range(rpc, filter, range, sizer).await {
+        match fetch_range_with(rpc, filter, range, sizer, checks).await {
             Err(e @ Error::Inconsistent { .. }) if attempt < INCONSISTENT_RETRIES => {
                 attempt += 1;
+                checks = Checks::Blocks;
                 tracing::warn!(error = %e, attempt, "inconsistent answers, refetching the range");
                 let wait = crate::backoff(
                     attempt,
@@ -299,12 +489,14 @@ mod tests {
         let s = RangeSizer::new(1000, 2000);
         s.on_too_large(100);
         assert_eq!(s.current(), 100);
-        s.on_success(50);
+        s.on_success(50, 5_000);
         assert_eq!(s.current(), 100);
-        s.on_success(100);
+        s.on_success(100, 5_000);
         assert_eq!(s.current(), 126);
+        s.on_success(126, 10);
+        assert_eq!(s.current(), 252, "a sparse answer doubles the span");
         for _ in 0..100 {
-            s.on_success(s.current());
+            s.on_success(s.current(), 5_000);
         }
         assert_eq!(s.current(), 2000);
     }

@@ -42,10 +42,11 @@ mod task;
 pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
 pub use fetch::{
-    confirm_empty_block, fetch_logs, fetch_range, fetch_range_consistent, next_span, RangeData,
-    RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
+    confirm_empty_block, fetch_log_spans, fetch_logs, fetch_range, fetch_range_consistent,
+    fetch_range_consistent_with, fetch_range_with, next_span, Checks, RangeData, RangeSizer,
+    DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
 };
-pub use filter::{LogFilter, MAX_ADDRESSES_PER_REQUEST};
+pub use filter::{FilterMode, LogFilter, MAX_ADDRESSES_PER_REQUEST};
 pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};
 pub use provider_url::{redact, BadProviderUrl, ProviderUrl};
 pub use range::BlockRange;
@@ -56,6 +57,6 @@ pub use rpc::{
 pub use task::{run_on_rayon, Panicked, SpawnedTask};
 // The shared types live in tidewater-primitives; re-exported so a user of the client needs one
 // crate.
-pub use tidewater_primitives::{quantity, schema, ChainUpdate, Header, HotBlock, Log};
+pub use tidewater_primitives::{quantity, schema, BlockRow, ChainUpdate, Header, HotBlock, Log};
 
 pub use alloy_primitives::{Address, Bloom, B256};

@@ -79,7 +79,11 @@ pub fn pool_created_selector() -> alloy_primitives::B256 {
 }
 
 fn factory_filter(factory: Address) -> LogFilter {
-    LogFilter { addresses: vec![factory], topic0s: vec![pool_created_selector()] }
+    LogFilter {
+        addresses: vec![factory],
+        topic0s: vec![pool_created_selector()],
+        open_topic0s: vec![],
+    }
 }
 
 /// Blocks per window of a checked discovery scan: 20 header batches, a few MB of headers.
@@ -93,12 +97,13 @@ pub async fn discover_pools_checked(
     factory: Address,
     range: BlockRange,
     sizer: &RangeSizer,
+    checks: crate::Checks,
 ) -> crate::Result<PoolSet> {
     use futures::stream::{self, StreamExt, TryStreamExt};
     let filter = factory_filter(factory);
     let filter = &filter;
     let parts: Vec<crate::RangeData> = stream::iter(range.chunks(CHECKED_WINDOW))
-        .map(|w| crate::fetch_range_consistent(rpc, filter, w, sizer))
+        .map(|w| crate::fetch_range_consistent_with(rpc, filter, w, sizer, checks))
         .buffer_unordered(4)
         .try_collect()
         .await?;

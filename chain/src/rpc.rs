@@ -29,6 +29,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers per JSON-RPC batch. 100 is accepted by every provider we know.
 pub const HEADER_BATCH: usize = 100;
+/// Longest `Retry-After` a provider can make a call wait.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// How to reach the providers and how hard to push them.
 #[derive(Debug, Clone)]
@@ -231,7 +233,10 @@ impl RpcClient {
                             Ordering::Relaxed,
                         );
                     }
-                    let wait = backoff(attempt, inner.cfg.backoff_base, inner.cfg.backoff_max);
+                    let mut wait = backoff(attempt, inner.cfg.backoff_base, inner.cfg.backoff_max);
+                    if let Error::HttpStatus { retry_after: Some(hint), .. } = &e {
+                        wait = wait.max(*hint);
+                    }
                     tracing::debug!(error = %e, method, attempt, ?wait, "retrying RPC call");
                     tokio::time::sleep(wait).await;
                 }
@@ -258,7 +263,23 @@ impl RpcClient {
         };
         let resp = inner.http.post(url.expose()).json(body).send().await.map_err(transport)?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
         let bytes = resp.bytes().await.map_err(transport)?;
+        if status.as_u16() == 429 && retry_after.is_some() {
+            // Throttled with a hint: wait as told (the body, if any, says the same).
+            return Err(Error::HttpStatus {
+                provider: url.clone(),
+                method: method.to_string(),
+                status: 429,
+                retry_after,
+            });
+        }
         if !status.is_success() {
             // Some providers put a JSON-RPC error in a 4xx body; prefer it, it classifies better.
             if let Ok(r) = serde_json::from_slice::<Response<serde::de::IgnoredAny>>(&bytes) {
@@ -270,6 +291,7 @@ impl RpcClient {
                 provider: url.clone(),
                 method: method.to_string(),
                 status: status.as_u16(),
+                retry_after,
             });
         }
         Ok(bytes)
@@ -369,28 +391,30 @@ impl RpcClient {
 
     /// Headers for every block of `range`, in order, batched.
     pub async fn headers(&self, range: BlockRange) -> Result<Vec<Header>> {
-        let mut out = Vec::with_capacity(range.len() as usize);
-        let batches = range.chunks(HEADER_BATCH as u64).map(|part| async move {
+        let numbers: Vec<u64> = (range.start..=range.end).collect();
+        self.headers_of(&numbers).await
+    }
+
+    /// Headers of the blocks `numbers`, in the same order, batched.
+    pub async fn headers_of(&self, numbers: &[u64]) -> Result<Vec<Header>> {
+        let batches = numbers.chunks(HEADER_BATCH).map(|part| async move {
             let params: Vec<Value> =
-                (part.start..=part.end).map(|n| json!([format!("{n:#x}"), false])).collect();
+                part.iter().map(|n| json!([format!("{n:#x}"), false])).collect();
             let got: Vec<Option<Header>> = self.batch("eth_getBlockByNumber", &params).await?;
             got.into_iter()
-                .zip(part.start..=part.end)
+                .zip(part)
                 .map(|(h, n)| match h {
-                    Some(h) if h.number == n => Ok(h),
+                    Some(h) if h.number == *n => Ok(h),
                     _ => Err(Error::MissingBlock {
                         provider: self.primary_url().clone(),
-                        block: n,
+                        block: *n,
                         block_hash: None,
                     }),
                 })
                 .collect::<Result<Vec<_>>>()
         });
         let results = futures::future::try_join_all(batches).await?;
-        for part in results {
-            out.extend(part);
-        }
-        Ok(out)
+        Ok(results.into_iter().flatten().collect())
     }
 
     /// One `eth_getLogs` over `range` (one call per address group). A "too many results"
@@ -472,15 +496,8 @@ impl RpcClient {
                 }
                 Err(e) => return Err(e),
             };
-        let addresses: std::collections::HashSet<_> = filter.addresses.iter().collect();
-        let mut logs: Vec<Log> = receipts
-            .into_iter()
-            .flat_map(|r| r.logs)
-            .filter(|l| addresses.is_empty() || addresses.contains(&l.address))
-            .filter(|l| {
-                filter.topic0s.is_empty() || l.topic0().is_some_and(|t| filter.topic0s.contains(t))
-            })
-            .collect();
+        let mut logs: Vec<Log> =
+            receipts.into_iter().flat_map(|r| r.logs).filter(|l| filter.matches(l)).collect();
         logs.sort_unstable_by_key(|l| l.log_index);
         Ok(logs)
     }

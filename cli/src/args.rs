@@ -129,6 +129,15 @@ pub(crate) struct BackfillArgs {
     /// Largest eth_getLogs span in blocks [default: 10000]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) max_log_range: Option<u64>,
+    /// How the factory's pools are asked for: by address (in groups of 500), by their events'
+    /// selectors from any contract (one request whatever the number of pools; others' logs are
+    /// dropped), or auto (addresses while they fit one request) [default: auto]
+    #[arg(long, value_parser = ["auto", "addresses", "topics"], help_heading = "Tuning")]
+    pub(crate) filter_mode: Option<String>,
+    /// Blocks this close to the head are checked with a header per block; older ranges with a
+    /// header per eth_getLogs answer [default: 1024]
+    #[arg(long, help_heading = "Tuning")]
+    pub(crate) block_checks_depth: Option<u64>,
     /// Only this shard's chunks, as I/N (N processes split the range by chunk)
     #[arg(long, value_parser = parse_shard, help_heading = "Tuning")]
     pub(crate) shard: Option<(u32, u32)>,

@@ -47,6 +47,8 @@ pub(crate) struct TuningConfig {
     pub(crate) chunks_in_flight: Option<usize>,
     pub(crate) log_range: Option<u64>,
     pub(crate) max_log_range: Option<u64>,
+    pub(crate) filter_mode: Option<tidewater_chain::FilterMode>,
+    pub(crate) block_checks_depth: Option<u64>,
 }
 
 /// Default config file looked for in the working directory.

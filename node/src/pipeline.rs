@@ -94,6 +94,8 @@ pub struct Plan {
     pub rps: Option<f64>,
     /// Time limit of one request.
     pub rpc_timeout: Option<Duration>,
+    /// Blocks this close to the head get a header each (older ranges one per answer).
+    pub block_checks_depth: u64,
 }
 
 /// A block bound as a number, asking the node for `latest` and `finalized`.
@@ -177,7 +179,9 @@ pub async fn run(
         start_block: from,
         merge_blocks: t.merge_blocks.max(1),
         ws: ws.clone(),
+        filter_mode: plan.cfg.filter_mode,
     });
+    plan.cfg.spans_below = head.saturating_sub(plan.block_checks_depth);
     // The backfill's last block: --to, or the watermark when a tail takes over.
     let backfill_to = match (&tail, &tail_cfg) {
         (None, _) => {

@@ -16,5 +16,5 @@ mod update;
 
 pub use alloy_primitives::{Address, Bloom, B256};
 pub use parse::{parse_address, BadAddress};
-pub use types::{quantity, Header, Log};
+pub use types::{opt_quantity, quantity, BlockRow, Header, Log};
 pub use update::{ChainUpdate, HotBlock};

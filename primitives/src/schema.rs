@@ -7,7 +7,10 @@ use std::sync::{Arc, LazyLock};
 
 /// Raw logs of every watched contract.
 pub const LOGS: &str = "logs";
-/// One row per block of every committed range.
+/// Blocks of committed ranges: every block the tail saw, and of backfilled ranges the blocks
+/// with watched logs plus the blocks whose headers the completeness checks fetched (each
+/// chunk's first and last block at least). `parent_hash` and `logs_bloom` are null for a
+/// block known only from its logs.
 pub const BLOCKS: &str = "blocks";
 /// Derived Uniswap V3 pool state at snapshot heights.
 pub const POOL_SNAPSHOTS: &str = "pool_snapshots";
@@ -65,9 +68,9 @@ pub fn blocks_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new(BLOCK_NUMBER, DataType::UInt64, false),
             Field::new(BLOCK_HASH, DataType::Binary, false),
-            Field::new(PARENT_HASH, DataType::Binary, false),
+            Field::new(PARENT_HASH, DataType::Binary, true),
             Field::new(TIMESTAMP, DataType::UInt64, false),
-            Field::new(LOGS_BLOOM, DataType::Binary, false),
+            Field::new(LOGS_BLOOM, DataType::Binary, true),
             Field::new(CHAIN_ID, DataType::UInt64, false),
         ]))
     });

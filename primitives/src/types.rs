@@ -20,6 +20,26 @@ pub mod quantity {
     }
 }
 
+/// Serde helpers for an optional JSON-RPC hex quantity (absent or `null` is `None`).
+pub mod opt_quantity {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `"0x…"`, `null` or an absent field.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Q(#[serde(with = "super::quantity")] u64);
+        Ok(Option::<Q>::deserialize(d)?.map(|q| q.0))
+    }
+
+    /// Writes `Some(v)` as `"0x…"`, `None` as `null`.
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::quantity::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// The header fields Tidewater keeps (the `blocks` table and the completeness checks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -64,6 +84,39 @@ pub struct Log {
     /// True when the node says the log was removed by a reorg.
     #[serde(default)]
     pub removed: bool,
+    /// The block's timestamp, when the node sends it with the log (current nodes do:
+    /// `blockTimestamp`); lets a range fetch skip the header of every block with logs.
+    #[serde(default, with = "opt_quantity", skip_serializing_if = "Option::is_none")]
+    pub block_timestamp: Option<u64>,
+}
+
+/// A row of the `blocks` table. A block known from a full header has every field; a block
+/// known only from its logs (a range fetched without per-block headers) has its number, hash
+/// and timestamp, and no parent hash or bloom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRow {
+    /// Block number.
+    pub number: u64,
+    /// Block hash.
+    pub hash: B256,
+    /// Parent block hash, when the header was fetched.
+    pub parent_hash: Option<B256>,
+    /// Unix timestamp, seconds.
+    pub timestamp: u64,
+    /// Logs bloom, when the header was fetched.
+    pub logs_bloom: Option<Bloom>,
+}
+
+impl From<&Header> for BlockRow {
+    fn from(h: &Header) -> Self {
+        Self {
+            number: h.number,
+            hash: h.hash,
+            parent_hash: Some(h.parent_hash),
+            timestamp: h.timestamp,
+            logs_bloom: Some(h.logs_bloom),
+        }
+    }
 }
 
 impl Log {

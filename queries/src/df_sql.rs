@@ -141,7 +141,8 @@ pub fn hot_batches(blocks: &[Arc<HotBlock>], chain_id: u64) -> BTreeMap<String, 
     if blocks.is_empty() {
         return out;
     }
-    let headers: Vec<_> = blocks.iter().map(|b| b.header.clone()).collect();
+    let headers: Vec<tidewater_chain::BlockRow> =
+        blocks.iter().map(|b| tidewater_chain::BlockRow::from(&b.header)).collect();
     let logs: Vec<_> = blocks.iter().flat_map(|b| b.logs.iter().cloned()).collect();
     if let Ok(b) = tidewater_chain::encode::blocks_batch(&headers, chain_id) {
         out.entry(schema::BLOCKS.to_string()).or_default().push(b);

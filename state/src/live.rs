@@ -833,7 +833,11 @@ impl LiveState {
             }
             let (number, hash) = (header.number, header.hash);
             let b = Arc::new(HotBlock { header, logs, events: Default::default() });
-            self.apply(&ChainUpdate::Applied(b))?;
+            // Cold blocks are final and come in order, but need not link: a backfilled range
+            // has rows only for its blocks with logs and the blocks whose headers were checked.
+            let folded = self.apply_block(&b);
+            self.publish();
+            folded?;
             if let Some(s) = self.apply(&ChainUpdate::Confirmed { number, hash })? {
                 write_pending(&s);
             }

@@ -727,10 +727,22 @@ pub fn cold_state_at(
         None => (Folder::new(u), None),
     };
     let first = after.map_or(0, |a| a + 1);
-    let mut marks: Box<dyn Iterator<Item = u64>> = match write_every.filter(|e| *e > 0) {
-        Some(e) => Box::new((first.div_ceil(e).max(1) * e..=block).step_by(e as usize)),
-        None => Box::new(std::iter::empty()),
+    // A snapshot is taken at the end of the chunk holding each multiple of the interval: a
+    // chunk's last block always has its hash in the manifest, while a backfilled chunk's other
+    // blocks may have no `blocks` row (see `Checks::Spans`).
+    let chunks = ds.manifest().chunks();
+    let mut marks: Vec<u64> = match write_every.filter(|e| *e > 0) {
+        Some(e) => (first.div_ceil(e).max(1) * e..=block)
+            .step_by(e as usize)
+            .map(|m| match chunks.get(chunks.partition_point(|c| c.end < m)) {
+                Some(c) if c.start <= m && c.end <= block => c.end,
+                _ => m,
+            })
+            .collect(),
+        None => Vec::new(),
     };
+    marks.dedup();
+    let mut marks = marks.into_iter();
     fold_cold(ds, &mut folder, after, block, &mut marks, None, &mut |m, f, _| {
         if let Some(h) = cold_block_hash(ds, m)? {
             let mut st = f.state().clone();

@@ -39,7 +39,7 @@ pub fn encode_chunk(
         .insert(schema::LOGS.into(), encode::logs_batch(&data.logs, chain_id).map_err(decode_err)?);
     batches.insert(
         schema::BLOCKS.into(),
-        encode::blocks_batch(&data.headers, chain_id).map_err(decode_err)?,
+        encode::blocks_batch(&data.blocks, chain_id).map_err(decode_err)?,
     );
     let rows: BTreeMap<String, u64> =
         batches.iter().map(|(t, b)| (t.clone(), b.num_rows() as u64)).collect();
@@ -48,7 +48,9 @@ pub fn encode_chunk(
         .filter(|(_, b)| b.num_rows() > 0)
         .map(|(t, b)| Ok((t.clone(), (encode_parquet(t, b)?, b.num_rows() as u64))))
         .collect::<Result<BTreeMap<_, _>>>()?;
-    debug_assert_eq!((first.number, last.number), (range.start, range.end));
+    if (first.number, last.number) != (range.start, range.end) {
+        return Err(Error::EmptyChunk { start: range.start, end: range.end });
+    }
     let commit = ChunkCommit {
         start: range.start,
         end: range.end,

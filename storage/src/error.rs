@@ -96,8 +96,8 @@ pub enum Error {
         /// Which blocks are missing.
         what: String,
     },
-    /// A chunk to commit has no blocks (a bug in the caller).
-    #[error("chunk [{start}, {end}] has no block headers")]
+    /// A chunk to commit lacks the headers of its first or last block (a bug in the caller).
+    #[error("chunk [{start}, {end}] lacks the header of its first or last block")]
     EmptyChunk {
         /// Chunk start.
         start: u64,

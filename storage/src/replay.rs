@@ -27,17 +27,24 @@ pub fn cold_blocks(
                 );
                 for i in 0..b.num_rows() {
                     index.insert(n.value(i), out.len());
+                    // A block known only from its logs has no parent hash or bloom: zero.
+                    let parent = if p.is_null(i) {
+                        tidewater_chain::B256::ZERO
+                    } else {
+                        fixed(p.value(i), &path, "parent_hash")?
+                    };
+                    let logs_bloom = if bloom.is_null(i) {
+                        tidewater_chain::Bloom::ZERO
+                    } else {
+                        tidewater_chain::Bloom::new(fixed(bloom.value(i), &path, "logs_bloom")?)
+                    };
                     out.push((
                         Header {
                             number: n.value(i),
                             hash: fixed(h.value(i), &path, "block_hash")?,
-                            parent_hash: fixed(p.value(i), &path, "parent_hash")?,
+                            parent_hash: parent,
                             timestamp: ts.value(i),
-                            logs_bloom: tidewater_chain::Bloom::new(fixed(
-                                bloom.value(i),
-                                &path,
-                                "logs_bloom",
-                            )?),
+                            logs_bloom,
                         },
                         Vec::new(),
                     ));
@@ -75,6 +82,7 @@ pub fn cold_blocks(
                         transaction_index: u64::from(ti.value(i)),
                         log_index: u64::from(li.value(i)),
                         removed: false,
+                        block_timestamp: None,
                     });
                 }
             }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS, DEPTH_BUCKETS};
 use tidewater_chain::{
-    discover_pools_checked, BlockRange, EventCatalog, Header, LogFilter, PoolSet, RangeData,
+    discover_pools_checked, BlockRange, Checks, EventCatalog, Header, PoolSet, RangeData,
     RangeSizer, RpcClient, Sources, B256, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, DatasetWriter};
@@ -119,6 +119,8 @@ pub struct TailConfig {
     pub merge_blocks: u64,
     /// WebSocket URL for `newHeads` notifications; polling only when absent.
     pub ws: Option<tidewater_chain::ProviderUrl>,
+    /// How the factory's pools are asked for.
+    pub filter_mode: tidewater_chain::FilterMode,
 }
 
 impl Default for TailConfig {
@@ -131,6 +133,7 @@ impl Default for TailConfig {
             start_block: 0,
             merge_blocks: DEFAULT_MERGE_BLOCKS,
             ws: None,
+            filter_mode: tidewater_chain::FilterMode::Auto,
         }
     }
 }
@@ -480,7 +483,7 @@ impl Tail {
         };
         let sizer = RangeSizer::new(DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE);
         // Checked: a pool a lagging provider hid here would lose every later log of it.
-        Ok(discover_pools_checked(&self.rpc, u.factory, range, &sizer).await?)
+        Ok(discover_pools_checked(&self.rpc, u.factory, range, &sizer, Checks::Blocks).await?)
     }
 
     /// One round: catch up to the head (handling reorgs), then compact what is confirmed.
@@ -563,9 +566,11 @@ impl Tail {
     async fn fetch_block(&self, st: &mut State, header: Header) -> Result<HotBlock> {
         let n = header.number;
         loop {
-            let mut addresses = self.catalog.contracts();
-            addresses.extend(st.pools.created_by(n));
-            let filter = LogFilter { addresses, topic0s: vec![] };
+            let filter = self.cfg.filter_mode.filter(
+                self.catalog.contracts(),
+                st.pools.created_by(n),
+                &self.catalog.pool_topic0s(),
+            );
             let mut logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
             logs.sort_unstable_by_key(|l| l.log_index);
             if logs.is_empty() && filter.may_match(&header.logs_bloom) {
@@ -587,6 +592,12 @@ impl Tail {
             }
             if st.pools.len() == before {
                 let pools = &st.pools;
+                if !filter.open_topic0s.is_empty() {
+                    // Asked by selector from any contract: keep the watched emitters only.
+                    logs.retain(|l| {
+                        filter.addresses.contains(&l.address) || pools.is_pool_at(l.address, n)
+                    });
+                }
                 let events =
                     tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
                         pools.is_pool_at(a, b)
@@ -745,8 +756,10 @@ impl Tail {
         let blocks = st.hot.drain_through(through);
         let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else { return Ok(()) };
         let range = BlockRange::new(first.header.number, last.header.number);
+        let headers: Vec<Header> = blocks.iter().map(|b| b.header.clone()).collect();
         let data = RangeData {
-            headers: blocks.iter().map(|b| b.header.clone()).collect(),
+            blocks: headers.iter().map(tidewater_chain::BlockRow::from).collect(),
+            headers,
             logs: blocks.iter().flat_map(|b| b.logs.iter().cloned()).collect(),
             bloom_refetches: 0,
         };

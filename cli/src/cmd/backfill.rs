@@ -86,6 +86,14 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     cfg.log_range = a.log_range.or(t.log_range).unwrap_or(cfg.log_range);
     cfg.max_log_range = a.max_log_range.or(t.max_log_range).unwrap_or(cfg.max_log_range);
     cfg.shard = a.shard.map(|(index, count)| Shard { index, count });
+    cfg.filter_mode = match &a.filter_mode {
+        Some(m) => m.parse().map_err(|e: String| usage(eyre!(e)))?,
+        None => t.filter_mode.unwrap_or_default(),
+    };
+    let block_checks_depth = a
+        .block_checks_depth
+        .or(t.block_checks_depth)
+        .unwrap_or(tidewater_backfill::DEFAULT_BLOCK_CHECKS_DEPTH);
     for (name, v) in [
         ("--chunk-size", cfg.chunk_size),
         ("--chunks-in-flight", cfg.chunks_in_flight as u64),
@@ -119,6 +127,7 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
         to: a.to,
         concurrency,
         rps,
+        block_checks_depth,
     })
 }
 

@@ -8,6 +8,7 @@ mod alerts;
 mod backfill;
 mod bad_input;
 mod hostile;
+mod mainnet_shape;
 mod openapi;
 mod oracle;
 mod page;

@@ -37,6 +37,15 @@ impl Devnet {
         Self::start(&["--load-state", dir.join("state.json").to_str().unwrap()], deploy)
     }
 
+    /// Anvil on the cached mainnet-shaped chain (hundreds of pools, noise contracts, a spoofer,
+    /// saturated blooms, empty stretches).
+    pub fn mainnet_shape_mini() -> Self {
+        let dir = env_path("TIDEWATER_DEVNET_MAINNET_SHAPE_MINI");
+        let deploy: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("deploy.json")).unwrap()).unwrap();
+        Self::start(&["--load-state", dir.join("state.json").to_str().unwrap()], deploy)
+    }
+
     /// A fresh, empty anvil: another chain with the same chain id.
     pub fn empty() -> Self {
         Self::start(&[], Value::Null)

@@ -1,0 +1,112 @@
+//! Issue 10: a chain with mainnet's shape (hundreds of factory pools, noise contracts, a
+//! spoofer emitting pool events, blooms more than half set, long empty stretches) through a
+//! simulated hosted provider (a cap of 10,000 logs an answer with its error words, a bill in
+//! compute units).
+
+use crate::oracle::assert_logs_equal_cryo;
+use crate::util::*;
+use arrow::array::{Array, BinaryArray};
+use serde_json::{json, Value};
+use tidewater_testkit::{Profile, ProviderSim, Stats};
+
+/// A simulator on its own runtime (the tests are synchronous).
+pub struct Sim {
+    pub sim: ProviderSim,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Sim {
+    pub fn start(upstream: &str, profile: Profile) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sim = rt.block_on(ProviderSim::start(upstream.to_string(), profile)).unwrap();
+        Self { sim, _rt: rt }
+    }
+
+    pub fn url(&self) -> String {
+        self.sim.url().to_string()
+    }
+}
+
+fn print_bill(what: &str, s: &Stats) {
+    eprintln!(
+        "{what}: {} HTTP requests, {} throttled, {} refused (logs cap)",
+        s.http_requests, s.throttled, s.too_many_logs
+    );
+    for (m, c) in &s.methods {
+        eprintln!(
+            "  {m:<28} {:>7} calls {:>9} CU {:>11} bytes out",
+            c.calls, c.compute_units, c.bytes_out
+        );
+    }
+}
+
+fn addresses(b: &arrow::record_batch::RecordBatch) -> Vec<Vec<u8>> {
+    let a = b.column_by_name("address").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
+    (0..a.len()).map(|i| a.value(i).to_vec()).collect()
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    hex::decode(s.trim_start_matches("0x")).unwrap()
+}
+
+/// The backfill of the mainnet-shaped devnet through the simulator, with default settings,
+/// equals cryo's logs of the watched contracts row for row; the spoofer's logs (pool events
+/// from a contract the factory did not create) are in no table; and the headers it paid for
+/// are a small fraction of the blocks.
+#[test]
+fn issue_10_a_mainnet_shaped_chain_through_a_provider_equals_cryo_at_a_fraction_of_the_headers() {
+    let net = Devnet::mainnet_shape_mini();
+    let head = net.head();
+    let spoofer = net.deploy["spoofer"].as_str().unwrap().to_string();
+    let spoofed = rpc(
+        &net.url,
+        "eth_getLogs",
+        json!([{"address": spoofer, "fromBlock": "0x0", "toBlock": "latest"}]),
+    );
+    assert!(spoofed.as_array().unwrap().len() > 50, "the devnet should hold spoofed pool events");
+    // A busy block (one with spoofed logs) has more than half its bloom set, as on mainnet.
+    let busy = spoofed[0]["blockNumber"].clone();
+    let block = rpc(&net.url, "eth_getBlockByNumber", json!([busy, false]));
+    let bits: u32 =
+        hex_bytes(block["logsBloom"].as_str().unwrap()).iter().map(|b| b.count_ones()).sum();
+    assert!(bits > 1024, "a busy block's bloom has only {bits} of 2048 bits set");
+
+    // Alchemy's words and bill; its cap lowered from 10,000 to 2,000 logs an answer so that
+    // this small chain meets it too.
+    let profile = Profile { max_logs: Some(2_000), ..Profile::named("alchemy").unwrap() };
+    let sim = Sim::start(&net.url, profile);
+    let t = TestCommand::new();
+    let head_s = head.to_string();
+    let mut args =
+        s(&["backfill", "--data", "data", "--to", &head_s, "--json", "--block-checks-depth", "64"]);
+    args.extend(net.uniswap_flags_via(&sim.url()));
+    let out = t.ok(&args);
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let stats = sim.sim.stats();
+    print_bill("tidewater backfill through the alchemy profile", &stats);
+
+    let mut contracts = vec![net.factory(), net.position_manager()];
+    contracts.extend(net.pools());
+    assert!(contracts.len() > 500, "the pools should not fit one address list");
+    assert_logs_equal_cryo(&net.url, &contracts, &t, &t.path("data"), head);
+
+    let spoofer = hex_bytes(&spoofer);
+    for tbl in ["logs", "swaps"] {
+        let rows = table(&t.path("data"), tbl);
+        assert!(rows.num_rows() > 0, "{tbl} is empty");
+        assert!(!addresses(&rows).contains(&spoofer), "the spoofer's logs reached {tbl}");
+    }
+
+    // Headers: the range's deep part costs one header per eth_getLogs answer, not per block.
+    let headers = stats.method("eth_getBlockByNumber").calls;
+    let get_logs = stats.method("eth_getLogs").calls;
+    eprintln!(
+        "{head} blocks: {headers} header calls, {get_logs} eth_getLogs calls; summary {summary}"
+    );
+    assert!(headers < head / 4, "{headers} header calls for {head} blocks");
+    assert!(stats.too_many_logs > 0, "the cap on logs an answer was never met");
+}
