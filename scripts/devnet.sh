@@ -53,7 +53,10 @@ case "$cmd" in
     if [ -f "$dir/state.json" ] && [ -f "$dir/deploy.json" ]; then echo "$dir"; exit 0; fi
     mkdir -p "$dir"
     port=$(free_port)
-    "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" "${RUNTIME_FLAGS[@]}" --port "$port" --dump-state "$dir/state.json.tmp" &
+    build_flags=("${RUNTIME_FLAGS[@]}")
+    # Thousands of pools: a copy of the state per block would take tens of GB in memory.
+    case "$name" in mainnet-shape*) build_flags=(--prune-history) ;; esac
+    "$TIDEWATER_ANVIL" "${ANVIL_FLAGS[@]}" "${build_flags[@]}" --port "$port" --dump-state "$dir/state.json.tmp" &
     anvil_pid=$!
     trap 'kill $anvil_pid 2>/dev/null || true' EXIT
     wait_rpc "http://127.0.0.1:$port"

@@ -144,6 +144,15 @@ impl Dataset {
     /// SHA-256, a readable Parquet footer with the recorded row count. Returns the problems.
     pub fn verify(&self) -> Vec<Error> {
         let mut problems = Vec::new();
+        // The checkpoint must say what the entry files say.
+        match Manifest::load_entries(&self.root) {
+            Ok(m) if m.chunks() != self.manifest.chunks() => problems.push(Error::Corrupt {
+                path: self.root.join(crate::MANIFEST_DIR).join(crate::CHECKPOINT_FILE),
+                what: "the manifest checkpoint disagrees with the entry files (remove it; the next writer rewrites it)".into(),
+            }),
+            Ok(_) => {}
+            Err(e) => problems.push(e),
+        }
         for c in self.manifest.chunks() {
             for f in c.tables.values() {
                 if let Err(e) = verify_file(&self.root, f) {
@@ -206,6 +215,7 @@ pub struct ChunkCommit {
 pub struct DatasetWriter {
     root: PathBuf,
     manifest: Manifest,
+    shard: Option<Shard>,
     _locks: Vec<File>,
 }
 
@@ -281,7 +291,12 @@ impl DatasetWriter {
             tracing::info!(entries = superseded.len(), "finishing an interrupted merge");
             manifest.remove_entries(root, &superseded)?;
         }
-        Ok(Self { root: root.to_path_buf(), manifest, _locks: locks })
+        let mut w = Self { root: root.to_path_buf(), manifest, shard, _locks: locks };
+        if shard.is_none() {
+            w.manifest.vacuum_due(root)?;
+        }
+        w.checkpoint_if_due()?;
+        Ok(w)
     }
 
     /// The data directory.
@@ -318,6 +333,7 @@ impl DatasetWriter {
     /// Derived-state snapshots above the new end go too.
     pub fn rollback(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
         let removed = self.manifest.rollback(&self.root, keep_through)?;
+        self.checkpoint_if_due()?;
         let end = self.manifest.last().map(|c| c.end);
         crate::remove_snapshots_after(&self.root, end)?;
         Ok(removed)
@@ -375,6 +391,7 @@ impl DatasetWriter {
             tables: files,
         };
         self.manifest.replace(&self.root, merged.clone())?;
+        self.checkpoint_if_due()?;
         Ok(Some(merged))
     }
 
@@ -403,7 +420,18 @@ impl DatasetWriter {
             tables,
         };
         self.manifest.commit(&self.root, entry.clone())?;
+        self.checkpoint_if_due()?;
         Ok(entry)
+    }
+
+    /// Writes the manifest checkpoint once [`crate::CHECKPOINT_EVERY`] entries are outside it,
+    /// so opening the dataset reads one file, not one per chunk. A sharded writer leaves it to
+    /// the unsharded ones (it does not see the other shards' commits as they happen).
+    fn checkpoint_if_due(&mut self) -> Result<()> {
+        if self.shard.is_none() && self.manifest.uncheckpointed() >= crate::CHECKPOINT_EVERY {
+            self.manifest.write_checkpoint(&self.root)?;
+        }
+        Ok(())
     }
 }
 
@@ -498,12 +526,96 @@ mod tests {
         );
         let w = open(dir.path());
         assert_eq!(w.manifest().rows("t"), 20);
-        let entries = std::fs::read_dir(dir.path().join(crate::MANIFEST_DIR)).unwrap().count();
+        let entries = std::fs::read_dir(dir.path().join(crate::MANIFEST_DIR))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
+            .count();
         assert_eq!(entries, 2, "superseded entries are cleaned up on open");
+    }
+
+    fn one_block(n: u64, salt: u8) -> ChunkCommit {
+        let mut c = chunk(n, n);
+        c.last_block_hash = tidewater_chain::B256::repeat_byte(salt);
+        c
+    }
+
+    #[test]
+    fn the_checkpoint_stands_for_the_entries_and_is_never_trusted_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        let n = crate::CHECKPOINT_EVERY as u64 + 10;
+        for b in 0..n {
+            w.commit(one_block(b, 1)).unwrap();
+        }
+        let cp = dir.path().join(crate::MANIFEST_DIR).join(crate::CHECKPOINT_FILE);
+        assert!(cp.exists(), "no checkpoint after {n} commits");
+        let loaded = Manifest::load(dir.path()).unwrap();
+        assert_eq!(loaded.chunks(), Manifest::load_entries(dir.path()).unwrap().chunks());
+        assert_eq!(loaded.uncheckpointed(), 10, "only the entries after the checkpoint are read");
+        // A rollback, then the same ranges with other blocks: the checkpoint's copies are stale.
+        w.rollback(Some(100)).unwrap();
+        assert!(!cp.exists(), "a rollback must drop the checkpoint first");
+        for b in 101..n {
+            w.commit(one_block(b, 2)).unwrap();
+        }
+        let m = Manifest::load(dir.path()).unwrap();
+        assert_eq!(m.chunks().len() as u64, n);
+        assert!(m.chunks()[101..].iter().all(|c| c.last_block_hash.0[0] == 2));
+        assert!(Dataset::open(dir.path()).unwrap().verify().is_empty());
+        // A checkpoint cut short (kill -9 cannot do it, a full disk might): ignored.
+        w.commit(one_block(n, 2)).unwrap();
+        drop(w);
+        std::fs::write(&cp, b"{\"format\": 1, \"entr").unwrap();
+        assert_eq!(Manifest::load(dir.path()).unwrap().chunks().len() as u64, n + 1);
+        // A checkpoint that disagrees with the entries is found by verify.
+        let mut bad = Manifest::load(dir.path()).unwrap();
+        bad.chunks_mut()[3].last_block_hash = tidewater_chain::B256::repeat_byte(9);
+        bad.write_checkpoint(dir.path()).unwrap();
+        let problems = Dataset::open(dir.path()).unwrap().verify();
+        assert!(problems.iter().any(|e| e.to_string().contains("checkpoint")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_reader_of_an_older_manifest_reads_on_through_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        for (s, e) in [(0, 3), (4, 6), (7, 9)] {
+            w.commit(chunk(s, e)).unwrap();
+        }
+        let reader = Dataset::open(dir.path()).unwrap();
+        w.merge(0, 9).unwrap().unwrap();
+        w.commit(chunk(10, 12)).unwrap();
+        let rows: usize = reader
+            .files("t")
+            .iter()
+            .map(|f| {
+                crate::read_parquet(f).unwrap().iter().map(RecordBatch::num_rows).sum::<usize>()
+            })
+            .sum();
+        assert_eq!(rows, 10, "the files the reader's manifest lists are still there");
+        assert_eq!(Dataset::open(dir.path()).unwrap().files("t").len(), 2);
+    }
+
+    #[test]
+    fn past_the_retention_superseded_files_are_vacuumed() {
+        // SAFETY: nextest runs each test in its own process.
+        std::env::set_var("TIDEWATER_RETENTION_SECS", "0");
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        for (s, e) in [(0, 3), (4, 6)] {
+            w.commit(chunk(s, e)).unwrap();
+        }
+        let reader = Dataset::open(dir.path()).unwrap();
+        w.merge(0, 6).unwrap().unwrap();
+        assert!(reader.files("t").iter().all(|f| !f.exists()), "retired files were kept");
+        assert_eq!(Dataset::open(dir.path()).unwrap().files("t").len(), 1);
     }
 
     #[test]
     fn rollback_removes_chunks_after_the_ancestor() {
+        // SAFETY: nextest runs each test in its own process.
+        std::env::set_var("TIDEWATER_RETENTION_SECS", "0");
         let dir = tempfile::tempdir().unwrap();
         let mut w = open(dir.path());
         for (s, e) in [(0, 3), (4, 6), (7, 9)] {

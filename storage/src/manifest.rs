@@ -9,6 +9,46 @@ use std::path::{Path, PathBuf};
 
 /// Folder of manifest entries, under the data directory.
 pub const MANIFEST_DIR: &str = "_manifest";
+/// Every entry of the manifest in one file, under [`MANIFEST_DIR`]: what `load` reads instead
+/// of one file per chunk. A cache of the entries, never their commit point: only entries whose
+/// own file is still listed count, and whatever removes an entry removes the checkpoint first.
+pub const CHECKPOINT_FILE: &str = "_checkpoint.json";
+/// Entries committed since the last checkpoint before the writer writes a new one.
+pub const CHECKPOINT_EVERY: usize = 256;
+
+/// Files no entry lists any more, kept for readers that may still read them, under
+/// [`MANIFEST_DIR`].
+pub const VACUUM_FILE: &str = "_vacuum.json";
+/// How long a file no entry lists is kept for the readers that loaded an older manifest:
+/// longer than any reader's time limit (SQL's is seconds). `TIDEWATER_RETENTION_SECS` sets it.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn retention() -> std::time::Duration {
+    std::env::var("TIDEWATER_RETENTION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_RETENTION, std::time::Duration::from_secs)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Retired {
+    path: String,
+    since: u64,
+}
+
+fn read_vacuum_list(path: &Path) -> Vec<Retired> {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    format: u32,
+    entries: Vec<ChunkEntry>,
+}
 
 /// One committed Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,22 +96,49 @@ pub struct Manifest {
     chunks: Vec<ChunkEntry>,
     /// Entries covered by a merged entry, left by an interrupted merge (to clean up).
     superseded: Vec<ChunkEntry>,
+    /// Entries not in the checkpoint (read one by one at load, or committed since).
+    uncheckpointed: usize,
 }
 
 impl Manifest {
     /// Loads every entry under `<root>/_manifest`. Overlapping entries are corruption.
     pub fn load(root: &Path) -> Result<Self> {
+        Self::load_with(root, true)
+    }
+
+    /// [`Manifest::load`] from the entry files alone, ignoring the checkpoint (`verify`).
+    pub fn load_entries(root: &Path) -> Result<Self> {
+        Self::load_with(root, false)
+    }
+
+    fn load_with(root: &Path, use_checkpoint: bool) -> Result<Self> {
         let dir = root.join(MANIFEST_DIR);
         let mut chunks = Vec::new();
+        let mut uncheckpointed = 0;
         if dir.exists() {
+            let mut names = std::collections::HashSet::new();
             for entry in std::fs::read_dir(&dir).map_err(Error::io("listing", &dir))?.flatten() {
-                let p = entry.path();
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with('.') || !name.ends_with(".json") {
-                    continue;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(['.', '_']) && name.ends_with(".json") {
+                    names.insert(name);
                 }
-                let bytes = std::fs::read(&p).map_err(Error::io("reading", &p))?;
+            }
+            // The checkpoint's copies of the entries still listed; the rest read one by one.
+            let cached = if use_checkpoint { read_checkpoint(&dir) } else { Vec::new() };
+            for c in cached {
+                if names.remove(&ChunkEntry::file_name(c.start, c.end)) {
+                    chunks.push(c);
+                }
+            }
+            uncheckpointed = names.len();
+            for name in names {
+                let p = dir.join(name);
+                let bytes = match std::fs::read(&p) {
+                    Ok(b) => b,
+                    // Removed since the listing (a merge or rollback by the writer).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::Io { op: "reading", path: p, source: e }),
+                };
                 let c: ChunkEntry = serde_json::from_slice(&bytes)
                     .map_err(|source| Error::Json { path: p.clone(), source })?;
                 chunks.push(c);
@@ -100,7 +167,29 @@ impl Manifest {
                 });
             }
         }
-        Ok(Self { chunks, superseded })
+        Ok(Self { chunks, superseded, uncheckpointed })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn chunks_mut(&mut self) -> &mut [ChunkEntry] {
+        &mut self.chunks
+    }
+
+    /// Entries committed or read one by one since the last checkpoint.
+    pub fn uncheckpointed(&self) -> usize {
+        self.uncheckpointed
+    }
+
+    /// Writes every entry into the checkpoint file (atomically: a crash leaves the old one or
+    /// the new one). Blocking I/O.
+    pub(crate) fn write_checkpoint(&mut self, root: &Path) -> Result<()> {
+        let path = root.join(MANIFEST_DIR).join(CHECKPOINT_FILE);
+        let cp = Checkpoint { format: 1, entries: self.chunks.clone() };
+        let bytes =
+            serde_json::to_vec(&cp).map_err(|source| Error::Json { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)?;
+        self.uncheckpointed = 0;
+        Ok(())
     }
 
     /// Committed chunks in block order.
@@ -162,6 +251,11 @@ impl Manifest {
     ) -> Result<Vec<ChunkEntry>> {
         let keep = self.chunks.partition_point(|c| keep_through.is_some_and(|k| c.end <= k));
         let removed: Vec<ChunkEntry> = self.chunks.drain(keep..).collect();
+        if !removed.is_empty() {
+            // The same ranges may be committed again with other blocks: no stale copy.
+            remove_checkpoint(root)?;
+            self.uncheckpointed = self.chunks.len();
+        }
         for c in removed.iter().rev() {
             let entry = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
             std::fs::remove_file(&entry).map_err(Error::io("removing", &entry))?;
@@ -169,22 +263,19 @@ impl Manifest {
         if !removed.is_empty() {
             crate::files::sync_dir(&root.join(MANIFEST_DIR))?;
         }
-        for c in &removed {
-            for f in c.tables.values() {
-                let p = root.join(&f.path);
-                if let Err(e) = std::fs::remove_file(&p) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(Error::Io { op: "removing", path: p, source: e });
-                    }
-                }
-            }
-        }
+        let paths: Vec<String> =
+            removed.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
+        self.retire(root, paths)?;
         Ok(removed)
     }
 
     /// Removes entries (files first are kept by callers' choice): the manifest entry files of
     /// `entries`, then their data files unless a kept chunk still lists the same path.
-    pub(crate) fn remove_entries(&self, root: &Path, entries: &[ChunkEntry]) -> Result<()> {
+    pub(crate) fn remove_entries(&mut self, root: &Path, entries: &[ChunkEntry]) -> Result<()> {
+        if !entries.is_empty() {
+            remove_checkpoint(root)?;
+            self.uncheckpointed = self.chunks.len();
+        }
         for c in entries {
             let entry = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
             if let Err(e) = std::fs::remove_file(&entry) {
@@ -194,14 +285,58 @@ impl Manifest {
             }
         }
         crate::files::sync_dir(&root.join(MANIFEST_DIR))?;
+        // Readers that loaded the manifest before this change may still read these files: they
+        // go to the vacuum list, and are removed once the retention has passed.
+        let paths: Vec<String> =
+            entries.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
+        self.retire(root, paths)
+    }
+
+    /// Puts `paths` on the vacuum list (files no entry lists any more), then vacuums.
+    pub(crate) fn retire(&self, root: &Path, paths: Vec<String>) -> Result<()> {
+        let list = root.join(MANIFEST_DIR).join(VACUUM_FILE);
+        let mut retired = read_vacuum_list(&list);
+        let now = unix_now();
+        retired.extend(paths.into_iter().map(|path| Retired { path, since: now }));
+        self.vacuum(root, retired)
+    }
+
+    /// Removes the retired files older than the retention that no entry lists (a range committed
+    /// again after a rollback reuses its paths), and keeps the rest on the list.
+    fn vacuum(&self, root: &Path, retired: Vec<Retired>) -> Result<()> {
+        let list = root.join(MANIFEST_DIR).join(VACUUM_FILE);
         let live: std::collections::HashSet<&str> =
             self.chunks.iter().flat_map(|c| c.tables.values().map(|f| f.path.as_str())).collect();
-        for c in entries {
-            for f in c.tables.values().filter(|f| !live.contains(f.path.as_str())) {
-                let _ = std::fs::remove_file(root.join(&f.path));
+        let retention = retention().as_secs();
+        let now = unix_now();
+        let mut kept = Vec::new();
+        for r in retired {
+            if live.contains(r.path.as_str()) {
+                continue;
+            }
+            if r.since.saturating_add(retention) <= now {
+                let p = root.join(&r.path);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::Io { op: "removing", path: p, source: e }),
+                }
+            } else if !kept.iter().any(|k: &Retired| k.path == r.path) {
+                kept.push(r);
             }
         }
-        Ok(())
+        let bytes = serde_json::to_vec(&kept)
+            .map_err(|source| Error::Json { path: list.clone(), source })?;
+        write_atomic(&list, &bytes)
+    }
+
+    /// Vacuums the retired files whose retention has passed (the writer calls it at open).
+    pub(crate) fn vacuum_due(&self, root: &Path) -> Result<()> {
+        let list = root.join(MANIFEST_DIR).join(VACUUM_FILE);
+        if !list.exists() {
+            return Ok(());
+        }
+        self.vacuum(root, read_vacuum_list(&list))
     }
 
     /// Entries superseded by a merged entry (left by an interrupted merge).
@@ -240,7 +375,36 @@ impl Manifest {
         write_atomic(&path, &bytes)?;
         let at = self.chunks.partition_point(|c| c.start < entry.start);
         self.chunks.insert(at, entry);
+        self.uncheckpointed += 1;
         Ok(())
+    }
+}
+
+/// The entries of the checkpoint under `dir`; none when it is missing or unreadable (it is only
+/// a cache: the entry files are read instead).
+fn read_checkpoint(dir: &Path) -> Vec<ChunkEntry> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let Ok(bytes) = std::fs::read(&path) else { return Vec::new() };
+    match serde_json::from_slice::<Checkpoint>(&bytes) {
+        Ok(cp) if cp.format == 1 => cp.entries,
+        Ok(cp) => {
+            tracing::warn!(format = cp.format, "manifest checkpoint of another format; ignored");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "unreadable manifest checkpoint; ignored");
+            Vec::new()
+        }
+    }
+}
+
+/// Removes the checkpoint durably (before entries are removed or replaced).
+fn remove_checkpoint(root: &Path) -> Result<()> {
+    let path = root.join(MANIFEST_DIR).join(CHECKPOINT_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => crate::files::sync_dir(&root.join(MANIFEST_DIR)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io { op: "removing", path, source: e }),
     }
 }
 
@@ -260,7 +424,11 @@ mod tests {
 
     #[test]
     fn gaps_fill_around_committed_chunks() {
-        let m = Manifest { chunks: vec![chunk(10, 19), chunk(30, 39)], superseded: vec![] };
+        let m = Manifest {
+            chunks: vec![chunk(10, 19), chunk(30, 39)],
+            superseded: vec![],
+            uncheckpointed: 0,
+        };
         assert_eq!(m.gaps(0, 50), vec![(0, 9), (20, 29), (40, 50)]);
         assert_eq!(m.gaps(10, 19), vec![]);
         assert_eq!(m.gaps(15, 35), vec![(20, 29)]);
@@ -282,7 +450,7 @@ mod tests {
                 chunks.push(chunk(at + skip, at + skip + n - 1));
                 at += skip + n;
             }
-            let m = Manifest { chunks: chunks.clone(), superseded: vec![] };
+            let m = Manifest { chunks: chunks.clone(), superseded: vec![], uncheckpointed: 0 };
             let end = start + len - 1;
             let gaps = m.gaps(start, end);
             let mut covered = vec![0u8; len as usize];

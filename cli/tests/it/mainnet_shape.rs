@@ -110,3 +110,60 @@ fn issue_10_a_mainnet_shaped_chain_through_a_provider_equals_cryo_at_a_fraction_
     assert!(headers < head / 4, "{headers} header calls for {head} blocks");
     assert!(stats.too_many_logs > 0, "the cap on logs an answer was never met");
 }
+
+/// Issue 10: thousands of one-block chunks (the manifest's shape at 20,000 chunks, scaled to
+/// the test chain): kill -9 at random instants, which lands in manifest checkpoints too, then
+/// resume: the dataset equals a clean run, `verify` passes, the checkpoint stands for the
+/// entries, and SQL and `status` answer.
+#[test]
+fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sql() {
+    use rand::Rng;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let net = Devnet::mainnet_shape_mini();
+    let head = net.head().to_string();
+    let every = ["--block-checks-depth", "100000000", "--to", head.as_str()];
+    let clean = TestCommand::new();
+    let mut args = s(&["backfill", "--data", "data", "--chunk-size", "500"]);
+    args.extend(s(&every));
+    args.extend(net.uniswap_flags());
+    clean.ok(&args);
+
+    let t = TestCommand::new();
+    let mut args =
+        s(&["backfill", "--data", "data", "--chunk-size", "1", "--chunks-in-flight", "8"]);
+    args.extend(s(&every));
+    args.extend(net.uniswap_flags());
+    let seed = crate::proxy::seed();
+    eprintln!("seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut kills = 0;
+    for _ in 0..4 {
+        let mut child =
+            t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..4_000)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills > 0, "no run was killed mid-way");
+    t.ok(&args);
+    let m = tidewater_storage::Manifest::load(&t.path("data")).unwrap();
+    let chunks = m.chunks().len() as u64;
+    assert_eq!(chunks, net.head() + 1, "one chunk per block");
+    assert!(
+        m.uncheckpointed() < tidewater_storage::CHECKPOINT_EVERY,
+        "{} of {chunks} entries outside the checkpoint",
+        m.uncheckpointed()
+    );
+    assert_same_dataset(&clean.path("data"), &t.path("data"));
+    t.ok(&s(&["verify", "--data", "data"]));
+    let again = t.ok(&args);
+    assert!(again.contains("0 chunks committed of 0 planned"), "{again}");
+    let out = t.ok(&s(&["sql", "--data", "data", "SELECT count(*) AS n FROM logs"]));
+    let logs = table(&clean.path("data"), "logs").num_rows();
+    assert!(out.contains(&format!("{logs}")), "{out} (expected {logs} rows)");
+    t.ok(&s(&["status", "--data", "data"]));
+}
