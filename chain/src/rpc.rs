@@ -73,11 +73,14 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    async fn acquire(&self) {
+    /// Waits for the slot of `calls` calls (a batch counts each of its calls, as providers
+    /// bill and throttle them): the request goes at once when the limiter is idle, and the
+    /// next one waits for all of them.
+    async fn acquire(&self, calls: u32) {
         let at = {
             let mut next = self.next.lock().await;
             let at = (*next).max(Instant::now());
-            *next = at + self.interval;
+            *next = at + self.interval * calls.max(1);
             at
         };
         tokio::time::sleep_until(at).await;
@@ -250,7 +253,8 @@ impl RpcClient {
         let inner = &self.inner;
         let provider = &inner.providers[idx];
         if let Some(l) = &provider.limiter {
-            l.acquire().await;
+            let calls = body.as_array().map_or(1, |a| u32::try_from(a.len()).unwrap_or(u32::MAX));
+            l.acquire(calls).await;
         }
         let _permit = inner.permits.acquire().await.expect("invariant: semaphore never closed");
         provider.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -620,8 +624,12 @@ mod tests {
             RateLimiter { interval: Duration::from_millis(100), next: Mutex::new(Instant::now()) };
         let start = Instant::now();
         for _ in 0..5 {
-            l.acquire().await;
+            l.acquire(1).await;
         }
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+        // A batch of 10 calls goes at once, and holds the next request for all ten.
+        l.acquire(10).await;
+        l.acquire(1).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1_500));
     }
 }

@@ -111,7 +111,7 @@ pub(crate) struct BackfillArgs {
     /// RPC requests in flight at most [default: 16]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) concurrency: Option<usize>,
-    /// RPC requests per second per provider [default: unlimited]
+    /// RPC calls per second per provider, each call of a batch counted [default: unlimited]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) rps: Option<f64>,
     /// Longest wait for one RPC answer, in milliseconds, before it is retried [default: 30000]

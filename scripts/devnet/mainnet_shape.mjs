@@ -187,6 +187,10 @@ function busyPool() {
   for (let k = 0; k < hot.length; k++) if ((x -= weights[k]) <= 0) return hot[k];
   return hot[hot.length - 1];
 }
+// Empty blocks, a thousand per call: one call for tens of thousands outlasts HTTP timeouts.
+async function mineEmpty(n) {
+  for (let done = 0; done < n; done += 1000) await rpc("anvil_mine", [hex(Math.min(1000, n - done))]);
+}
 let watched = 0;
 let blocks = 0;
 let stretches = 0;
@@ -220,13 +224,13 @@ while (watched < watchedTarget) {
   watched += inBlock;
   blocks++;
   if (blocks % stretchEvery === 0 && stretches < 4) {
-    await rpc("anvil_mine", [hex(Math.floor(sparse / 4))]);
+    await mineEmpty(Math.floor(sparse / 4));
     stretches++;
   }
   if (blocks % 200 === 0) process.stderr.write(`mainnet-shape: ${blocks} busy blocks, ~${watched} watched logs\n`);
 }
 while (stretches < 4) {
-  await rpc("anvil_mine", [hex(Math.floor(sparse / 4))]);
+  await mineEmpty(Math.floor(sparse / 4));
   stretches++;
 }
 await rpc("evm_setAutomine", [true]);

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Mainnet's shape, measured: the mainnet-shaped devnet behind the provider simulator
+# (tidewater-provider-sim, Alchemy's limits, error words and compute-unit table), side by side
+# in one run:
+#   1. tidewater backfill with default settings: requests, compute units and bytes per method,
+#      per 1,000,000 blocks and per 1,000,000 watched logs; CU against its eth_getLogs calls
+#      alone (the floor); wall time with no budget and under BENCH_RPS (default 25) requests/s;
+#      peak RSS;
+#   2. cryo over the same contracts, node, simulator and range (BENCH_CRYO=0 skips it);
+#   3. a dataset of one-block chunks over BENCH_CHUNKS blocks (default 20,000, at most the
+#      chain): `status`, serve start-up, POST /v1/sql count(*), a past-block pool state, with
+#      this build and, when BENCH_BASELINE names an older binary, with it (same dataset, minus
+#      the manifest checkpoint it cannot read).
+# BENCH_PRESET=mainnet-shape-mini runs the same on the small mainnet-shaped chain the tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+preset="${BENCH_PRESET:-mainnet-shape}"
+rps="${BENCH_RPS:-25}"
+profile="${BENCH_PROFILE:-alchemy}"
+
+scripts/install.sh >/dev/null
+cargo build --release -q -p tidewater -p tidewater-testkit
+tw="$CARGO_TARGET_DIR/release/tidewater"
+sim_bin="$CARGO_TARGET_DIR/release/tidewater-provider-sim"
+chain="$(scripts/devnet.sh build "$preset")"
+port=$(free_port)
+scripts/devnet.sh start "$preset" "$port" &
+anvil=$!
+work=$(mktemp -d)
+sims=()
+cleanup() { kill $anvil "${sims[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+url="http://127.0.0.1:$port"
+wait_rpc "$url"
+head=$(python3 -c "import sys; sys.path.insert(0, 'scripts'); import benchlib; print(int(benchlib.rpc('$url', 'eth_blockNumber', []), 16))")
+read -r factory npm <<<"$(python3 -c "import json;d=json.load(open('$chain/deploy.json'));print(d['factory'], d['position_manager'])")"
+echo "chain: $preset, blocks 0..$head, $(python3 -c "import json;print(len(json.load(open('$chain/deploy.json'))['pools']))") pools, profile $profile" >&2
+
+# A fresh simulator per run, so each run's bill stands alone. Sets $sim_url.
+start_sim() {
+  local out="$work/sim.$1.out"
+  "$sim_bin" --upstream "$url" --profile "$profile" ${2:+--rps "$2"} > "$out" &
+  sims+=($!)
+  for _ in $(seq 100); do [ -s "$out" ] && break; sleep 0.05; done
+  sim_url=$(head -1 "$out")
+}
+stats() { curl -s "$sim_url/stats" > "$work/$1.stats.json"; }
+
+# 1. tidewater, no budget, then under the budget.
+start_sim tw
+/usr/bin/time -v -o "$work/tw.time" "$tw" backfill --rpc "$sim_url" --data "$work/tw" --to "$head" --json \
+  --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/tw.json"
+stats tw
+start_sim twb "$rps"
+/usr/bin/time -v -o "$work/twb.time" "$tw" backfill --rpc "$sim_url" --data "$work/twb" --to "$head" --json \
+  --rps "$rps" --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/twb.json"
+stats twb
+start_sim twa
+/usr/bin/time -v -o "$work/twa.time" "$tw" backfill --rpc "$sim_url" --data "$work/twa" --to "$head" --json \
+  --filter-mode addresses --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/twa.json"
+stats twa
+
+# 2. cryo, the same contracts through the same simulator.
+if [ "${BENCH_CRYO:-1}" = 1 ]; then
+  start_sim cryo
+  addrs=$(python3 -c "import json;d=json.load(open('$chain/deploy.json'));print(repr([d['factory'],d['position_manager']]+[p['address'] for p in d['pools']]))")
+  start=$(date +%s.%N)
+  /usr/bin/time -v -o "$work/cryo.time" python3 -c "import cryo; cryo.freeze('logs', rpc='$sim_url', blocks=['0:$((head+1))'], contract=$addrs, output_dir='$work/cryo', no_report=True, no_verbose=True, max_concurrent_requests=16)" >/dev/null 2>&1 || echo "cryo failed" >&2
+  python3 -c "print($(date +%s.%N) - $start)" > "$work/cryo.secs"
+  stats cryo
+fi
+
+python3 - "$work" "$head" <<'PY'
+import json, sys, re, os
+work, head = sys.argv[1], int(sys.argv[2])
+def rss(name):
+    t = open(f"{work}/{name}.time").read()
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024
+def bill(name):
+    s = json.load(open(f"{work}/{name}.stats.json"))
+    m = s["methods"]
+    tot = {k: sum(v[k] for v in m.values()) for k in ("calls", "compute_units", "bytes_out")}
+    return s, m, tot
+tw = json.load(open(f"{work}/tw.json"))
+blocks, logs = head + 1, tw["logs"]
+print(f"\n{blocks} blocks, {logs} watched logs; per 1,000,000 blocks (per 1,000,000 watched logs)")
+print(f"{'run':<22} {'requests':>18} {'compute units':>22} {'MB out':>16} {'CU/getLogs CU':>14} {'seconds':>8} {'RSS MiB':>8}")
+runs = [("tidewater", "tw", tw["elapsed_secs"]),
+        ("tidewater, budget", "twb", json.load(open(f"{work}/twb.json"))["elapsed_secs"]),
+        ("tidewater, addresses", "twa", json.load(open(f"{work}/twa.json"))["elapsed_secs"])]
+if os.path.exists(f"{work}/cryo.stats.json"):
+    runs.append(("cryo", "cryo", float(open(f"{work}/cryo.secs").read())))
+for label, name, secs in runs:
+    s, m, tot = bill(name)
+    gl = m.get("eth_getLogs", {}).get("compute_units", 0) or 1
+    per_b, per_l = 1e6 / blocks, 1e6 / max(logs, 1)
+    print(f"{label:<22} {tot['calls']*per_b:>9.0f} ({tot['calls']*per_l:>6.0f}) {tot['compute_units']*per_b:>12.0f} ({tot['compute_units']*per_l:>7.0f}) "
+          f"{tot['bytes_out']*per_b/1e6:>7.0f} ({tot['bytes_out']*per_l/1e6:>6.0f}) {tot['compute_units']/gl:>14.2f} {secs:>8.1f} {rss(name):>8.0f}")
+    for meth, v in sorted(m.items()):
+        print(f"    {meth:<28} {v['calls']:>8} calls {v['compute_units']:>10} CU")
+    if s.get("throttled"):
+        print(f"    throttled (429): {s['throttled']}, refused for the logs cap: {s['too_many_logs']}")
+# Uniswap V3 on mainnet: 11,000,000 blocks from 12,369,621. The last --block-checks-depth
+# (1,024) blocks cost a header each, once per backfill: a fixed cost, apart from the per-block
+# cost of the settled part, which is what scales.
+s, m, tot = bill("tw")
+window = min(1024, blocks)
+deep_blocks = max(blocks - window, 1)
+deep_calls = tot["calls"] - window
+deep_cu = tot["compute_units"] - window * 16
+gl = m["eth_getLogs"]["compute_units"]
+print(f"\nfixed: {window} headers ({window * 16} CU) for the last {window} blocks; settled part: "
+      f"{deep_calls / deep_blocks * 1e6:,.0f} requests and {deep_cu / deep_blocks * 1e6:,.0f} CU per 1,000,000 blocks, "
+      f"{deep_cu / gl:.2f}x its eth_getLogs CU")
+req_per_block, cu_per_block = deep_calls / deep_blocks, deep_cu / deep_blocks
+print(f"extrapolated to 11,000,000 blocks at this density: {req_per_block*11e6:,.0f} requests, {cu_per_block*11e6:,.0f} CU; "
+      f"{tw['elapsed_secs']/blocks*11e6/3600:.2f} h unthrottled (local node), {req_per_block*11e6/25/3600:.1f} h at 25 requests/s")
+PY
+
+# 3. One-block chunks: opening, status, SQL and past-block state at many chunks. A chain
+# shorter than BENCH_CHUNKS gets empty blocks mined on top (this anvil only, not the cache).
+want=${BENCH_CHUNKS:-20000}
+if [ "$head" -lt "$want" ]; then
+  python3 -c "import sys; sys.path.insert(0, 'scripts'); import benchlib; benchlib.rpc('$url', 'anvil_mine', [hex($want - $head + 10)])"
+  head=$(python3 -c "import sys; sys.path.insert(0, 'scripts'); import benchlib; print(int(benchlib.rpc('$url', 'eth_blockNumber', []), 16))")
+fi
+n=$(( want < head ? want : head ))
+from=$((head - n + 1))
+if [ "$from" -gt 0 ]; then
+  "$tw" backfill --rpc "$url" --data "$work/many" --to "$((from - 1))" --uniswap-v3-factory "$factory" \
+    --uniswap-v3-position-manager "$npm" >/dev/null
+fi
+"$tw" backfill --rpc "$url" --data "$work/many" --from "$from" --to "$head" --chunk-size 1 \
+  --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" >/dev/null
+chunks=$(ls "$work/many/_manifest" | grep -c '^0')
+pool=$(python3 -c "import json;d=json.load(open('$chain/deploy.json'));print(d['hot'][0] if 'hot' in d else d['pools'][0]['address'])")
+past=$((head - n / 2))
+measure() { # binary data label
+  local b="$1" data="$2" label="$3" api_port
+  api_port=$(free_port)
+  python3 - "$b" "$data" "$label" "$api_port" "$pool" "$past" <<'PY'
+import subprocess, sys, time, json, statistics, urllib.request
+b, data, label, port, pool, past = sys.argv[1:7]
+def timed(f, n=5):
+    xs = []
+    for _ in range(n):
+        t = time.perf_counter(); f(); xs.append((time.perf_counter() - t) * 1000)
+    return statistics.median(xs)
+status = timed(lambda: subprocess.run([b, "status", "--data", data, "--json"], check=True, capture_output=True))
+t0 = time.perf_counter()
+srv = subprocess.Popen([b, "serve", "--data", data, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+api = f"http://127.0.0.1:{port}"
+while True:
+    try:
+        if urllib.request.urlopen(api + "/ready", timeout=1).status == 200: break
+    except Exception: pass
+    time.sleep(0.01)
+startup = (time.perf_counter() - t0) * 1000
+def sql():
+    r = urllib.request.Request(api + "/v1/sql", json.dumps({"sql": "SELECT count(*) AS n FROM logs"}).encode(), {"content-type": "application/json"})
+    urllib.request.urlopen(r, timeout=30).read()
+def state():
+    urllib.request.urlopen(f"{api}/v1/pools/{pool}?block={past}", timeout=30).read()
+q, p = timed(sql), timed(state)
+srv.terminate(); srv.wait()
+print(f"{label:<24} status {status:>7.0f} ms   serve ready {startup:>7.0f} ms   POST /v1/sql count(*) {q:>7.0f} ms   pool at block {past} {p:>7.0f} ms")
+PY
+}
+echo
+echo "$chunks chunks ($n of one block, blocks $from..$head):"
+measure "$tw" "$work/many" "this build"
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  cp -r "$work/many" "$work/many-old"
+  rm -f "$work/many-old/_manifest/_checkpoint.json" "$work/many-old/_manifest/_vacuum.json"
+  measure "$BENCH_BASELINE" "$work/many-old" "baseline $(basename "$BENCH_BASELINE")"
+fi
