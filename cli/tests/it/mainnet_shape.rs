@@ -167,3 +167,84 @@ fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sq
     assert!(out.contains(&format!("{logs}")), "{out} (expected {logs} rows)");
     t.ok(&s(&["status", "--data", "data"]));
 }
+
+/// The spoofer of the mainnet-shaped devnet: LOG3(calldata[96:], calldata[0:32],
+/// calldata[32:64], calldata[64:96]), behind its init code.
+const SPOOFER_INIT: &str = "0x6018" /* PUSH1 24 */;
+const SPOOFER_REST: &str = "80600b6000396000f360603603806060600037604035602035600035836000a300";
+
+/// Issue 10: the tail asks by selector too (`--filter-mode topics`). A spoofer deployed while
+/// the tail follows the head emits `Swap`s with the pool event's signature: they reach no
+/// table, and the dataset equals a fresh backfill that asks by address.
+#[test]
+fn issue_10_a_tail_asking_by_selector_keeps_spoofed_pool_events_out() {
+    use crate::tail::{checkpoint, mine, send_tx, start_tail, stop, swap, wait_for_checkpoint};
+    use rand::SeedableRng;
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let child = start_tail(
+        &t,
+        &net,
+        &["--confirmations", "3", "--compact-blocks", "2", "--filter-mode", "topics"],
+    );
+    wait_for_checkpoint(&t, 0);
+    let init = format!("{SPOOFER_INIT}{SPOOFER_REST}");
+    let hash = rpc(
+        &net.url,
+        "eth_sendTransaction",
+        json!([{"from": crate::tail::ACCOUNT, "data": init, "gas": "0x100000"}]),
+    );
+    let mut receipt = Value::Null;
+    for _ in 0..1000 {
+        receipt = rpc(&net.url, "eth_getTransactionReceipt", json!([hash]));
+        if !receipt.is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let spoofer = receipt["contractAddress"].as_str().unwrap().to_string();
+    let swap_topic = format!("{}", alloy_primitives_swap_topic());
+    let word = |x: &str| format!("{x:0>64}");
+    for i in 0..6 {
+        swap(&net, &mut rng);
+        let data = format!(
+            "{swap_topic}{}{}{}{}{}{}{}",
+            word("ab"),
+            word("cd"),
+            word("1"),
+            word("2"),
+            word("1000000000000000000000000"),
+            word("1"),
+            word(&format!("{i:x}"))
+        );
+        send_tx(&net, &spoofer, data);
+    }
+    let spoofed = rpc(
+        &net.url,
+        "eth_getLogs",
+        json!([{"address": spoofer, "fromBlock": "0x0", "toBlock": "latest"}]),
+    );
+    assert_eq!(spoofed.as_array().unwrap().len(), 6, "the spoofer should have emitted");
+    mine(&net, 5);
+    wait_for_checkpoint(&t, net.head() - 3);
+    stop(child);
+    crate::tail::assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+    let spoofer = hex_bytes(&spoofer);
+    for tbl in ["logs", "swaps"] {
+        assert!(
+            !addresses(&table(&t.path("data"), tbl)).contains(&spoofer),
+            "the spoofer reached {tbl}"
+        );
+    }
+}
+
+alloy_sol_types::sol! {
+    event Swap(address indexed sender, address indexed recipient, int256 amount0, int256 amount1, uint160 sqrtPriceX96, uint128 liquidity, int24 tick);
+}
+
+/// `Swap`'s selector, 0x-prefixed.
+fn alloy_primitives_swap_topic() -> String {
+    use alloy_sol_types::SolEvent;
+    format!("0x{}", hex::encode(Swap::SIGNATURE_HASH))
+}
