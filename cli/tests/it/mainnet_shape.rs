@@ -204,7 +204,7 @@ fn issue_10_a_tail_asking_by_selector_keeps_spoofed_pool_events_out() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let spoofer = receipt["contractAddress"].as_str().unwrap().to_string();
-    let swap_topic = format!("{}", alloy_primitives_swap_topic());
+    let swap_topic = swap_topic();
     let word = |x: &str| format!("{x:0>64}");
     for i in 0..6 {
         swap(&net, &mut rng);
@@ -244,7 +244,7 @@ alloy_sol_types::sol! {
 }
 
 /// `Swap`'s selector, 0x-prefixed.
-fn alloy_primitives_swap_topic() -> String {
+fn swap_topic() -> String {
     use alloy_sol_types::SolEvent;
     format!("0x{}", hex::encode(Swap::SIGNATURE_HASH))
 }
