@@ -187,6 +187,12 @@ pub async fn run_sql(
     let mut tables = ds.identity().tables.clone();
     tables.sort();
     tables.dedup();
+    // Only the tables the query names are registered (a table of 20,000 files costs a listing
+    // of each); all of them when it reads the catalog or cannot be parsed here (planning then
+    // reports the error).
+    if let Some(named) = referenced_tables(&ctx, sql) {
+        tables.retain(|t| named.contains(t));
+    }
     for table in tables {
         let schema = cold_schema(&ds, &table)?;
         let files = ds.files(&table);
@@ -257,6 +263,26 @@ pub async fn run_sql(
     tokio::time::timeout(limits.timeout, task)
         .await
         .map_err(|_| SqlError::Timeout(limits.timeout))?
+}
+
+/// The bare names of the tables `sql` reads, or `None` when it reads the catalog
+/// (`information_schema`, `SHOW`) or does not parse.
+fn referenced_tables(ctx: &SessionContext, sql: &str) -> Option<std::collections::HashSet<String>> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect.clone();
+    let statement = state.sql_to_statement(sql, &dialect).ok()?;
+    let refs = state.resolve_table_references(&statement).ok()?;
+    let mut named = std::collections::HashSet::new();
+    for r in refs {
+        if r.schema().is_some_and(|s| s.eq_ignore_ascii_case("information_schema")) {
+            return None;
+        }
+        named.insert(r.table().to_string());
+    }
+    if named.is_empty() || sql.trim_start().to_ascii_lowercase().starts_with("show") {
+        return None;
+    }
+    Some(named)
 }
 
 /// Worker threads of the SQL runtime: two keep a query's partitions busy on a small machine
