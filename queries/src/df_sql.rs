@@ -269,7 +269,7 @@ pub async fn run_sql(
 /// (`information_schema`, `SHOW`) or does not parse.
 fn referenced_tables(ctx: &SessionContext, sql: &str) -> Option<std::collections::HashSet<String>> {
     let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect.clone();
+    let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect).ok()?;
     let refs = state.resolve_table_references(&statement).ok()?;
     let mut named = std::collections::HashSet::new();
