@@ -233,7 +233,9 @@ async fn check_spans(
         let by_number: HashMap<u64, &Header> = headers.iter().map(|h| (h.number, h)).collect();
         for (part, logs) in &spans {
             let newest = logs.iter().map(|l| l.block_number).max();
-            let end = by_number[&part.end];
+            let end = by_number.get(&part.end).ok_or_else(|| {
+                inconsistent(format!("no header for block {} in the answer", part.end))
+            })?;
             if newest.is_none_or(|n| n < part.end) && filter.may_match(&end.logs_bloom) {
                 short.push(end);
             }
