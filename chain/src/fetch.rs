@@ -241,10 +241,10 @@ async fn check_spans(
             }
         }
         // An answer that stops short of its last block, whose bloom says it may hold a match:
-        // a lagging node's signature, or an honest gap. The block by hash decides.
+        // a lagging node's signature, or an honest gap. The block by hash decides, then its
+        // receipts (at most once per answer, not per block).
         let confirmed = futures::future::try_join_all(short.iter().map(|h| async move {
-            let other = (rpc.provider_count() > 1).then(|| rpc.preferred() + 1);
-            rpc.get_logs_by_hash_on(other, filter, h.hash).await.map(|got| (h.number, got))
+            confirm_empty_block(rpc, filter, h).await.map(|got| (h.number, got))
         }))
         .await?;
         if let Some((n, got)) = confirmed.into_iter().find(|(_, got)| !got.is_empty()) {
