@@ -116,20 +116,32 @@ impl Manifest {
         let mut chunks = Vec::new();
         let mut uncheckpointed = 0;
         if dir.exists() {
-            let mut names = std::collections::HashSet::new();
+            // Entry files by their range (parsed from the name: no string per entry to build
+            // at 20,000 chunks); a name of another shape is read as it is.
+            let mut ranges = std::collections::HashMap::new();
+            let mut others = Vec::new();
             for entry in std::fs::read_dir(&dir).map_err(Error::io("listing", &dir))?.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(['.', '_']) && name.ends_with(".json") {
-                    names.insert(name);
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(['.', '_']) || !name.ends_with(".json") {
+                    continue;
+                }
+                match parse_entry_name(&name) {
+                    Some(r) => {
+                        ranges.insert(r, ());
+                    }
+                    None => others.push(name.into_owned()),
                 }
             }
             // The checkpoint's copies of the entries still listed; the rest read one by one.
             let cached = if use_checkpoint { read_checkpoint(&dir) } else { Vec::new() };
             for c in cached {
-                if names.remove(&ChunkEntry::file_name(c.start, c.end)) {
+                if ranges.remove(&(c.start, c.end)).is_some() {
                     chunks.push(c);
                 }
             }
+            let mut names = others;
+            names.extend(ranges.into_keys().map(|(a, b)| ChunkEntry::file_name(a, b)));
             uncheckpointed = names.len();
             for name in names {
                 let p = dir.join(name);
@@ -380,6 +392,17 @@ impl Manifest {
     }
 }
 
+/// `(start, end)` of an entry file named by [`ChunkEntry::file_name`].
+fn parse_entry_name(name: &str) -> Option<(u64, u64)> {
+    let (a, b) = name.strip_suffix(".json")?.split_once('-')?;
+    // As `{n:012}` writes them: twelve digits, or more without a leading zero.
+    let canonical = |d: &str| d.len() == 12 || (d.len() > 12 && !d.starts_with('0'));
+    if !canonical(a) || !canonical(b) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 /// The entries of the checkpoint under `dir`; none when it is missing or unreadable (it is only
 /// a cache: the entry files are read instead).
 fn read_checkpoint(dir: &Path) -> Vec<ChunkEntry> {
@@ -419,6 +442,17 @@ mod tests {
             first_block_hash: Default::default(),
             last_block_hash: Default::default(),
             tables: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn entry_names_parse_back_to_their_range() {
+        for (a, b) in [(0, 0), (7, 1_000), (999_999_999_999, 1_000_000_000_000)] {
+            assert_eq!(parse_entry_name(&ChunkEntry::file_name(a, b)), Some((a, b)));
+        }
+        for odd in ["1-2.json", "0000000000001-000000000002.json", "x-y.json", "000000000001.json"]
+        {
+            assert_eq!(parse_entry_name(odd), None, "{odd}");
         }
     }
 
