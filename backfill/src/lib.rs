@@ -46,7 +46,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 use tidewater_chain::encode::SkippedLog;
 use tidewater_chain::{
-    discover_pools, discover_pools_checked, fetch_range_consistent_with, run_on_rayon, Address,
+    discover_pools, discover_pools_checked, fetch_range_consistent, run_on_rayon, Address,
     BlockRange, Checks, EventCatalog, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask,
     DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
@@ -170,8 +170,6 @@ struct Shared {
     sizer: RangeSizer,
     filter_mode: FilterMode,
     spans_below: u64,
-    /// Selectors of every pool event (asked for from any contract in [`FilterMode::Topics`]).
-    pool_topic0s: Vec<tidewater_chain::B256>,
     /// The fixed contracts, sorted.
     contracts: Vec<Address>,
 }
@@ -208,7 +206,6 @@ impl Backfill {
         let shared = Arc::new(Shared {
             rpc,
             sources,
-            pool_topic0s: catalog.pool_topic0s(),
             contracts: catalog.contracts(),
             catalog,
             chain_id,
@@ -381,7 +378,7 @@ impl Shared {
         chunk: BlockRange,
     ) -> tidewater_chain::Result<tidewater_chain::RangeData> {
         let fetch = |r: BlockRange| {
-            fetch_range_consistent_with(&self.rpc, filter, r, &self.sizer, self.checks_for(r))
+            fetch_range_consistent(&self.rpc, filter, r, &self.sizer, self.checks_for(r))
         };
         if chunk.start >= self.spans_below || chunk.end < self.spans_below {
             return fetch(chunk).await;
@@ -412,7 +409,7 @@ impl Shared {
             let filter = self.filter_mode.filter(
                 self.contracts.clone(),
                 known.created_by(chunk.end),
-                &self.pool_topic0s,
+                self.catalog.pool_topic0s(),
             );
             let mut data = self
                 .fetch_checked(&filter, chunk)
@@ -434,11 +431,7 @@ impl Shared {
             if !filter.open_topic0s.is_empty() {
                 // Asked by selector from any contract: keep the watched emitters only. A
                 // contract the factory did not create never reaches a table.
-                let contracts = &self.contracts;
-                data.logs.retain(|l| {
-                    contracts.binary_search(&l.address).is_ok()
-                        || known.is_pool_at(l.address, l.block_number)
-                });
+                known.retain_watched(&mut data.logs, &self.contracts);
                 let with_logs: std::collections::HashSet<u64> =
                     data.logs.iter().map(|l| l.block_number).collect();
                 data.blocks.retain(|b| b.parent_hash.is_some() || with_logs.contains(&b.number));

@@ -235,6 +235,8 @@ impl EventDef {
 pub struct EventCatalog {
     defs: Vec<EventDef>,
     by_key: HashMap<(Emitter, B256), usize>,
+    /// Selectors of every event a factory pool emits, sorted (empty without a factory).
+    pool_topic0s: Vec<B256>,
 }
 
 impl EventCatalog {
@@ -269,7 +271,19 @@ impl EventCatalog {
             }
         }
         let by_key = defs.iter().enumerate().map(|(i, d)| ((d.emitter, d.selector), i)).collect();
-        Ok(Self { defs, by_key })
+        let mut pool_topic0s: Vec<B256> = defs
+            .iter()
+            .filter(|d| d.emitter == Emitter::FactoryPools)
+            .map(|d| d.selector)
+            .collect();
+        if !pool_topic0s.is_empty() {
+            for sig in UNISWAP_V3_POOL_OTHER_EVENTS {
+                pool_topic0s.push(parse_event(sig)?.selector());
+            }
+        }
+        pool_topic0s.sort();
+        pool_topic0s.dedup();
+        Ok(Self { defs, by_key, pool_topic0s })
     }
 
     /// Every definition.
@@ -297,23 +311,8 @@ impl EventCatalog {
 
     /// The selectors of every event a factory pool emits (decoded or not); empty without a
     /// factory.
-    pub fn pool_topic0s(&self) -> Vec<B256> {
-        let mut v: Vec<B256> = self
-            .defs
-            .iter()
-            .filter(|d| d.emitter == Emitter::FactoryPools)
-            .map(|d| d.selector)
-            .collect();
-        if !v.is_empty() {
-            for sig in UNISWAP_V3_POOL_OTHER_EVENTS {
-                if let Ok(e) = parse_event(sig) {
-                    v.push(e.selector());
-                }
-            }
-        }
-        v.sort();
-        v.dedup();
-        v
+    pub fn pool_topic0s(&self) -> &[B256] {
+        &self.pool_topic0s
     }
 
     /// Fixed contracts watched.

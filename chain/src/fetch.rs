@@ -183,17 +183,8 @@ async fn fetch_one(
 /// - a block whose bloom may hold a match but that came back empty is refetched by hash.
 ///
 /// A disagreement is [`Error::Inconsistent`] (retryable: the node was lagging or reorging).
+/// `checks` says which headers are fetched and how an answer is checked against them.
 pub async fn fetch_range(
-    rpc: &RpcClient,
-    filter: &LogFilter,
-    range: BlockRange,
-    sizer: &RangeSizer,
-) -> Result<RangeData> {
-    fetch_range_with(rpc, filter, range, sizer, Checks::Blocks).await
-}
-
-/// [`fetch_range`] with the checks `checks` says.
-pub async fn fetch_range_with(
     rpc: &RpcClient,
     filter: &LogFilter,
     range: BlockRange,
@@ -419,19 +410,9 @@ pub async fn confirm_empty_block(
 /// Times a range whose answers disagree (a lagging node) is refetched before giving up.
 pub const INCONSISTENT_RETRIES: u32 = 5;
 
-/// [`fetch_range`], refetched with backoff while the node's answers disagree with each other.
+/// [`fetch_range`], refetched with backoff while the node's answers disagree with each other:
+/// first with `checks`, after a disagreement with [`Checks::Blocks`].
 pub async fn fetch_range_consistent(
-    rpc: &RpcClient,
-    filter: &LogFilter,
-    range: BlockRange,
-    sizer: &RangeSizer,
-) -> Result<RangeData> {
-    fetch_range_consistent_with(rpc, filter, range, sizer, Checks::Blocks).await
-}
-
-/// [`fetch_range_consistent`] starting with `checks`; after a disagreement the range is
-/// refetched with [`Checks::Blocks`].
-pub async fn fetch_range_consistent_with(
     rpc: &RpcClient,
     filter: &LogFilter,
     range: BlockRange,
@@ -440,7 +421,7 @@ pub async fn fetch_range_consistent_with(
 ) -> Result<RangeData> {
     let mut attempt = 0;
     loop {
-        match fetch_range_with(rpc, filter, range, sizer, checks).await {
+        match fetch_range(rpc, filter, range, sizer, checks).await {
             Err(e @ Error::Inconsistent { .. }) if attempt < INCONSISTENT_RETRIES => {
                 attempt += 1;
                 checks = Checks::Blocks;

@@ -17,11 +17,14 @@
 //!
 //! ```no_run
 //! # async fn run() -> tidewater_chain::Result<()> {
-//! use tidewater_chain::{fetch_range, BlockRange, LogFilter, RangeSizer, RpcClient, RpcConfig};
+//! use tidewater_chain::{
+//!     fetch_range, BlockRange, Checks, LogFilter, RangeSizer, RpcClient, RpcConfig,
+//! };
 //! let url = tidewater_chain::ProviderUrl::parse("http://127.0.0.1:8545").expect("a URL");
 //! let rpc = RpcClient::new(RpcConfig::new(vec![url])).expect("client");
 //! let sizer = RangeSizer::new(2_000, 10_000);
-//! let data = fetch_range(&rpc, &LogFilter::default(), BlockRange::new(0, 99), &sizer).await?;
+//! let (filter, range) = (LogFilter::default(), BlockRange::new(0, 99));
+//! let data = fetch_range(&rpc, &filter, range, &sizer, Checks::Blocks).await?;
 //! println!("{} logs in {} blocks", data.logs.len(), data.headers.len());
 //! # Ok(()) }
 //! ```
@@ -43,8 +46,8 @@ pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
 pub use fetch::{
     confirm_empty_block, fetch_log_spans, fetch_logs, fetch_range, fetch_range_consistent,
-    fetch_range_consistent_with, fetch_range_with, next_span, Checks, RangeData, RangeSizer,
-    DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
+    next_span, Checks, RangeData, RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    INCONSISTENT_RETRIES,
 };
 pub use filter::{FilterMode, LogFilter, MAX_ADDRESSES_PER_REQUEST};
 pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};

@@ -58,6 +58,16 @@ impl PoolSet {
         self.created.retain(|_, b| *b <= block);
     }
 
+    /// Keeps the logs of the watched emitters only: `contracts` (sorted) and the pools created
+    /// at or before each log's block. A filter by event selector answers with logs of any
+    /// contract; a contract the factory did not create must never reach a table.
+    pub fn retain_watched(&self, logs: &mut Vec<Log>, contracts: &[Address]) {
+        logs.retain(|l| {
+            contracts.binary_search(&l.address).is_ok()
+                || self.is_pool_at(l.address, l.block_number)
+        });
+    }
+
     /// Adds the pools of `PoolCreated` logs (other logs are ignored).
     pub fn extend_from_logs(&mut self, factory: Address, logs: &[Log]) {
         let selector = pool_created_selector();
@@ -103,7 +113,7 @@ pub async fn discover_pools_checked(
     let filter = factory_filter(factory);
     let filter = &filter;
     let parts: Vec<crate::RangeData> = stream::iter(range.chunks(CHECKED_WINDOW))
-        .map(|w| crate::fetch_range_consistent_with(rpc, filter, w, sizer, checks))
+        .map(|w| crate::fetch_range_consistent(rpc, filter, w, sizer, checks))
         .buffer_unordered(4)
         .try_collect()
         .await?;

@@ -569,7 +569,7 @@ impl Tail {
             let filter = self.cfg.filter_mode.filter(
                 self.catalog.contracts(),
                 st.pools.created_by(n),
-                &self.catalog.pool_topic0s(),
+                self.catalog.pool_topic0s(),
             );
             let mut logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
             logs.sort_unstable_by_key(|l| l.log_index);
@@ -593,10 +593,7 @@ impl Tail {
             if st.pools.len() == before {
                 let pools = &st.pools;
                 if !filter.open_topic0s.is_empty() {
-                    // Asked by selector from any contract: keep the watched emitters only.
-                    logs.retain(|l| {
-                        filter.addresses.contains(&l.address) || pools.is_pool_at(l.address, n)
-                    });
+                    pools.retain_watched(&mut logs, &filter.addresses);
                 }
                 let events =
                     tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {

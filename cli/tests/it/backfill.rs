@@ -13,6 +13,32 @@ fn clean_run(net: &Devnet, chunk: &str) -> TestCommand {
     t
 }
 
+/// Runs `args` `runs` times, each killed with SIGKILL after a random number of milliseconds
+/// in `after_ms` unless it ended first (seeded: printed; TIDEWATER_SEED replays a failure).
+/// Returns how many runs were killed.
+pub(crate) fn kill_9_at_random_instants(
+    t: &TestCommand,
+    args: &[String],
+    runs: usize,
+    after_ms: std::ops::Range<u64>,
+) -> usize {
+    let seed = crate::proxy::seed();
+    eprintln!("seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut kills = 0;
+    for _ in 0..runs {
+        let mut child =
+            t.cmd().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(after_ms.clone())));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    kills
+}
+
 #[test]
 fn kill_9_at_random_instants_then_rerun_equals_clean_run() {
     let net = Devnet::small();
@@ -30,21 +56,7 @@ fn kill_9_at_random_instants_then_rerun_equals_clean_run() {
         "2",
     ]);
     args.extend(net.uniswap_flags());
-    // Seeded (printed; TIDEWATER_SEED replays a failure).
-    let seed = crate::proxy::seed();
-    eprintln!("seed {seed}");
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-    let mut kills = 0;
-    for _ in 0..6 {
-        let mut child =
-            t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_9_at_random_instants(&t, &args, 6, 30..400);
     assert!(kills > 0, "no run was killed mid-way: the test did not test anything");
     let out = t.ok(&args);
     assert!(out.contains("chunks committed"), "{out}");

@@ -117,9 +117,6 @@ fn issue_10_a_mainnet_shaped_chain_through_a_provider_equals_cryo_at_a_fraction_
 /// entries, and SQL and `status` answer.
 #[test]
 fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sql() {
-    use rand::Rng;
-    use std::process::Stdio;
-    use std::time::Duration;
     let net = Devnet::mainnet_shape_mini();
     let head = net.head().to_string();
     let every = ["--block-checks-depth", "100000000", "--to", head.as_str()];
@@ -134,20 +131,7 @@ fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sq
         s(&["backfill", "--data", "data", "--chunk-size", "1", "--chunks-in-flight", "8"]);
     args.extend(s(&every));
     args.extend(net.uniswap_flags());
-    let seed = crate::proxy::seed();
-    eprintln!("seed {seed}");
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-    let mut kills = 0;
-    for _ in 0..4 {
-        let mut child =
-            t.cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.gen_range(500..4_000)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = crate::backfill::kill_9_at_random_instants(&t, &args, 4, 500..4_000);
     assert!(kills > 0, "no run was killed mid-way");
     t.ok(&args);
     let m = tidewater_storage::Manifest::load(&t.path("data")).unwrap();
@@ -195,14 +179,7 @@ fn issue_10_a_tail_asking_by_selector_keeps_spoofed_pool_events_out() {
         "eth_sendTransaction",
         json!([{"from": crate::tail::ACCOUNT, "data": init, "gas": "0x100000"}]),
     );
-    let mut receipt = Value::Null;
-    for _ in 0..1000 {
-        receipt = rpc(&net.url, "eth_getTransactionReceipt", json!([hash]));
-        if !receipt.is_null() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let receipt = crate::tail::wait_mined(&net, hash);
     let spoofer = receipt["contractAddress"].as_str().unwrap().to_string();
     let swap_topic = swap_topic();
     let word = |x: &str| format!("{x:0>64}");

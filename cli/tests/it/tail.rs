@@ -61,11 +61,16 @@ pub(crate) fn send_tx(net: &Devnet, to: &str, data: String) {
     wait_mined(net, rpc(&net.url, "eth_sendTransaction", json!([tx])));
 }
 
-fn wait_mined(net: &Devnet, hash: Value) {
+/// The receipt of transaction `hash`, once mined.
+pub(crate) fn wait_mined(net: &Devnet, hash: Value) -> Value {
     // anvil answers before the block is mined: wait for it, so reorg depths are what we think.
     let start = Instant::now();
-    while rpc(&net.url, "eth_getTransactionReceipt", json!([hash])).is_null() {
-        assert!(start.elapsed() < Duration::from_secs(10), "swap {hash} not mined");
+    loop {
+        let receipt = rpc(&net.url, "eth_getTransactionReceipt", json!([hash]));
+        if !receipt.is_null() {
+            return receipt;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "transaction {hash} not mined");
         std::thread::sleep(Duration::from_millis(2));
     }
 }
