@@ -18,10 +18,12 @@ ALLOWED = {
     "tidewater-state": {P, C, S},
     "tidewater-queries": {P, C, S},
     "tidewater-api": {P, C, S, "tidewater-state", "tidewater-queries"},
+    # Publishing to a broker: reads the live state, writes its checkpoint beside the dataset.
+    "tidewater-publish": {P, C, S, "tidewater-state"},
     "tidewater-node": {P, C, S, "tidewater-backfill", "tidewater-tail", "tidewater-state",
-                       "tidewater-queries", "tidewater-api"},
+                       "tidewater-queries", "tidewater-api", "tidewater-publish"},
     "tidewater": {P, C, S, "tidewater-backfill", "tidewater-tail", "tidewater-state",
-                  "tidewater-queries", "tidewater-api", "tidewater-node"},
+                  "tidewater-queries", "tidewater-api", "tidewater-node", "tidewater-publish"},
 }
 meta = json.loads(subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps"]))
 bad = []

@@ -25,3 +25,4 @@ wait_rpc() {
   done
   echo "no JSON-RPC node answered at $1" >&2; return 1
 }
+export TIDEWATER_NATS_SERVER="${TIDEWATER_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"

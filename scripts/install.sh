@@ -36,8 +36,10 @@ fi
 # wss:// test (openssl makes its certificates); Prometheus (with promtool) and Alertmanager
 # fire the alert rules against a live run.
 # Chromium and its WebDriver drive the liquidity page in a real browser.
+# nats-server (JetStream) is the broker `run --publish` feeds.
 for pair in socat:socat openssl:openssl promtool:prometheus prometheus:prometheus \
-  prometheus-alertmanager:prometheus-alertmanager chromium:chromium chromedriver:chromium-driver; do
+  prometheus-alertmanager:prometheus-alertmanager chromium:chromium chromedriver:chromium-driver \
+  nats-server:nats-server; do
   tool="${pair%%:*}" pkg="${pair##*:}"
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "install: $pkg (Debian)" >&2

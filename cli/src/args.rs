@@ -44,6 +44,9 @@ pub(crate) enum Command {
     /// Serve the HTTP API (state, stream, SQL, metrics) over a data directory another process
     /// writes; `run` and `tail` serve the same API with the live hot buffer.
     Serve(ServeArgs),
+    /// Fold the pool updates `run --publish` puts on NATS JetStream into a SQLite database,
+    /// exactly once (the reference consumer).
+    Consume(ConsumeArgs),
 }
 
 pub(crate) use tidewater_node::BlockBound;
@@ -203,6 +206,79 @@ pub(crate) struct TailArgs {
     pub(crate) no_serve: bool,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PublishArgs {
+    /// Publish every update to this NATS server (JetStream), e.g. nats://127.0.0.1:4222 [also
+    /// publish.url in tidewater.toml]
+    #[arg(long, help_heading = "Publishing")]
+    pub(crate) publish: Option<String>,
+    /// JetStream stream to publish to (created when missing) [default: tidewater]
+    #[arg(long, help_heading = "Publishing")]
+    pub(crate) publish_stream: Option<String>,
+    /// How long the stream keeps messages, in seconds [default: 7 days]
+    #[arg(long, help_heading = "Publishing")]
+    pub(crate) publish_max_age_secs: Option<u64>,
+    /// Largest size of the stream, in MiB [default: no limit]
+    #[arg(long, help_heading = "Publishing")]
+    pub(crate) publish_max_mib: Option<u64>,
+    /// The stream's duplicate window in seconds: a republish within it is dropped by its id
+    /// [default: 600]
+    #[arg(long, help_heading = "Publishing")]
+    pub(crate) publish_dedup_window_secs: Option<u64>,
+}
+
+impl PublishArgs {
+    /// Flags over the `[publish]` section of the config file.
+    pub(crate) fn config(
+        &self,
+        file: &crate::config::PublishConfig,
+    ) -> Option<tidewater_publish::PublishConfig> {
+        let url = self.publish.clone().or(file.url.clone())?;
+        let mut c = tidewater_publish::PublishConfig::new(url);
+        if let Some(s) = self.publish_stream.clone().or(file.stream.clone()) {
+            c.stream = s;
+        }
+        if let Some(s) = self.publish_max_age_secs.or(file.max_age_secs) {
+            c.max_age = std::time::Duration::from_secs(s.max(1));
+        }
+        if let Some(m) = self.publish_max_mib.or(file.max_mib) {
+            c.max_bytes = i64::try_from(m.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
+        }
+        if let Some(s) = self.publish_dedup_window_secs.or(file.dedup_window_secs) {
+            c.duplicate_window = std::time::Duration::from_secs(s.max(1));
+        }
+        Some(c)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsumeArgs {
+    /// NATS server
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub(crate) nats: String,
+    /// JetStream stream `run --publish` writes
+    #[arg(long, default_value = "tidewater")]
+    pub(crate) stream: String,
+    /// Durable consumer name (a partition appends -I-of-N)
+    #[arg(long, default_value = "tidewater-consume")]
+    pub(crate) durable: String,
+    /// Only these pools (comma-separated addresses) [default: every pool]
+    #[arg(long, value_delimiter = ',', value_parser = parse_address)]
+    pub(crate) pools: Vec<Address>,
+    /// Only the pools of partition I of N (pool address modulo N); run N processes to share
+    /// the pools, each pool applied by one of them, in order
+    #[arg(long, value_parser = parse_shard)]
+    pub(crate) partition: Option<(u32, u32)>,
+    /// Where to fold the updates: sqlite://PATH
+    #[arg(long)]
+    pub(crate) into: String,
+    /// Messages per transaction
+    #[arg(long, default_value = "256")]
+    pub(crate) batch: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -244,6 +320,7 @@ impl TailArgs {
             print_updates: self.print_updates,
             no_serve: self.no_serve,
             api: self.api.options(),
+            publish: None,
         }
     }
 }

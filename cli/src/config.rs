@@ -17,6 +17,19 @@ pub(crate) struct FileConfig {
     pub(crate) sources: SourcesConfig,
     #[serde(default)]
     pub(crate) tuning: TuningConfig,
+    #[serde(default)]
+    pub(crate) publish: PublishConfig,
+}
+
+/// `[publish]`: the broker `run`/`tail` publish to (flags `--publish*` override).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishConfig {
+    pub(crate) url: Option<String>,
+    pub(crate) stream: Option<String>,
+    pub(crate) max_age_secs: Option<u64>,
+    pub(crate) max_mib: Option<u64>,
+    pub(crate) dedup_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

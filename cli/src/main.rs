@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             args::Command::Status(a) => cmd::status::status(a).await,
             args::Command::Verify(a) => cmd::verify::verify(a).await,
             args::Command::Serve(a) => cmd::serve::serve(a).await,
+            args::Command::Consume(a) => cmd::consume::consume(a).await,
         }
     });
     match result {

@@ -46,6 +46,8 @@ pub struct TailOptions {
     pub no_serve: bool,
     /// The API.
     pub api: crate::ApiOptions,
+    /// Publish every update of the live state to NATS JetStream.
+    pub publish: Option<tidewater_publish::PublishConfig>,
 }
 
 /// What the caller shows of a run: progress, the backfill's summary, bus updates.
@@ -136,6 +138,17 @@ pub async fn run(
         Some(ws) => Some(ProviderUrl::parse_with(ws, &["ws", "wss"]).map_err(usage)?),
         None => None,
     };
+    if let Some((_, t)) = &tail {
+        if let Some(p) = &t.publish {
+            tidewater_publish::publisher::validate_url(&p.url)
+                .map_err(|e| usage(eyre!("--publish {e}")))?;
+            if t.no_serve {
+                return Err(usage(eyre!(
+                    "--publish publishes the live state, which --no-serve turns off: drop one"
+                )));
+            }
+        }
+    }
     let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
     if let Some(c) = plan.concurrency {
         rpc_cfg.concurrency = c;
@@ -245,6 +258,16 @@ pub async fn run(
     if shard.is_some() && tail.is_some() {
         return Err(usage(eyre!("--shard is for backfills; a tail follows the whole chain")));
     }
+    // The publisher's checkpoint: a damaged one is bad input (what consumers were told is not
+    // guessed), found before anything runs.
+    let publish = match tail.as_ref().and_then(|(_, t)| t.publish.clone()) {
+        Some(cfg) => {
+            let ck = tidewater_publish::publisher::load_checkpoint(&plan.data, &cfg.stream)
+                .map_err(|e| usage(eyre!(e).wrap_err("reading the publisher's checkpoint")))?;
+            Some((cfg, ck, Arc::new(tidewater_publish::PublishStats::default())))
+        }
+        None => None,
+    };
     let opened =
         tokio::task::spawn_blocking(move || DatasetWriter::open(&data, &identity, &schemas, shard))
             .await
@@ -276,6 +299,9 @@ pub async fn run(
             let mut metrics = tidewater_api::Registry::default();
             metrics.register_collector(Box::new(stats));
             metrics.register_collector(Box::new(metrics_rpc));
+            if let Some((_, _, stats)) = &publish {
+                metrics.register_collector(Box::new(stats.clone()));
+            }
             // Ready once the tail has reached the head, and while it stays within a few blocks.
             let caught_up: tidewater_api::CaughtUpFn = std::sync::Arc::new(move || {
                 use std::sync::atomic::Ordering::Relaxed;
@@ -331,13 +357,49 @@ pub async fn run(
         }
     }
     let (Some((_, targs)), Some(follower)) = (tail, follower) else { return Ok(()) };
+    let mut publisher = None;
     if let Some((live, _)) = &api {
         // The backfill committed more: the state starts again from the cold tier as it is now,
         // then folds the tail's updates.
         let fresh = crate::load(&plan.data, &targs.api, Some(live.clone())).await?;
+        // The publisher subscribes before the writer starts: no update falls between.
+        if let Some((cfg, ck, stats)) = publish {
+            let sub = live.subscribe(None).map_err(|_| eyre!("the live stream is unavailable"))?;
+            let p = tidewater_publish::Publisher::new(
+                cfg,
+                chain_id,
+                plan.data.clone(),
+                ck,
+                live.clone(),
+                stats,
+            );
+            publisher = Some(tidewater_chain::SpawnedTask::spawn(p.run(sub, cancel.clone())));
+        }
         tidewater_state::live::spawn_consumer(fresh, follower.subscribe())
             .wrap_err("starting the live state")?;
     }
+    let r = follow(follower, dataset, &targs, observer, &mut signals, &cancel).await;
+    cancel.cancel();
+    if let Some(p) = publisher {
+        // The update being sent finishes (or is sent again by the next start: same ids).
+        if tokio::time::timeout(Duration::from_secs(5), p.join()).await.is_err() {
+            tracing::warn!(
+                "the publisher did not stop in time; the next start resends its last update"
+            );
+        }
+    }
+    r
+}
+
+/// Runs the tail until it ends or a signal stops it, printing updates when asked.
+async fn follow(
+    follower: Tail,
+    dataset: DatasetWriter,
+    targs: &TailOptions,
+    observer: &mut dyn Observer,
+    signals: &mut crate::Signals,
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
     // Subscribe only when printing: a receiver nobody reads would hold the bus's last
     // BUS_CAPACITY updates (blocks with their logs) in memory.
     let mut updates = targs.print_updates.then(|| follower.subscribe());

@@ -84,12 +84,16 @@ pub struct StreamEvent {
     pub pools: Vec<PoolState>,
     /// Ticks that changed, after the change (liquidity_gross 0: no longer initialized).
     pub ticks: Vec<(Address, i32, TickLiquidity)>,
-    /// Positions that changed, after the change (None: burned or never existed).
-    pub positions: Vec<(U256, Option<Position>)>,
+    /// Positions that changed, after the change (None: burned or never existed), with their
+    /// pool (after the change, or before it for a burned position) when known.
+    pub positions: Vec<(U256, Option<Position>, Option<Address>)>,
     /// Pools this block touched (its own state, ticks or positions).
     pub touched: BTreeSet<Address>,
     /// When the update reached the live state (for the stream delay metric).
     pub received: std::time::Instant,
+    /// The block (pending and reverted events of a hot block; None for confirmations and the
+    /// revert of a block already undone by a reload), for its decoded events and timestamp.
+    pub block: Option<Arc<HotBlock>>,
 }
 
 impl StreamEvent {
@@ -111,7 +115,7 @@ impl StreamEvent {
                 "liquidity_gross": l.liquidity_gross.to_string(),
                 "liquidity_net": l.liquidity_net.to_string(),
             })).collect::<Vec<_>>(),
-            "positions": self.positions.iter().filter(|(_, p)| p.is_none_or(|p| p.pool.is_none_or(|a| keep(&a)))).map(|(id, p)| match p {
+            "positions": self.positions.iter().filter(|(_, _, pool)| pool.is_none_or(|a| keep(&a))).map(|(id, p, _)| match p {
                 Some(p) => p.to_json(),
                 None => json!({"token_id": id.to_string(), "burned": true}),
             }).collect::<Vec<_>>(),
@@ -214,6 +218,11 @@ impl View {
     /// The unconfirmed blocks, oldest first (for SQL over the hot buffer).
     pub fn hot_blocks(&self) -> Vec<Arc<HotBlock>> {
         self.hot.iter().map(|e| e.block.clone()).collect()
+    }
+
+    /// The unconfirmed blocks, oldest first, with the pools each touched.
+    pub fn hot_touched(&self) -> Vec<(Arc<HotBlock>, BTreeSet<Address>)> {
+        self.hot.iter().map(|e| (e.block.clone(), e.touched.clone())).collect()
     }
 
     /// The dataset's chain id.
@@ -543,6 +552,7 @@ impl LiveState {
         number: u64,
         hash: B256,
         parent: B256,
+        block: Option<Arc<HotBlock>>,
     ) -> StreamEvent {
         let st = self.folder.state();
         let mut touched = BTreeSet::new();
@@ -569,7 +579,7 @@ impl LiveState {
                 let now = st.positions.get(id).copied();
                 touched.extend(now.and_then(|p| p.pool));
                 touched.extend(before.and_then(|p| p.pool));
-                (*id, now)
+                (*id, now, now.and_then(|p| p.pool).or(before.and_then(|p| p.pool)))
             })
             .collect();
         StreamEvent {
@@ -583,6 +593,7 @@ impl LiveState {
             positions,
             touched,
             received: self.received,
+            block,
         }
     }
 
@@ -635,8 +646,14 @@ impl LiveState {
                         e.journal.undo(self.folder.state_mut());
                         let parent = b.header.parent_hash;
                         self.folder.end_block(b.header.number.saturating_sub(1), parent);
-                        let ev =
-                            self.changes(&e.journal, Status::Reverted, e.number, e.hash, parent);
+                        let ev = self.changes(
+                            &e.journal,
+                            Status::Reverted,
+                            e.number,
+                            e.hash,
+                            parent,
+                            Some(e.block.clone()),
+                        );
                         self.emit(ev);
                     }
                 } else if self.is_confirmed(b.header.number) {
@@ -650,6 +667,7 @@ impl LiveState {
                         b.header.number,
                         b.header.hash,
                         b.header.parent_hash,
+                        Some(b.clone()),
                     );
                     self.emit(ev);
                 }
@@ -672,8 +690,14 @@ impl LiveState {
             }
         }
         self.folder.end_block(b.header.number, b.header.hash);
-        let ev =
-            self.changes(&j, Status::Pending, b.header.number, b.header.hash, b.header.parent_hash);
+        let ev = self.changes(
+            &j,
+            Status::Pending,
+            b.header.number,
+            b.header.hash,
+            b.header.parent_hash,
+            Some(b.clone()),
+        );
         self.hot.push_back(Arc::new(HotEntry {
             number: b.header.number,
             hash: b.header.hash,
@@ -726,13 +750,14 @@ impl LiveState {
             positions: vec![],
             touched,
             received: self.received,
+            block: None,
         });
         snap.map(|state| PendingSnapshot { root: self.root.to_path_buf(), state })
     }
 
     /// A confirmed block was reverted: the tail rolled the cold tier back. Reload the state from
     /// it and report the difference with the revert of the newest such block.
-    fn deep_revert(&mut self, b: &HotBlock) -> tidewater_storage::Result<()> {
+    fn deep_revert(&mut self, b: &Arc<HotBlock>) -> tidewater_storage::Result<()> {
         let before = self.folder.state().clone();
         self.reload()?;
         let after = self.folder.state();
@@ -771,6 +796,7 @@ impl LiveState {
             b.header.number,
             b.header.hash,
             b.header.parent_hash,
+            Some(b.clone()),
         );
         self.emit(ev);
         Ok(())
@@ -813,7 +839,7 @@ impl LiveState {
                     timestamp: 0,
                     logs_bloom: Default::default(),
                 };
-                let b = HotBlock { header, logs: vec![], events: Default::default() };
+                let b = Arc::new(HotBlock { header, logs: vec![], events: Default::default() });
                 let r = self.deep_revert(&b);
                 self.publish();
                 r?;

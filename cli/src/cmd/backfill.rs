@@ -181,7 +181,16 @@ pub(crate) async fn run(
 ) -> CmdResult {
     let plan = resolve(&a)?;
     let mut term = Terminal::new(log_writer, a.json);
-    let tail = tail.map(|(m, t)| (m, t.options()));
+    let tail = match tail {
+        Some((m, t)) => {
+            let file = config::load(a.config.as_deref()).map_err(usage)?;
+            let publish = t.publish.config(&file.publish);
+            let mut o = t.options();
+            o.publish = publish;
+            Some((m, o))
+        }
+        None => None,
+    };
     tidewater_node::pipeline::run(plan, tail, &mut term).await
 }
 

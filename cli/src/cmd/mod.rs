@@ -2,6 +2,7 @@
 //! resolves flags and config into its plan); the rest read a data directory.
 
 pub(crate) mod backfill;
+pub(crate) mod consume;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod sql;

@@ -155,15 +155,6 @@ fn issue_8_corrupt_files_give_clear_errors_not_panics() {
     check("bad hash in manifest entry", &["status", "--data", "data"], &name);
 }
 
-fn metric(api: &str, name: &str) -> Option<f64> {
-    let (_, body) = http("GET", &format!("{api}/metrics"), &[], b"").ok()?;
-    let text = String::from_utf8(body).ok()?;
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn issue_8_sigterm_commits_every_confirmed_block_and_finality_outages_hold_the_watermark() {
     let net = Devnet::small();

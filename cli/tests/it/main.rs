@@ -7,6 +7,7 @@
 mod alerts;
 mod backfill;
 mod bad_input;
+mod broker;
 mod hostile;
 mod mainnet_shape;
 mod openapi;

@@ -425,3 +425,13 @@ pub fn wait_for_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool)
 pub fn is_ready(api: &str) -> bool {
     http("GET", &format!("{api}/ready"), &[], b"").map(|r| r.0).ok() == Some(200)
 }
+
+/// The value of metric `name` (its first sample) on the API's `/metrics`.
+pub fn metric(api: &str, name: &str) -> Option<f64> {
+    let (_, body) = http("GET", &format!("{api}/metrics"), &[], b"").ok()?;
+    let text = String::from_utf8(body).ok()?;
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
