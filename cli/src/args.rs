@@ -279,6 +279,9 @@ pub(crate) struct ConsumeArgs {
     /// Messages per transaction
     #[arg(long, default_value = "256")]
     pub(crate) batch: usize,
+    /// Serve Prometheus metrics (applied, redelivered, delay from block to commit) here
+    #[arg(long)]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -289,6 +292,10 @@ pub(crate) struct ApiArgs {
     /// Write a derived-state snapshot every this many blocks of confirmed data (0: none)
     #[arg(long, default_value_t = tidewater_state::pool_state::DEFAULT_SNAPSHOT_INTERVAL, help_heading = "API")]
     pub(crate) snapshot_interval: u64,
+    /// Stream events kept for clients reconnecting with Last-Event-ID (and for --publish to
+    /// catch up after a broker outage; beyond it, a resync)
+    #[arg(long, default_value_t = tidewater_state::live::DEFAULT_STREAM_HISTORY, help_heading = "API")]
+    pub(crate) stream_history: usize,
     /// Most rows a POST /v1/sql answer may hold
     #[arg(long, default_value_t = tidewater_queries::df_sql::DEFAULT_MAX_ROWS, help_heading = "API")]
     pub(crate) sql_max_rows: usize,
@@ -332,6 +339,7 @@ impl ApiArgs {
         tidewater_node::ApiOptions {
             listen: self.listen,
             snapshot_interval: self.snapshot_interval,
+            stream_history: self.stream_history,
             limits: tidewater_queries::df_sql::SqlLimits {
                 max_rows: self.sql_max_rows,
                 timeout: std::time::Duration::from_millis(self.sql_timeout_ms.max(1)),

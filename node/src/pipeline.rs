@@ -301,6 +301,7 @@ pub async fn run(
             metrics.register_collector(Box::new(metrics_rpc));
             if let Some((_, _, stats)) = &publish {
                 metrics.register_collector(Box::new(stats.clone()));
+                let _ = f.stats().later_stages.set(stats.stages());
             }
             // Ready once the tail has reached the head, and while it stays within a few blocks.
             let caught_up: tidewater_api::CaughtUpFn = std::sync::Arc::new(move || {

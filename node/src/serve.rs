@@ -20,6 +20,8 @@ pub struct ApiOptions {
     pub listen: SocketAddr,
     /// Write a state snapshot every this many confirmed blocks (0: none).
     pub snapshot_interval: u64,
+    /// Stream events kept for `Last-Event-ID` reconnects and the publisher's backlog.
+    pub stream_history: usize,
     /// Limits of `POST /v1/sql`.
     pub limits: SqlLimits,
 }
@@ -43,6 +45,7 @@ pub async fn load(
 ) -> Result<LiveState, Failure> {
     let root = root.to_path_buf();
     let interval = api.snapshot_interval;
+    let history = api.stream_history;
     tokio::task::spawn_blocking(move || -> Result<LiveState, Failure> {
         let ds = Dataset::open(&root).map_err(|e| {
             if e.is_usage() {
@@ -60,7 +63,7 @@ pub async fn load(
             position_manager: None,
             factory_start_block: 0,
         });
-        LiveState::load_for(ds, u, interval, reader.as_ref()).map_err(|e| {
+        let live = LiveState::load_for(ds, u, interval, reader.as_ref()).map_err(|e| {
             let usage_error = e.is_usage();
             let e = eyre!(e).wrap_err("loading the state from the cold tier");
             if usage_error {
@@ -68,7 +71,9 @@ pub async fn load(
             } else {
                 Failure::Runtime(e)
             }
-        })
+        })?;
+        live.set_stream_history(history);
+        Ok(live)
     })
     .await
     .wrap_err("loading the state")?

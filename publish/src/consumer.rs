@@ -23,7 +23,9 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tidewater_chain::metrics::{Collector, DescriptorEncoder, Histogram, DELAY_BUCKETS};
 use tokio_util::sync::CancellationToken;
 
 /// What a consumer reads and where it writes.
@@ -45,6 +47,88 @@ pub struct ConsumeConfig {
     pub db: PathBuf,
     /// Messages per batch (one transaction).
     pub batch: usize,
+}
+
+/// The consumer's numbers (served on `--metrics-listen` as OpenMetrics text).
+#[derive(Debug)]
+pub struct ConsumeStats {
+    /// Messages applied.
+    pub applied: AtomicU64,
+    /// Messages delivered again after a crash or a lost ack, skipped (already applied).
+    pub redelivered: AtomicU64,
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// The stream sequence applied up to.
+    pub cursor: AtomicU64,
+    /// From the block's timestamp to the commit of its update (stage `consumed`).
+    pub consumed: Histogram,
+}
+
+impl Default for ConsumeStats {
+    fn default() -> Self {
+        Self {
+            applied: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            consumed: Histogram::new(DELAY_BUCKETS),
+        }
+    }
+}
+
+impl Collector for ConsumeStats {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> tidewater_chain::metrics::Result {
+        use tidewater_chain::metrics::{counter, gauge};
+        let e = &mut enc;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(e, "tidewater_consume_applied", "Pool updates applied.", n(&self.applied))?;
+        counter(
+            e,
+            "tidewater_consume_redelivered",
+            "Messages delivered again and skipped (already applied).",
+            n(&self.redelivered),
+        )?;
+        counter(e, "tidewater_consume_batches", "Transactions committed.", n(&self.batches))?;
+        gauge(
+            e,
+            "tidewater_consume_cursor",
+            "Stream sequence applied up to.",
+            n(&self.cursor) as f64,
+        )?;
+        Histogram::encode_family(
+            e,
+            "tidewater_stage_delay_seconds",
+            "Delay from the block timestamp to each stage (consumed: committed by this consumer).",
+            &[(vec![("stage", "consumed".to_string())], &self.consumed)],
+        )
+    }
+}
+
+/// Serves `stats` as `/metrics` on `listener` until `cancel` (any path answers the metrics).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    stats: std::sync::Arc<ConsumeStats>,
+    cancel: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut registry = tidewater_chain::metrics::Registry::default();
+    registry.register_collector(Box::new(stats));
+    loop {
+        let (mut conn, _) = tokio::select! {
+            c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
+            _ = cancel.cancelled() => return,
+        };
+        let mut buf = [0u8; 2048];
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
+        let body = tidewater_chain::metrics::encode(&registry).unwrap_or_default();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            tidewater_chain::metrics::CONTENT_TYPE,
+            body.len()
+        );
+        let _ = conn.write_all(head.as_bytes()).await;
+        let _ = conn.write_all(body.as_bytes()).await;
+    }
 }
 
 impl ConsumeConfig {
@@ -206,6 +290,7 @@ pub fn apply_batch(
     db: &mut Connection,
     cfg: &ConsumeConfig,
     batch: &[Received],
+    stats: &ConsumeStats,
 ) -> eyre::Result<usize> {
     let name = cfg.durable_name();
     let tx = db.transaction()?;
@@ -214,8 +299,10 @@ pub fn apply_batch(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
+    let mut stamps = Vec::new();
     for r in batch {
         if r.seq <= last {
+            stats.redelivered.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         last = r.seq;
@@ -248,23 +335,37 @@ pub fn apply_batch(
             ],
         )?;
         applied += 1;
+        stamps.extend(m["block"]["timestamp"].as_u64());
     }
     tx.execute(
         "INSERT INTO cursor VALUES (?1, ?2) ON CONFLICT (consumer) DO UPDATE SET stream_seq = ?2",
         params![name, last as i64],
     )?;
     tx.commit()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    for ts in stamps {
+        stats.consumed.observe(now - ts as f64);
+    }
+    stats.applied.fetch_add(applied as u64, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.cursor.store(last, Ordering::Relaxed);
     Ok(applied)
 }
 
 /// Runs the consumer until `cancel`.
-pub async fn run(cfg: ConsumeConfig, cancel: CancellationToken) -> eyre::Result<()> {
+pub async fn run(
+    cfg: ConsumeConfig,
+    stats: std::sync::Arc<ConsumeStats>,
+    cancel: CancellationToken,
+) -> eyre::Result<()> {
     let mut db = open_db(&cfg.db)?;
     let url = crate::publisher::redact(&cfg.url);
     let mut backoff = Duration::from_millis(100);
     loop {
         let r = tokio::select! {
-            r = consume(&cfg, &mut db, &cancel) => r,
+            r = consume(&cfg, &mut db, &stats, &cancel) => r,
             _ = cancel.cancelled() => return Ok(()),
         };
         match r {
@@ -284,6 +385,7 @@ pub async fn run(cfg: ConsumeConfig, cancel: CancellationToken) -> eyre::Result<
 async fn consume(
     cfg: &ConsumeConfig,
     db: &mut Connection,
+    stats: &ConsumeStats,
     cancel: &CancellationToken,
 ) -> eyre::Result<()> {
     let client = async_nats::ConnectOptions::new()
@@ -329,7 +431,7 @@ async fn consume(
             last = Some(m);
         }
         let Some(last) = last else { continue };
-        let n = apply_batch(db, cfg, &batch)?;
+        let n = apply_batch(db, cfg, &batch, stats)?;
         tracing::debug!(messages = batch.len(), applied = n, "batch committed");
         // Acknowledged after the commit: AckPolicy::All acknowledges the batch up to it.
         last.ack().await.map_err(|e| eyre::eyre!("acknowledging: {e}"))?;
@@ -380,17 +482,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path().join("c.db"));
         let mut db = open_db(&c.db).unwrap();
+        let st = ConsumeStats::default();
         let t =
             |tick: i64, g: &str| json!([{"tick": tick, "liquidity_gross": g, "liquidity_net": g}]);
         let batch = vec![
             msg(1, "pending", "5", t(10, "5"), false),
             msg(2, "pending", "7", t(20, "2"), false),
         ];
-        assert_eq!(apply_batch(&mut db, &c, &batch).unwrap(), 2);
+        assert_eq!(apply_batch(&mut db, &c, &batch, &st).unwrap(), 2);
         // Redelivered (a crash between commit and ack), plus one new message that reverts.
         let mut again = batch;
         again.push(msg(3, "reverted", "5", t(20, "0"), false));
-        assert_eq!(apply_batch(&mut db, &c, &again).unwrap(), 1);
+        assert_eq!(apply_batch(&mut db, &c, &again, &st).unwrap(), 1);
         let liq: String = db.query_row("SELECT liquidity FROM pools", [], |r| r.get(0)).unwrap();
         assert_eq!(liq, "5");
         let ticks = ticks_of(&db);
@@ -398,10 +501,12 @@ mod tests {
         let n: i64 = db.query_row("SELECT count(*) FROM applied", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 3);
         // A full message replaces the pool's ticks.
-        apply_batch(&mut db, &c, &[msg(4, "resync", "9", t(30, "9"), true)]).unwrap();
+        apply_batch(&mut db, &c, &[msg(4, "resync", "9", t(30, "9"), true)], &st).unwrap();
         let ticks = ticks_of(&db);
         assert_eq!(ticks, vec![30]);
         assert_eq!(cursor(&db, "d").unwrap(), 4);
+        assert_eq!(st.redelivered.load(Ordering::Relaxed), 2, "the redelivered two were counted");
+        assert_eq!(st.applied.load(Ordering::Relaxed), 4);
     }
 
     #[test]

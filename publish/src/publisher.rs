@@ -113,8 +113,11 @@ pub struct PublishStats {
     pub client: std::sync::Mutex<Option<async_nats::Client>>,
     /// From an update reaching the live state to the broker's ack.
     pub delay: Histogram,
-    /// From the block's timestamp to the broker's ack (1 s resolution).
-    pub block_delay: Histogram,
+    /// From the block's timestamp to the live state applying it (stage `live`; block
+    /// timestamps have 1 s resolution).
+    pub stage_live: Arc<Histogram>,
+    /// From the block's timestamp to the broker's ack (stage `published`).
+    pub stage_published: Arc<Histogram>,
     /// Stream sequence of the newest acknowledged pool message (a consumer whose cursor is
     /// there has everything).
     pub last_pool_sequence: AtomicU64,
@@ -136,7 +139,8 @@ impl Default for PublishStats {
             connected: AtomicU64::new(0),
             client: std::sync::Mutex::new(None),
             delay: Histogram::new(DELAY_BUCKETS),
-            block_delay: Histogram::new(DELAY_BUCKETS),
+            stage_live: Arc::new(Histogram::new(DELAY_BUCKETS)),
+            stage_published: Arc::new(Histogram::new(DELAY_BUCKETS)),
             consumers: std::sync::Mutex::new(Vec::new()),
             last_pool_sequence: AtomicU64::new(0),
         }
@@ -144,6 +148,15 @@ impl Default for PublishStats {
 }
 
 impl PublishStats {
+    /// The stage histograms (`live`, `published`) for the tail's
+    /// `tidewater_stage_delay_seconds` family.
+    pub fn stages(&self) -> Vec<(String, Arc<Histogram>)> {
+        vec![
+            ("live".to_string(), self.stage_live.clone()),
+            ("published".to_string(), self.stage_published.clone()),
+        ]
+    }
+
     /// Live-state events not yet acknowledged by the broker.
     pub fn backlog(&self) -> u64 {
         self.live.get().map_or(0, |r| {
@@ -212,11 +225,6 @@ impl Collector for PublishStats {
             e,
             "tidewater_publish_delay_seconds",
             "From an update reaching the live state to the broker's acknowledgement.",
-        )?;
-        self.block_delay.encode(
-            e,
-            "tidewater_publish_block_delay_seconds",
-            "From the block's timestamp to the broker's acknowledgement.",
         )?;
         let consumers =
             self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -511,11 +519,14 @@ impl Publisher {
             self.stats.updates.fetch_add(1, Ordering::Relaxed);
             if let Some(ev) = ev {
                 self.stats.delay.observe(ev.received.elapsed().as_secs_f64());
-                if let Some(b) = &ev.block {
+                if let (Some(b), Status::Pending) = (&ev.block, ev.status) {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    self.stats.block_delay.observe(now.saturating_sub(b.header.timestamp) as f64);
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    let ts = b.header.timestamp as f64;
+                    let live = now - ev.received.elapsed().as_secs_f64();
+                    self.stats.stage_live.observe(live - ts);
+                    self.stats.stage_published.observe(now - ts);
                 }
             }
         }

@@ -473,6 +473,16 @@ impl LiveState {
         Ok(live)
     }
 
+    /// Keeps the newest `events` stream events for reconnecting clients and the publisher
+    /// (default [`DEFAULT_STREAM_HISTORY`]; at least one).
+    pub fn set_stream_history(&self, events: usize) {
+        let mut log = self.hub.stream();
+        log.cap = events.max(1);
+        while log.history.len() > log.cap {
+            log.history.pop_front();
+        }
+    }
+
     /// A handle for readers.
     pub fn reader(&self) -> LiveReader {
         LiveReader { hub: self.hub.clone() }

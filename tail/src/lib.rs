@@ -181,6 +181,9 @@ pub struct TailStats {
     pub persist_delay: Histogram,
     /// Depth of each reorg handled, in blocks.
     pub reorg_depth: Histogram,
+    /// Later stages observed by other parts of the process (the live state, the publisher),
+    /// encoded in the same `tidewater_stage_delay_seconds` family.
+    pub later_stages: std::sync::OnceLock<Vec<(String, Arc<Histogram>)>>,
 }
 
 impl Default for TailStats {
@@ -206,6 +209,7 @@ impl Default for TailStats {
             detect_delay: Histogram::new(DELAY_BUCKETS),
             persist_delay: Histogram::new(DELAY_BUCKETS),
             reorg_depth: Histogram::new(DEPTH_BUCKETS),
+            later_stages: std::sync::OnceLock::new(),
         }
     }
 }
@@ -310,14 +314,18 @@ impl tidewater_chain::metrics::Collector for TailStats {
             n(&self.blocks_applied),
         )?;
         self.reorg_depth.encode(e, "tidewater_reorg_depth_blocks", "Depth of reorgs.")?;
+        let mut stages = vec![
+            (vec![("stage", "detected".to_string())], &self.detect_delay),
+            (vec![("stage", "persisted".to_string())], &self.persist_delay),
+        ];
+        for (name, h) in self.later_stages.get().into_iter().flatten() {
+            stages.push((vec![("stage", name.clone())], h.as_ref()));
+        }
         Histogram::encode_family(
             e,
             "tidewater_stage_delay_seconds",
-            "Delay from the block timestamp to each stage (detected, persisted).",
-            &[
-                (vec![("stage", "detected".to_string())], &self.detect_delay),
-                (vec![("stage", "persisted".to_string())], &self.persist_delay),
-            ],
+            "Delay from the block timestamp to each stage (detected, persisted; with --publish: live, published).",
+            &stages,
         )
     }
 }

@@ -29,9 +29,24 @@ pub(crate) async fn consume(a: ConsumeArgs) -> CmdResult {
     tidewater_publish::consumer::open_db(&cfg.db)
         .map_err(|e| usage(eyre!(e).wrap_err(format!("opening {db}"))))?;
     let cancel = CancellationToken::new();
+    let stats = std::sync::Arc::new(tidewater_publish::consumer::ConsumeStats::default());
+    let _metrics = match a.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| usage(eyre!(e).wrap_err(format!("cannot listen on {addr}"))))?;
+            tracing::info!(addr = %l.local_addr().map_err(|e| Failure::Runtime(eyre!(e)))?, "metrics");
+            Some(tidewater_chain::SpawnedTask::spawn(tidewater_publish::consumer::serve_metrics(
+                l,
+                stats.clone(),
+                cancel.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut signals = tidewater_node::Signals::new()?;
     let stop = cancel.clone();
-    let run = tidewater_publish::consumer::run(cfg, cancel);
+    let run = tidewater_publish::consumer::run(cfg, stats, cancel);
     tokio::pin!(run);
     loop {
         tokio::select! {

@@ -60,27 +60,50 @@ impl Drop for Nats {
 }
 
 fn start_run(t: &TestCommand, net: &Devnet, nats: &Nats, port: u16, conf: &str) -> Child {
-    start_tail(
-        t,
-        net,
-        &[
-            "--confirmations",
-            conf,
-            "--compact-blocks",
-            "2",
-            "--merge-blocks",
-            "10",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--publish",
-            &nats.url(),
-        ],
-    )
+    start_run_with(t, net, nats, port, conf, &[])
+}
+
+fn start_run_with(
+    t: &TestCommand,
+    net: &Devnet,
+    nats: &Nats,
+    port: u16,
+    conf: &str,
+    extra: &[&str],
+) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let url = nats.url();
+    let mut args = vec![
+        "--confirmations",
+        conf,
+        "--compact-blocks",
+        "2",
+        "--merge-blocks",
+        "10",
+        "--listen",
+        &listen,
+        "--publish",
+        &url,
+    ];
+    args.extend(extra);
+    start_tail(t, net, &args)
 }
 
 fn start_consumer(t: &TestCommand, nats: &Nats, db: &Path, batch: &str) -> Child {
+    start_consumer_with(t, nats, db, batch, &[])
+}
+
+fn start_consumer_with(
+    t: &TestCommand,
+    nats: &Nats,
+    db: &Path,
+    batch: &str,
+    extra: &[&str],
+) -> Child {
     t.cmd()
-        .args(["consume", "--nats", &nats.url(), "--batch", batch, "--into"])
+        .args(["consume", "--nats", &nats.url(), "--batch", batch])
+        .args(extra)
+        .arg("--into")
         .arg(format!("sqlite://{}", db.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -153,16 +176,21 @@ fn consumer_state(db: &Path) -> (Vec<Value>, Vec<Value>) {
 
 /// Waits until the API follows the node's head, the publisher has nothing left to send and
 /// the consumer has applied everything.
-fn wait_settled(net: &Devnet, api: &str, db: &Path) {
-    wait_for_within("publisher and consumer caught up", Duration::from_secs(120), || {
+fn wait_settled(net: &Devnet, api: &str, dbs: &[&PathBuf]) {
+    wait_for_within("publisher and consumers caught up", Duration::from_secs(120), || {
         let head = net.head() as f64;
-        if !db.exists() {
+        if !dbs.iter().all(|db| db.exists()) {
             return false;
         }
-        let cursor = ask(db, "SELECT max(stream_seq) FROM cursor")
-            .first()
-            .and_then(|r| r[0].parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let cursor = dbs
+            .iter()
+            .map(|db| {
+                ask(db, "SELECT max(stream_seq) FROM cursor")
+                    .first()
+                    .and_then(|r| r[0].parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .fold(f64::MAX, f64::min);
         metric(api, "tidewater_state_head_block") == Some(head)
             && metric(api, "tidewater_publish_backlog") == Some(0.0)
             && metric(api, "tidewater_publish_last_pool_sequence")
@@ -181,13 +209,19 @@ fn metric_with(api: &str, name: &str, label: &str) -> Option<f64> {
 
 /// The consumer's table equals `slot0()`, `liquidity()`, `ticks()` and `positions()` at the
 /// head, for every pool of the devnet.
-fn assert_consumer_equals_contracts(net: &Devnet, db: &Path) {
-    let (pools, positions) = consumer_state(db);
+fn assert_consumer_equals_contracts(net: &Devnet, dbs: &[&PathBuf]) {
+    let (mut pools, mut positions) = (Vec::new(), Vec::new());
+    for db in dbs {
+        let (p, pos) = consumer_state(db);
+        pools.extend(p);
+        positions.extend(pos);
+    }
+    pools.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
     let mut want = net.pools();
     want.sort();
     let got: Vec<String> =
         pools.iter().map(|p| p["address"].as_str().unwrap().to_string()).collect();
-    assert_eq!(got, want, "the consumer holds every pool, and only those");
+    assert_eq!(got, want, "the consumers hold every pool, each once");
     let (p, tk, pos) = crate::serve::check_state(net, net.head(), &pools, &positions);
     assert!(
         p >= 10 && tk >= 20 && pos >= 50,
@@ -313,8 +347,8 @@ fn published_updates_fold_to_the_contracts_through_reorgs_kills_and_broker_resta
     reorg(&net, 9, &mut rng);
     mine(&net, 3);
     assert!(reorgs > 8, "reorgs {reorgs}");
-    wait_settled(&net, &api, &db);
-    assert_consumer_equals_contracts(&net, &db);
+    wait_settled(&net, &api, &[&db]);
+    assert_consumer_equals_contracts(&net, &[&db]);
     let orphans = assert_applied_log_is_exactly_once(&net, &db);
     assert!(
         orphans > 5,
@@ -340,10 +374,21 @@ fn a_broker_outage_never_stalls_the_tail_and_loses_nothing() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(13);
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let run = start_run(&t, &net, &nats, port, "4");
-    let consumer = start_consumer(&t, &nats, &db, "64");
+    // A short stream history: an outage longer than it is caught up by a resync.
+    let run = start_run_with(&t, &net, &nats, port, "4", &["--stream-history", "64"]);
+    // Two consumers share the pools (partitions 0/2 and 1/2), each into its own database.
+    let db1 = t.path("consumer1.db");
+    let mport = free_port();
+    let consumer = start_consumer_with(
+        &t,
+        &nats,
+        &db,
+        "64",
+        &["--partition", "0/2", "--metrics-listen", &format!("127.0.0.1:{mport}")],
+    );
+    let consumer1 = start_consumer_with(&t, &nats, &db1, "64", &["--partition", "1/2"]);
     warm_up(&net, &mut rng);
-    wait_settled(&net, &api, &db);
+    wait_settled(&net, &api, &[&db, &db1]);
     nats.down();
     let mut max_backlog: f64 = 0.0;
     let mut slowest = Duration::ZERO;
@@ -364,15 +409,38 @@ fn a_broker_outage_never_stalls_the_tail_and_loses_nothing() {
         max_backlog >= 10.0,
         "the backlog did not rise while the broker was away: {max_backlog}"
     );
+    // Past the live history (and the stream channel's 1,024 events): 700 more blocks.
+    rpc(&net.url, "anvil_mine", json!(["0x2bc"]));
+    let head = net.head() as f64;
+    wait_for_within("the state follows the head", Duration::from_secs(60), || {
+        metric(&api, "tidewater_state_head_block") == Some(head)
+    });
+    let backlog = metric(&api, "tidewater_publish_backlog").unwrap_or(0.0);
+    assert!(backlog > 1024.0, "backlog {backlog}");
+    let resyncs = metric(&api, "tidewater_publish_resyncs_total").unwrap();
     assert_eq!(metric(&api, "tidewater_publish_connected"), Some(0.0));
     nats.up();
-    wait_settled(&net, &api, &db);
-    assert_consumer_equals_contracts(&net, &db);
-    assert_applied_log_is_exactly_once(&net, &db);
-    // The broker's backlog of the consumer, read by the publisher, drains to zero.
-    wait_for("the consumer's pending count", || {
-        metric_with(&api, "tidewater_broker_consumer_pending", "tidewater-consume") == Some(0.0)
-    });
+    wait_settled(&net, &api, &[&db, &db1]);
+    assert!(
+        metric(&api, "tidewater_publish_resyncs_total").unwrap() > resyncs,
+        "the publisher did not resync after falling past the live history"
+    );
+    assert_consumer_equals_contracts(&net, &[&db, &db1]);
+    for d in [&db, &db1] {
+        assert_applied_log_is_exactly_once(&net, d);
+        assert!(!consumer_state(d).0.is_empty(), "a partition got no pool");
+    }
+    // The broker's backlog of each consumer, read by the publisher, drains to zero.
+    for name in ["tidewater-consume-0-of-2", "tidewater-consume-1-of-2"] {
+        wait_for("the consumers' pending counts", || {
+            metric_with(&api, "tidewater_broker_consumer_pending", name) == Some(0.0)
+        });
+    }
+    // The consumer's own metrics: the stage from block to commit.
+    let capi = format!("http://127.0.0.1:{mport}");
+    assert!(metric(&capi, "tidewater_consume_applied_total").unwrap_or(0.0) > 0.0);
+    assert!(metric(&capi, "tidewater_stage_delay_seconds_count").unwrap_or(0.0) > 0.0);
+    let _ = kill(consumer1);
     eprintln!("head reads during the outage: slowest {slowest:?}; backlog peaked at {max_backlog}");
     stop(run);
     let _ = kill(consumer);
