@@ -118,8 +118,16 @@ pub async fn serve_metrics(
             c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
             _ = cancel.cancelled() => return,
         };
-        let mut buf = [0u8; 2048];
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await;
+        // Read the request head before answering: closing on unread bytes resets the connection.
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+            match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
         let body = tidewater_chain::metrics::encode(&registry).unwrap_or_default();
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

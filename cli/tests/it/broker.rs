@@ -12,6 +12,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Prefixes of the metrics a run serves only with `--publish`.
+pub(crate) const PUBLISH_METRICS: &[&str] = &["tidewater_publish_", "tidewater_broker_"];
+
+/// Every publisher metric the alert rules name is served by a run with `--publish`.
+fn assert_alerts_name_served_metrics(api: &str) {
+    let (_, m) = http_get(&format!("{api}/metrics"));
+    let served = String::from_utf8(m).unwrap();
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/prometheus/alerts.yml"),
+    )
+    .unwrap();
+    let names: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| PUBLISH_METRICS.iter().any(|p| w.starts_with(p)))
+        .collect();
+    assert!(names.len() >= 4, "{names:?}");
+    for n in names {
+        let base = n.trim_end_matches("_bucket").trim_end_matches("_total");
+        assert!(
+            served.lines().any(|l| l.starts_with(&format!("# TYPE {base} "))),
+            "alerts.yml uses {n}, which /metrics does not serve with --publish"
+        );
+    }
+}
+
 /// A nats-server with JetStream, its store in a directory that outlives restarts.
 pub(crate) struct Nats {
     child: Option<Child>,
@@ -430,6 +455,7 @@ fn a_broker_outage_never_stalls_the_tail_and_loses_nothing() {
         assert_applied_log_is_exactly_once(&net, d);
         assert!(!consumer_state(d).0.is_empty(), "a partition got no pool");
     }
+    assert_alerts_name_served_metrics(&api);
     // The broker's backlog of each consumer, read by the publisher, drains to zero.
     for name in ["tidewater-consume-0-of-2", "tidewater-consume-1-of-2"] {
         wait_for("the consumers' pending counts", || {
@@ -439,7 +465,12 @@ fn a_broker_outage_never_stalls_the_tail_and_loses_nothing() {
     // The consumer's own metrics: the stage from block to commit.
     let capi = format!("http://127.0.0.1:{mport}");
     assert!(metric(&capi, "tidewater_consume_applied_total").unwrap_or(0.0) > 0.0);
-    assert!(metric(&capi, "tidewater_stage_delay_seconds_count").unwrap_or(0.0) > 0.0);
+    assert!(
+        metric(&capi, "tidewater_stage_delay_seconds_count").unwrap_or(0.0) > 0.0,
+        "{}\n{:?}",
+        String::from_utf8_lossy(&http_get(&format!("{capi}/metrics")).1),
+        ask(&db, "SELECT status, count(*), min(block_timestamp) FROM applied GROUP BY status")
+    );
     let _ = kill(consumer1);
     eprintln!("head reads during the outage: slowest {slowest:?}; backlog peaked at {max_backlog}");
     stop(run);
