@@ -208,6 +208,14 @@ pub(crate) struct TailArgs {
     pub(crate) api: ApiArgs,
     #[command(flatten)]
     pub(crate) publish: PublishArgs,
+    /// Run as one of several instances on the same --data: one holds the writer lease and
+    /// writes, the others stand by (serving the API) and take over when it dies
+    #[arg(long, help_heading = "High availability")]
+    pub(crate) ha: bool,
+    /// Writer lease time to live in milliseconds: a standby takes over this long after the
+    /// leader stopped renewing
+    #[arg(long, default_value = "3000", help_heading = "High availability")]
+    pub(crate) ha_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

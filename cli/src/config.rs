@@ -19,6 +19,16 @@ pub(crate) struct FileConfig {
     pub(crate) tuning: TuningConfig,
     #[serde(default)]
     pub(crate) publish: PublishConfig,
+    #[serde(default)]
+    pub(crate) ha: HaConfig,
+}
+
+/// `[ha]`: `run --ha` (flags override).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HaConfig {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) lease_ms: Option<u64>,
 }
 
 /// `[publish]`: the broker `run`/`tail` publish to (flags `--publish*` override).

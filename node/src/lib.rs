@@ -14,6 +14,7 @@
 //! ```
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod ha;
 pub mod pipeline;
 pub mod serve;
 mod tokens;

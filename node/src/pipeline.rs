@@ -74,7 +74,7 @@ pub trait Observer: Send {
 const PROBE_ATTEMPTS: u32 = 3;
 
 /// Everything a backfill needs, validated (the CLI merges flags over the config file into it).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// Providers, in order of preference.
     pub rpc_urls: Vec<ProviderUrl>,
@@ -130,10 +130,38 @@ pub enum Mode {
 /// or the tail alone (`Mode::Tail`), until done or SIGINT/SIGTERM. Bad input is
 /// [`Failure::Usage`], found before anything is written.
 pub async fn run(
-    mut plan: Plan,
+    plan: Plan,
     tail: Option<(Mode, TailOptions)>,
     observer: &mut dyn Observer,
 ) -> Result<(), Failure> {
+    run_with(plan, tail, observer, None).await
+}
+
+/// What the holder of the writer lease (`run --ha`) brings to the pipeline.
+#[derive(Debug)]
+pub struct Leader {
+    /// The lease every commit is fenced by.
+    pub lease: Arc<tidewater_storage::lease::Lease>,
+    /// The API's listener, bound once for the process (standby and leader serve on it).
+    pub listener: Option<std::net::TcpListener>,
+    /// Cancelled when the pipeline must stop (the lease was lost, or a signal came while it
+    /// was starting): it stops as on SIGTERM.
+    pub stop: CancellationToken,
+    /// Metrics of the role, registered with the API's.
+    pub metrics: Box<dyn tidewater_chain::metrics::Collector>,
+}
+
+/// [`run`], as the holder of the writer lease when `leader` is given.
+pub async fn run_with(
+    mut plan: Plan,
+    tail: Option<(Mode, TailOptions)>,
+    observer: &mut dyn Observer,
+    leader: Option<Leader>,
+) -> Result<(), Failure> {
+    let (lease, leader_listener, lost, role_metrics) = match leader {
+        Some(l) => (Some(l.lease), l.listener, Some(l.stop), Some(l.metrics)),
+        None => (None, None, None, None),
+    };
     let ws = match tail.as_ref().and_then(|(_, t)| t.ws.as_deref()) {
         Some(ws) => Some(ProviderUrl::parse_with(ws, &["ws", "wss"]).map_err(usage)?),
         None => None,
@@ -237,8 +265,12 @@ pub async fn run(
         }
     }
     // The API's port is taken before anything is written: a conflict is bad input.
-    let listener = match &tail {
-        Some((_, t)) if !t.no_serve => Some(crate::bind(&t.api).await?),
+    let listener = match (&tail, leader_listener) {
+        (Some((_, t)), _) if t.no_serve => None,
+        (Some(_), Some(l)) => {
+            Some(tokio::net::TcpListener::from_std(l).wrap_err("taking over the API's listener")?)
+        }
+        (Some((_, t)), None) => Some(crate::bind(&t.api).await?),
         _ => None,
     };
     let rpc = RpcClient::new(rpc_cfg).wrap_err("building the HTTP client")?;
@@ -268,10 +300,13 @@ pub async fn run(
         }
         None => None,
     };
-    let opened =
-        tokio::task::spawn_blocking(move || DatasetWriter::open(&data, &identity, &schemas, shard))
-            .await
-            .wrap_err("opening the data directory")?;
+    let leased = lease.clone();
+    let opened = tokio::task::spawn_blocking(move || match leased {
+        Some(lease) => DatasetWriter::open_leased(&data, &identity, &schemas, lease),
+        None => DatasetWriter::open(&data, &identity, &schemas, shard),
+    })
+    .await
+    .wrap_err("opening the data directory")?;
     let mut dataset = match opened {
         Ok(d) => d,
         Err(e) if e.is_usage() => return Err(usage(e)),
@@ -283,6 +318,15 @@ pub async fn run(
     };
 
     let cancel = CancellationToken::new();
+    // A lost lease stops everything this pipeline runs.
+    let _on_lost = lost.map(|lost| {
+        let cancel = cancel.clone();
+        tidewater_chain::SpawnedTask::spawn(async move {
+            lost.cancelled().await;
+            tracing::warn!("stopping the writer (the lease was lost, or a signal)");
+            cancel.cancel();
+        })
+    });
     let mut signals = crate::Signals::new()?;
     let follower = match &tail_cfg {
         Some(cfg) => Some(
@@ -299,6 +343,9 @@ pub async fn run(
             let mut metrics = tidewater_api::Registry::default();
             metrics.register_collector(Box::new(stats));
             metrics.register_collector(Box::new(metrics_rpc));
+            if let Some(m) = role_metrics {
+                metrics.register_collector(m);
+            }
             if let Some((_, _, stats)) = &publish {
                 metrics.register_collector(Box::new(stats.clone()));
                 let _ = f.stats().later_stages.set(stats.stages());

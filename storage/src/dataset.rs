@@ -217,6 +217,8 @@ pub struct DatasetWriter {
     manifest: Manifest,
     shard: Option<Shard>,
     _locks: Vec<File>,
+    /// With `run --ha`: the writer lease every mutation is fenced by (instead of the lock).
+    lease: Option<std::sync::Arc<crate::lease::Lease>>,
 }
 
 /// Whether `root` holds files a dataset being created does not (anything but locks, schema
@@ -243,6 +245,28 @@ impl DatasetWriter {
         schemas: &BTreeMap<String, SchemaRef>,
         shard: Option<Shard>,
     ) -> Result<Self> {
+        Self::open_with(root, identity, schemas, shard, None)
+    }
+
+    /// [`Self::open`] for the holder of the writer lease (`run --ha`): instead of the lock file,
+    /// every file write and manifest change runs fenced by `lease` (refused once another
+    /// instance took it over).
+    pub fn open_leased(
+        root: &Path,
+        identity: &Identity,
+        schemas: &BTreeMap<String, SchemaRef>,
+        lease: std::sync::Arc<crate::lease::Lease>,
+    ) -> Result<Self> {
+        Self::open_with(root, identity, schemas, None, Some(lease))
+    }
+
+    fn open_with(
+        root: &Path,
+        identity: &Identity,
+        schemas: &BTreeMap<String, SchemaRef>,
+        shard: Option<Shard>,
+        lease: Option<std::sync::Arc<crate::lease::Lease>>,
+    ) -> Result<Self> {
         let mut existing = read_identity(root)?;
         if existing.is_none() && has_foreign_files(root) {
             // A sibling shard may have written the identity between our read and the listing.
@@ -262,7 +286,22 @@ impl DatasetWriter {
             }
         }
         std::fs::create_dir_all(root).map_err(Error::io("creating", root))?;
-        let locks = take_locks(root, shard)?;
+        let locks = match &lease {
+            Some(_) => Vec::new(),
+            None => {
+                // Instances of `run --ha` hold a lease instead of the lock: a live one is a writer.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                if crate::lease::read_record(root).is_some_and(|r| r.live(now)) {
+                    return Err(Error::Locked {
+                        path: root.to_path_buf(),
+                        lock: root.join(crate::lease::LEASE_FILE),
+                    });
+                }
+                take_locks(root, shard)?
+            }
+        };
         if existing.is_none() {
             for (table, schema) in schemas {
                 let empty = RecordBatch::new_empty(schema.clone());
@@ -291,7 +330,7 @@ impl DatasetWriter {
             tracing::info!(entries = superseded.len(), "finishing an interrupted merge");
             manifest.remove_entries(root, &superseded)?;
         }
-        let mut w = Self { root: root.to_path_buf(), manifest, shard, _locks: locks };
+        let mut w = Self { root: root.to_path_buf(), manifest, shard, _locks: locks, lease };
         if shard.is_none() {
             w.manifest.vacuum_due(root)?;
         }
@@ -332,6 +371,18 @@ impl DatasetWriter {
     /// chunk), for a reorg deeper than the watermark. Blocking I/O.
     /// Derived-state snapshots above the new end go too.
     pub fn rollback(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
+        self.fenced(|w| w.rollback_unfenced(keep_through))
+    }
+
+    /// Runs a mutation, fenced by the lease when this writer holds one.
+    fn fenced<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        match self.lease.clone() {
+            Some(lease) => lease.fenced(|| f(self)),
+            None => f(self),
+        }
+    }
+
+    fn rollback_unfenced(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
         let removed = self.manifest.rollback(&self.root, keep_through)?;
         self.checkpoint_if_due()?;
         let end = self.manifest.last().map(|c| c.end);
@@ -343,6 +394,10 @@ impl DatasetWriter {
     /// a tail's small commits end up with a backfill's file sizes. Does nothing unless at least
     /// two chunks lie inside, the last ends at `end` and they leave no gap. Blocking I/O and CPU.
     pub fn merge(&mut self, start: u64, end: u64) -> Result<Option<ChunkEntry>> {
+        self.fenced(|w| w.merge_unfenced(start, end))
+    }
+
+    fn merge_unfenced(&mut self, start: u64, end: u64) -> Result<Option<ChunkEntry>> {
         let parts: Vec<ChunkEntry> = self
             .manifest
             .chunks()
@@ -398,6 +453,10 @@ impl DatasetWriter {
     /// Commits a chunk: every file durably in place, then the manifest entry (the commit
     /// point). Blocking I/O: call from `spawn_blocking`.
     pub fn commit(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
+        self.fenced(|w| w.commit_unfenced(chunk))
+    }
+
+    fn commit_unfenced(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
         let mut tables = BTreeMap::new();
         for (table, (bytes, rows)) in &chunk.files {
             let rel = format!("{table}/{:012}-{:012}.parquet", chunk.start, chunk.end);

@@ -46,6 +46,17 @@ pub enum Error {
         /// The lock file.
         lock: PathBuf,
     },
+    /// This process no longer holds the writer lease (`run --ha`): another instance took it
+    /// over, or this one did not renew it in time; the mutation was not made.
+    #[error("lost the writer lease of {path} (held with epoch {epoch}; the lease is now {now:?})")]
+    Fenced {
+        /// Data directory.
+        path: PathBuf,
+        /// This process's epoch.
+        epoch: u64,
+        /// The current epoch and holder, if any.
+        now: Option<(u64, String)>,
+    },
     /// The data directory belongs to another chain or another set of sources.
     #[error("{path} holds a different dataset: {what}")]
     IdentityMismatch {

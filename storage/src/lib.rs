@@ -31,6 +31,7 @@ mod chunk;
 mod dataset;
 mod error;
 mod files;
+pub mod lease;
 mod manifest;
 mod parquet_io;
 mod replay;

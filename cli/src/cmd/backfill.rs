@@ -181,16 +181,22 @@ pub(crate) async fn run(
 ) -> CmdResult {
     let plan = resolve(&a)?;
     let mut term = Terminal::new(log_writer, a.json);
-    let tail = match tail {
+    let (tail, ha) = match tail {
         Some((m, t)) => {
             let file = config::load(a.config.as_deref()).map_err(usage)?;
             let publish = t.publish.config(&file.publish);
+            let ha = (t.ha || file.ha.enabled.unwrap_or(false)).then(|| {
+                std::time::Duration::from_millis(file.ha.lease_ms.unwrap_or(t.ha_lease_ms).max(100))
+            });
             let mut o = t.options();
             o.publish = publish;
-            Some((m, o))
+            (Some((m, o)), ha)
         }
-        None => None,
+        None => (None, None),
     };
+    if let (Some(ttl), Some((m, o))) = (ha, &tail) {
+        return tidewater_node::ha::run(plan, *m, o.clone(), ttl, &mut term).await;
+    }
     tidewater_node::pipeline::run(plan, tail, &mut term).await
 }
 

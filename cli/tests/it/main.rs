@@ -8,6 +8,7 @@ mod alerts;
 mod backfill;
 mod bad_input;
 mod broker;
+mod ha;
 mod hostile;
 mod mainnet_shape;
 mod openapi;

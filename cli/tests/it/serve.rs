@@ -181,7 +181,11 @@ fn wait_synced(api: &str, net: &Devnet) -> u64 {
 
 /// Checks the API's state at `block` against eth_call at that block; returns (pools, ticks,
 /// positions) checked.
-fn check_against_contracts(api: &str, net: &Devnet, block: u64) -> (usize, usize, usize) {
+pub(crate) fn check_against_contracts(
+    api: &str,
+    net: &Devnet,
+    block: u64,
+) -> (usize, usize, usize) {
     let (status, pools) = get_json(&format!("{api}/v1/pools?block={block}"));
     assert_eq!(status, 200, "{pools}");
     assert_eq!(pools["block"]["number"].as_u64(), Some(block));

@@ -1,0 +1,159 @@
+//! `run --ha`: two instances on one data directory, one writer. kill -9 of the leader at random
+//! instants while swaps and reorgs flow: a standby takes over, and once everything is
+//! confirmed the dataset equals a fresh backfill and the survivor's API equals the contracts.
+//! A leader paused (SIGSTOP) past its lease and resumed commits nothing and stands by.
+
+use crate::tail::*;
+use crate::util::*;
+use rand::{Rng, SeedableRng};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+struct Instance {
+    child: Child,
+    api: String,
+    port: u16,
+}
+
+fn start(t: &TestCommand, net: &Devnet, port: u16) -> Instance {
+    let listen = format!("127.0.0.1:{port}");
+    let child = start_tail(
+        t,
+        net,
+        &[
+            "--ha",
+            "--ha-lease-ms",
+            "1500",
+            "--confirmations",
+            "4",
+            "--compact-blocks",
+            "2",
+            "--merge-blocks",
+            "10",
+            "--listen",
+            &listen,
+        ],
+    );
+    Instance { child, api: format!("http://127.0.0.1:{port}"), port }
+}
+
+fn leads(i: &Instance) -> bool {
+    metric(&i.api, "tidewater_ha_leader") == Some(1.0)
+}
+
+fn stands_by(i: &Instance) -> bool {
+    metric(&i.api, "tidewater_ha_leader") == Some(0.0)
+}
+
+fn kill9(c: &mut Child) -> String {
+    use std::io::Read as _;
+    let _ = c.kill();
+    let _ = c.wait();
+    let mut err = String::new();
+    if let Some(e) = c.stderr.as_mut() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// Which of the two leads, once exactly one does (and the other serves as a standby).
+fn leader_of(a: &Instance, b: &Instance) -> bool {
+    let mut first = None;
+    wait_for_within("one leader and one standby", Duration::from_secs(60), || {
+        first = match (leads(a), leads(b)) {
+            (true, false) if stands_by(b) => Some(true),
+            (false, true) if stands_by(a) => Some(false),
+            _ => None,
+        };
+        first.is_some()
+    });
+    first.unwrap()
+}
+
+#[test]
+fn a_standby_takes_over_from_a_killed_leader_with_no_gap_and_no_duplicate() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let mut inst = [start(&t, &net, free_port()), start(&t, &net, free_port())];
+    warm_up(&net, &mut rng);
+    let mut takeovers = Vec::new();
+    let mut logs = String::new();
+    for _ in 0..4 {
+        for _ in 0..rng.gen_range(4..10) {
+            if rng.gen_bool(0.7) {
+                swap(&net, &mut rng);
+            } else {
+                reorg(&net, rng.gen_range(1..=3), &mut rng);
+            }
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..200)));
+        }
+        // kill -9 the leader at whatever it was doing; the other takes over.
+        let l = usize::from(!leader_of(&inst[0], &inst[1]));
+        let killed = Instant::now();
+        logs.push_str(&kill9(&mut inst[l].child));
+        swap(&net, &mut rng);
+        wait_for_within("the standby to take over", Duration::from_secs(30), || {
+            leads(&inst[1 - l])
+        });
+        takeovers.push(killed.elapsed());
+        // The killed one comes back as a standby.
+        inst[l] = start(&t, &net, inst[l].port);
+    }
+    mine(&net, 8);
+    let head = net.head();
+    let survivor = &inst[usize::from(!leader_of(&inst[0], &inst[1]))];
+    wait_for_checkpoint(&t, head - 4);
+    let api = survivor.api.clone();
+    wait_for("the survivor at the head", || {
+        metric(&api, "tidewater_state_head_block") == Some(head as f64)
+    });
+    crate::serve::check_against_contracts(&api, &net, head);
+    let [a, b] = inst;
+    let (_, e1) = stop(a.child);
+    let (_, e2) = stop(b.child);
+    logs.push_str(&e1);
+    logs.push_str(&e2);
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+    takeovers.sort();
+    eprintln!("takeover after kill -9 (lease 1.5 s): {takeovers:?}");
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_commits_nothing_and_stands_by() {
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(32);
+    let a = start(&t, &net, free_port());
+    let b = start(&t, &net, free_port());
+    warm_up(&net, &mut rng);
+    let a_leads = leader_of(&a, &b);
+    let (old, new) = if a_leads { (&a, &b) } else { (&b, &a) };
+    let pid = old.child.id().to_string();
+    let signal = |s: &str| {
+        assert!(std::process::Command::new("kill").args([s, &pid]).status().unwrap().success());
+    };
+    signal("-STOP");
+    wait_for_within("the standby to take over", Duration::from_secs(30), || leads(new));
+    // The new leader commits while the old one sleeps.
+    for _ in 0..6 {
+        swap(&net, &mut rng);
+    }
+    let before = checkpoint(&t);
+    signal("-CONT");
+    // The old leader wakes with blocks to commit: refused, it notices and stands by.
+    wait_for_within("the old leader to stand by", Duration::from_secs(30), || stands_by(old));
+    assert!(leads(new));
+    mine(&net, 8);
+    wait_for_checkpoint(&t, net.head() - 4);
+    assert!(checkpoint(&t) >= before);
+    let (old, new) = if a_leads { (a, b) } else { (b, a) };
+    let (_, e_old) = stop(old.child);
+    stop(new.child);
+    assert!(
+        e_old.contains("lost the writer lease; standing by"),
+        "the old leader did not notice it lost the lease:\n{e_old}"
+    );
+    assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+}
