@@ -284,7 +284,9 @@ struct StreamLog {
 impl StreamLog {
     fn since(&self, last_id: u64) -> Result<Vec<Arc<StreamEvent>>, u64> {
         let oldest = self.history.front().map_or(self.next_id, |e| e.id);
-        if last_id + 1 < oldest {
+        // Older than the history, or newer than any event here (a cursor from another
+        // instance, or from before a restart): the client must reload the state.
+        if last_id + 1 < oldest || last_id >= self.next_id {
             return Err(oldest);
         }
         Ok(self.history.iter().filter(|e| e.id > last_id).cloned().collect())
@@ -996,6 +998,9 @@ mod tests {
         let ev = sub.rx.try_recv().expect("the next event");
         assert_eq!((ev.id, ev.number, ev.status), (2, 2, Status::Pending));
         let again = reader.subscribe(Some(0)).expect("from the start");
+        // A cursor this instance never gave (another instance's, or before a restart) is a
+        // resync, not a silent wait for ids to catch up.
+        assert!(reader.subscribe(Some(1_000)).is_err());
         assert_eq!(again.missed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2]);
         // A reload for the backfill-to-tail hand-over keeps the ids increasing.
         let ds = Dataset::open(live.root()).expect("open");

@@ -394,10 +394,6 @@ impl DatasetWriter {
     /// a tail's small commits end up with a backfill's file sizes. Does nothing unless at least
     /// two chunks lie inside, the last ends at `end` and they leave no gap. Blocking I/O and CPU.
     pub fn merge(&mut self, start: u64, end: u64) -> Result<Option<ChunkEntry>> {
-        self.fenced(|w| w.merge_unfenced(start, end))
-    }
-
-    fn merge_unfenced(&mut self, start: u64, end: u64) -> Result<Option<ChunkEntry>> {
         let parts: Vec<ChunkEntry> = self
             .manifest
             .chunks()
@@ -425,7 +421,7 @@ impl DatasetWriter {
             let schema = batches[0].schema();
             let batch = arrow::compute::concat_batches(&schema, &batches)
                 .map_err(|e| Error::Parquet { path: PathBuf::from(&table), source: e.into() })?;
-            let rel = format!("{table}/{start:012}-{end:012}.parquet");
+            let rel = self.data_file(&table, start, end);
             let bytes = encode_parquet(&table, &batch)?;
             write_atomic(&self.root.join(&rel), &bytes)?;
             files.insert(
@@ -445,21 +441,19 @@ impl DatasetWriter {
             last_block_hash: parts[parts.len() - 1].last_block_hash,
             tables: files,
         };
-        self.manifest.replace(&self.root, merged.clone())?;
-        self.checkpoint_if_due()?;
+        self.fenced(|w| {
+            w.manifest.replace(&w.root, merged.clone())?;
+            w.checkpoint_if_due()
+        })?;
         Ok(Some(merged))
     }
 
     /// Commits a chunk: every file durably in place, then the manifest entry (the commit
     /// point). Blocking I/O: call from `spawn_blocking`.
     pub fn commit(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
-        self.fenced(|w| w.commit_unfenced(chunk))
-    }
-
-    fn commit_unfenced(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
         let mut tables = BTreeMap::new();
         for (table, (bytes, rows)) in &chunk.files {
-            let rel = format!("{table}/{:012}-{:012}.parquet", chunk.start, chunk.end);
+            let rel = self.data_file(table, chunk.start, chunk.end);
             write_atomic(&self.root.join(&rel), bytes)?;
             tables.insert(
                 table.clone(),
@@ -478,9 +472,24 @@ impl DatasetWriter {
             last_block_hash: chunk.last_block_hash,
             tables,
         };
-        self.manifest.commit(&self.root, entry.clone())?;
+        // The commit point (the entry's rename), fenced: a writer that lost its lease never
+        // lists its files. Only the rename runs under the lease's lock.
+        let lease = self.lease.clone();
+        self.manifest.commit_with(&self.root, entry.clone(), |staged| match &lease {
+            Some(l) => l.fenced(|| staged.rename()),
+            None => staged.rename(),
+        })?;
         self.checkpoint_if_due()?;
         Ok(entry)
+    }
+
+    /// The path of a data file, relative to the root. A lease holder's names carry its epoch,
+    /// so a writer that lost the lease cannot overwrite a file of the new holder's.
+    fn data_file(&self, table: &str, start: u64, end: u64) -> String {
+        match &self.lease {
+            Some(l) => format!("{table}/{start:012}-{end:012}-e{}.parquet", l.epoch()),
+            None => format!("{table}/{start:012}-{end:012}.parquet"),
+        }
     }
 
     /// Writes the manifest checkpoint once [`crate::CHECKPOINT_EVERY`] entries are outside it,

@@ -21,6 +21,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// A file written and fsynced beside its final path, not yet renamed into place.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Staged {
+    /// Writes `bytes` to a temp file beside `path` and fsyncs it.
+    pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let dir = path.parent().expect("invariant: dataset files live in a directory");
+        fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+        let name = path.file_name().expect("invariant: file path has a name").to_string_lossy();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
+        f.write_all(bytes).map_err(Error::io("writing", &tmp))?;
+        f.sync_all().map_err(Error::io("fsync", &tmp))?;
+        Ok(Self { tmp, path: path.to_path_buf() })
+    }
+
+    /// Renames it into place (the commit point of a manifest entry).
+    pub(crate) fn rename(&self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path).map_err(Error::io("renaming into", &self.path))
+    }
+
+    /// fsyncs the directory, so the rename survives power loss.
+    pub(crate) fn sync(&self) -> Result<()> {
+        sync_dir(self.path.parent().expect("invariant: dataset files live in a directory"))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Not renamed (a fenced commit): the temp file goes.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 /// fsyncs a directory so a rename inside it survives power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync", dir))

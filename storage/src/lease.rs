@@ -63,7 +63,7 @@ pub struct Lease {
 struct Guard(File);
 
 impl Guard {
-    fn take(root: &Path) -> Result<Self> {
+    fn open(root: &Path) -> Result<(File, PathBuf)> {
         let p = root.join(LEASE_LOCK);
         let f = OpenOptions::new()
             .create(true)
@@ -71,8 +71,25 @@ impl Guard {
             .write(true)
             .open(&p)
             .map_err(Error::io("opening", &p))?;
+        Ok((f, p))
+    }
+
+    /// The holder's side: waits for the lock (held by others only for a check-and-write).
+    fn take(root: &Path) -> Result<Self> {
+        let (f, p) = Self::open(root)?;
         f.lock().map_err(Error::io("locking", &p))?;
         Ok(Self(f))
+    }
+
+    /// A standby's side: never waits (the lock may be held by a holder paused inside a
+    /// commit; that holder's lease is not taken over until it resumes and lets go).
+    fn try_take(root: &Path) -> Result<Option<Self>> {
+        let (f, p) = Self::open(root)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Self(f))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", &p)(e)),
+        }
     }
 }
 
@@ -100,7 +117,7 @@ impl Lease {
     /// another holder's lease is live.
     pub fn try_acquire(root: &Path, holder: &str, ttl: Duration) -> Result<Option<Self>> {
         std::fs::create_dir_all(root).map_err(Error::io("creating", root))?;
-        let _g = Guard::take(root)?;
+        let Some(_g) = Guard::try_take(root)? else { return Ok(None) };
         let now = now_ms();
         let old = read_record(root);
         if old.as_ref().is_some_and(|r| r.live(now) && r.holder != holder) {
@@ -170,7 +187,8 @@ impl Lease {
 
     /// Runs a mutation of the dataset as the holder: refused with [`Error::Fenced`] unless this
     /// lease is still the one in the record and unexpired, checked under the record's lock and
-    /// held through `f`, so no takeover can fall between the check and the commit.
+    /// held through `f`, so no takeover can fall between the check and the commit. Keep `f`
+    /// short (the manifest's rename): a holder paused inside it holds off the takeover.
     pub fn fenced<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let _g = Guard::take(&self.root)?;
         self.check()?;

@@ -372,7 +372,14 @@ impl Manifest {
     }
 
     /// Records a committed chunk durably, then in memory.
-    pub(crate) fn commit(&mut self, root: &Path, entry: ChunkEntry) -> Result<()> {
+    /// The entry's rename (the commit point) is done by `rename`: the writer fences it by its
+    /// lease.
+    pub(crate) fn commit_with(
+        &mut self,
+        root: &Path,
+        entry: ChunkEntry,
+        rename: impl FnOnce(&crate::files::Staged) -> Result<()>,
+    ) -> Result<()> {
         if let Some(o) = self.overlapping(entry.start, entry.end) {
             return Err(Error::Overlap {
                 start: entry.start,
@@ -384,7 +391,9 @@ impl Manifest {
         let path = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(entry.start, entry.end));
         let bytes = serde_json::to_vec_pretty(&entry)
             .map_err(|source| Error::Json { path: path.clone(), source })?;
-        write_atomic(&path, &bytes)?;
+        let staged = crate::files::Staged::write(&path, &bytes)?;
+        rename(&staged)?;
+        staged.sync()?;
         let at = self.chunks.partition_point(|c| c.start < entry.start);
         self.chunks.insert(at, entry);
         self.uncheckpointed += 1;
