@@ -114,7 +114,7 @@ fn start_run_with(
     start_tail(t, net, &args)
 }
 
-fn start_consumer(t: &TestCommand, nats: &Nats, db: &Path, batch: &str) -> Child {
+pub(crate) fn start_consumer(t: &TestCommand, nats: &Nats, db: &Path, batch: &str) -> Child {
     start_consumer_with(t, nats, db, batch, &[])
 }
 
@@ -201,7 +201,7 @@ fn consumer_state(db: &Path) -> (Vec<Value>, Vec<Value>) {
 
 /// Waits until the API follows the node's head, the publisher has nothing left to send and
 /// the consumer has applied everything.
-fn wait_settled(net: &Devnet, api: &str, dbs: &[&PathBuf]) {
+pub(crate) fn wait_settled(net: &Devnet, api: &str, dbs: &[&PathBuf]) {
     wait_for_within("publisher and consumers caught up", Duration::from_secs(120), || {
         let head = net.head() as f64;
         if !dbs.iter().all(|db| db.exists()) {
@@ -234,7 +234,7 @@ fn metric_with(api: &str, name: &str, label: &str) -> Option<f64> {
 
 /// The consumer's table equals `slot0()`, `liquidity()`, `ticks()` and `positions()` at the
 /// head, for every pool of the devnet.
-fn assert_consumer_equals_contracts(net: &Devnet, dbs: &[&PathBuf]) {
+pub(crate) fn assert_consumer_equals_contracts(net: &Devnet, dbs: &[&PathBuf]) {
     let (mut pools, mut positions) = (Vec::new(), Vec::new());
     for db in dbs {
         let (p, pos) = consumer_state(db);
@@ -259,7 +259,7 @@ fn assert_consumer_equals_contracts(net: &Devnet, dbs: &[&PathBuf]) {
 /// watermark reverts its blocks' changes in the revert of the newest one), and every block no
 /// longer canonical was reverted so after its last pending. Returns how many orphaned
 /// (pool, block) updates were reverted.
-fn assert_applied_log_is_exactly_once(net: &Devnet, db: &Path) -> usize {
+pub(crate) fn assert_applied_log_is_exactly_once(net: &Devnet, db: &Path) -> usize {
     let rows = ask(
         db,
         "SELECT stream_seq, pool, status, block_number, block_hash, msg_id FROM applied ORDER BY stream_seq",

@@ -16,24 +16,26 @@ struct Instance {
 }
 
 fn start(t: &TestCommand, net: &Devnet, port: u16) -> Instance {
+    start_with(t, net, port, &[])
+}
+
+fn start_with(t: &TestCommand, net: &Devnet, port: u16, extra: &[&str]) -> Instance {
     let listen = format!("127.0.0.1:{port}");
-    let child = start_tail(
-        t,
-        net,
-        &[
-            "--ha",
-            "--ha-lease-ms",
-            "1500",
-            "--confirmations",
-            "4",
-            "--compact-blocks",
-            "2",
-            "--merge-blocks",
-            "10",
-            "--listen",
-            &listen,
-        ],
-    );
+    let mut args = vec![
+        "--ha",
+        "--ha-lease-ms",
+        "1500",
+        "--confirmations",
+        "4",
+        "--compact-blocks",
+        "2",
+        "--merge-blocks",
+        "10",
+        "--listen",
+        &listen,
+    ];
+    args.extend(extra);
+    let child = start_tail(t, net, &args);
     Instance { child, api: format!("http://127.0.0.1:{port}"), port }
 }
 
@@ -156,4 +158,48 @@ fn a_leader_paused_past_its_lease_commits_nothing_and_stands_by() {
         "the old leader did not notice it lost the lease:\n{e_old}"
     );
     assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
+}
+
+#[test]
+fn a_takeover_republishes_to_the_broker_without_loss_or_duplicate() {
+    let net = Devnet::small();
+    let nats = crate::broker::Nats::start();
+    let t = TestCommand::new();
+    let db = t.path("consumer.db");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(33);
+    let url = nats.url();
+    let publish = ["--publish", url.as_str()];
+    let mut inst =
+        [start_with(&t, &net, free_port(), &publish), start_with(&t, &net, free_port(), &publish)];
+    let consumer = crate::broker::start_consumer(&t, &nats, &db, "16");
+    warm_up(&net, &mut rng);
+    for _ in 0..3 {
+        for _ in 0..rng.gen_range(3..8) {
+            if rng.gen_bool(0.7) {
+                swap(&net, &mut rng);
+            } else {
+                reorg(&net, rng.gen_range(1..=3), &mut rng);
+            }
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
+        }
+        let l = usize::from(!leader_of(&inst[0], &inst[1]));
+        kill9(&mut inst[l].child);
+        // The chain moves on while the standby takes over: a reorg of what the dead one published.
+        reorg(&net, rng.gen_range(1..=3), &mut rng);
+        wait_for_within("the standby to take over", Duration::from_secs(30), || {
+            leads(&inst[1 - l])
+        });
+        inst[l] = start_with(&t, &net, inst[l].port, &publish);
+    }
+    mine(&net, 3);
+    let leader = &inst[usize::from(!leader_of(&inst[0], &inst[1]))];
+    crate::broker::wait_settled(&net, &leader.api, &[&db]);
+    crate::broker::assert_consumer_equals_contracts(&net, &[&db]);
+    crate::broker::assert_applied_log_is_exactly_once(&net, &db);
+    let [a, b] = inst;
+    stop(a.child);
+    stop(b.child);
+    let mut c = consumer;
+    let _ = c.kill();
+    let _ = c.wait();
 }
