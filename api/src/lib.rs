@@ -54,6 +54,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Whether the indexer behind the service has caught up with the chain head.
 pub type CaughtUpFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// This instance's role with `run --ha` (`"leader"` or `"standby"`), shown by `/ready`.
+pub type RoleFn = Arc<dyn Fn() -> &'static str + Send + Sync>;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Service {
@@ -65,6 +68,7 @@ pub struct Service {
     stats: Arc<ServerStats>,
     tokens: Option<TokenFn>,
     token_cache: Arc<std::sync::Mutex<HashMap<Address, Option<TokenInfo>>>>,
+    role: Option<RoleFn>,
 }
 
 /// An ERC-20's symbol and decimals, as its own `symbol()` and `decimals()` say.
@@ -127,12 +131,19 @@ impl Service {
             stats,
             tokens: None,
             token_cache: Arc::default(),
+            role: None,
         }
     }
 
     /// Serves `/v1/tokens/{address}` through `f` (a node is needed: `run` and `tail` have one).
     pub fn with_tokens(mut self, f: TokenFn) -> Self {
         self.tokens = Some(f);
+        self
+    }
+
+    /// Shows this instance's role (`run --ha`) in `/ready`.
+    pub fn with_role(mut self, f: RoleFn) -> Self {
+        self.role = Some(f);
         self
     }
 

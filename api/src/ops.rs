@@ -43,6 +43,10 @@ pub(super) struct Readiness {
     head: Option<u64>,
     /// Newest confirmed block.
     confirmed: Option<u64>,
+    /// With `run --ha`: `leader` (writes) or `standby` (serves the committed state, takes over
+    /// when the leader's lease expires).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
 }
 
 /// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
@@ -69,7 +73,8 @@ fn readiness_of(
 #[utoipa::path(get, path = "/ready", responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)))]
 pub(super) async fn ready(State(svc): State<Service>) -> Response {
     let (ok, caught_up, degraded, head, confirmed) = readiness(&svc);
-    let body = Readiness { ready: ok, caught_up, degraded, head, confirmed };
+    let role = svc.role.as_ref().map(|f| f());
+    let body = Readiness { ready: ok, caught_up, degraded, head, confirmed, role };
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }

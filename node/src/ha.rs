@@ -236,6 +236,7 @@ async fn standby(
                     metrics,
                     Arc::new(|| true),
                     None,
+                    Some(Arc::new(|| "standby")),
                     cancel.clone(),
                 ));
                 live = Some(Arc::new(std::sync::Mutex::new(state)));

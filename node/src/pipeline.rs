@@ -363,6 +363,7 @@ pub async fn run_with(
                 metrics,
                 caught_up,
                 Some(rpc.clone()),
+                lease.is_some().then(|| -> tidewater_api::RoleFn { Arc::new(|| "leader") }),
                 cancel.clone(),
             );
             Some((live, server))

@@ -87,6 +87,7 @@ pub fn start(
     metrics: Registry,
     caught_up: CaughtUpFn,
     rpc: Option<tidewater_chain::RpcClient>,
+    role: Option<tidewater_api::RoleFn>,
     cancel: CancellationToken,
 ) -> tidewater_chain::SpawnedTask<std::io::Result<()>> {
     let limits = api.limits;
@@ -96,6 +97,9 @@ pub fn start(
     let mut svc = Service::new(live, metrics, caught_up, limits);
     if let Some(rpc) = rpc {
         svc = svc.with_tokens(crate::token_lookup(rpc));
+    }
+    if let Some(role) = role {
+        svc = svc.with_role(role);
     }
     tidewater_chain::SpawnedTask::spawn(tidewater_api::serve(svc, listener, cancel))
 }
@@ -113,8 +117,16 @@ pub async fn serve_directory(
     let live = Arc::new(std::sync::Mutex::new(load(&data, &api, None).await?));
     let reader = live.lock().map_err(|_| eyre!("the live state failed"))?.reader();
     let cancel = CancellationToken::new();
-    let server =
-        start(reader, listener, &api, Registry::default(), Arc::new(|| true), None, cancel.clone());
+    let server = start(
+        reader,
+        listener,
+        &api,
+        Registry::default(),
+        Arc::new(|| true),
+        None,
+        None,
+        cancel.clone(),
+    );
     let mut signals = Signals::new()?;
     let mut tick = tokio::time::interval(poll_interval.max(Duration::from_millis(10)));
     let server_done = server.join();

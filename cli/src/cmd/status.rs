@@ -44,8 +44,19 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
     let deep_reorgs = ds.deep_reorgs().wrap_err("reading the deep-reorg log")?;
     let rows: std::collections::BTreeMap<&str, u64> =
         ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
+    // `run --ha`: who holds the writer lease (the others stand by).
+    let lease = tidewater_storage::lease::read_record(&a.data).map(|r| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        serde_json::json!({
+            "holder": r.holder, "epoch": r.epoch, "live": r.live(now),
+            "expires_in_ms": r.expires_unix_ms.saturating_sub(now),
+        })
+    });
     if a.json {
         let v = serde_json::json!({
+            "writer_lease": lease,
             "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
             "gaps": gaps,
             "deep_reorgs": deep_reorgs,
@@ -74,6 +85,10 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
         }
         if let Some(last) = deep_reorgs.last() {
             println!("deep reorgs: {} (last: {last})", deep_reorgs.len());
+        }
+        if let Some(l) = &lease {
+            let state = if l["live"] == true { "leading" } else { "expired: a standby takes over" };
+            println!("writer lease: {} (epoch {}), {state}", l["holder"], l["epoch"]);
         }
         if let Some((head, finalized)) = node {
             let finalized = match finalized {

@@ -39,12 +39,20 @@ fn start_with(t: &TestCommand, net: &Devnet, port: u16, extra: &[&str]) -> Insta
     Instance { child, api: format!("http://127.0.0.1:{port}"), port }
 }
 
+fn role(i: &Instance) -> Option<String> {
+    let url = format!("{}/ready", i.api);
+    let (status, body) = http("GET", &url, &[], b"").ok()?;
+    let r: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    crate::openapi::check("GET", &url, status, &r);
+    r["role"].as_str().map(str::to_string)
+}
+
 fn leads(i: &Instance) -> bool {
-    metric(&i.api, "tidewater_ha_leader") == Some(1.0)
+    metric(&i.api, "tidewater_ha_leader") == Some(1.0) && role(i).as_deref() == Some("leader")
 }
 
 fn stands_by(i: &Instance) -> bool {
-    metric(&i.api, "tidewater_ha_leader") == Some(0.0)
+    metric(&i.api, "tidewater_ha_leader") == Some(0.0) && role(i).as_deref() == Some("standby")
 }
 
 fn kill9(c: &mut Child) -> String {
@@ -107,6 +115,10 @@ fn a_standby_takes_over_from_a_killed_leader_with_no_gap_and_no_duplicate() {
     let survivor = &inst[usize::from(!leader_of(&inst[0], &inst[1]))];
     wait_for_checkpoint(&t, head - 4);
     let api = survivor.api.clone();
+    let status: serde_json::Value =
+        serde_json::from_str(&t.ok(&s(&["status", "--data", "data", "--json"]))).unwrap();
+    assert_eq!(status["writer_lease"]["live"], true, "{status}");
+    assert!(status["writer_lease"]["epoch"].as_u64().unwrap() >= 5, "four takeovers: {status}");
     wait_for("the survivor at the head", || {
         metric(&api, "tidewater_state_head_block") == Some(head as f64)
     });
