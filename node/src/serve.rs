@@ -80,6 +80,7 @@ pub async fn load(
 }
 
 /// Starts the API on `listener` until `cancel`.
+#[allow(clippy::too_many_arguments)] // the server's parts, each optional or owned; a builder would hide none
 pub fn start(
     live: LiveReader,
     listener: tokio::net::TcpListener,
