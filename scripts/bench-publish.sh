@@ -133,10 +133,15 @@ for mode in ("without", "with"):
         u0, m0 = metric(api, "tidewater_publish_updates_total"), metric(api, "tidewater_publish_messages_total")
         nats = nats_up()
         t0 = time.perf_counter()
-        wait("an empty backlog", lambda: metric(api, "tidewater_publish_backlog") == 0.0, 300)
-        dt = time.perf_counter() - t0
+        # The first acknowledgement after the restart (the publisher's backoff is up to 5 s)...
+        wait("the first ack", lambda: metric(api, "tidewater_publish_updates_total") > u0, 60)
+        t1 = time.perf_counter()
         u1, m1 = metric(api, "tidewater_publish_updates_total"), metric(api, "tidewater_publish_messages_total")
-        results["drain"] = (backlog, dt, (u1 - u0) / dt, (m1 - m0) / dt)
+        # ...then the drain at full speed.
+        wait("an empty backlog", lambda: metric(api, "tidewater_publish_backlog") == 0.0, 300)
+        t2 = time.perf_counter()
+        u2, m2 = metric(api, "tidewater_publish_updates_total"), metric(api, "tidewater_publish_messages_total")
+        results["drain"] = (backlog, t1 - t0, t2 - t0, (u2 - u1) / (t2 - t1), (m2 - m1) / (t2 - t1))
     run.terminate(); run.wait()
     if consumer: consumer.terminate(); consumer.wait()
 nats.kill()
@@ -146,7 +151,7 @@ print(f"mined -> consumer commit (SQLite): p50 {results['e2e'][0]:.1f} ms, p99 {
 print(f"GET /v1/pools/{{pool}} during the traffic: without --publish p50 {wo['reads_p50']:.2f} / p99 {wo['reads_p99']:.2f} ms "
       f"({wo['reads']} reads); with p50 {w['reads_p50']:.2f} / p99 {w['reads_p99']:.2f} ms ({w['reads']} reads); "
       f"p99 ratio with/without {w['reads_p99'] / wo['reads_p99']:.2f}")
-b, dt, ups, mps = results["drain"]
-print(f"broker down for {burst} blocks ({b:.0f} updates of backlog), restarted: backlog empty {dt:.2f} s after the restart; "
-      f"sustained {ups:.0f} updates/s, {mps:.0f} messages/s")
+b, first, empty, ups, mps = results["drain"]
+print(f"broker down for {burst} blocks ({b:.0f} updates of backlog), restarted: first ack {first:.2f} s after the restart "
+      f"(publisher backoff), backlog empty after {empty:.2f} s; drained at {ups:.0f} updates/s, {mps:.0f} messages/s")
 PY
