@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Takeover time of `run --ha` on the small devnet: two instances on one data directory, the
+# leader killed with SIGKILL BENCH_KILLS times (default 10) while swaps are mined; the time from
+# the kill to the standby's /ready saying `leader`. Default lease (3 s) unless BENCH_LEASE_MS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/install.sh
+cargo build --release -q -p tidewater
+chain="$(scripts/devnet.sh build small)"
+port=$(free_port)
+scripts/devnet.sh start small "$port" &
+anvil=$!
+work=$(mktemp -d)
+trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT
+wait_rpc "http://127.0.0.1:$port"
+python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work" \
+  "${BENCH_KILLS:-10}" "${BENCH_LEASE_MS:-3000}" <<'PY'
+import json, socket, statistics, subprocess, sys, time, urllib.request
+binary, url, deploy, work, kills, lease = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+sys.path.insert(0, "scripts")
+import benchlib
+rpc = lambda method, params: benchlib.rpc(url, method, params)
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def start(port):
+    return subprocess.Popen([binary, "run", "--ha", "--ha-lease-ms", lease, "--rpc", url, "--data", f"{work}/data",
+        "--confirmations", "4", "--compact-blocks", "2", "--poll-interval-ms", "50", "--listen", f"127.0.0.1:{port}",
+        "--uniswap-v3-factory", deploy["factory"], "--uniswap-v3-position-manager", deploy["position_manager"]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def role(port):
+    try:
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).read()).get("role")
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read()).get("role")
+    except Exception:
+        return None
+
+def wait(f, limit=60):
+    t = time.time()
+    while not f():
+        if time.time() - t > limit: raise SystemExit("bench: timed out")
+        time.sleep(0.01)
+
+ports = [free_port(), free_port()]
+procs = [start(ports[0]), start(ports[1])]
+wait(lambda: sorted([role(ports[0]) or "", role(ports[1]) or ""]) == ["leader", "standby"], 120)
+times = []
+for _ in range(kills):
+    for _ in range(3): rpc("evm_mine", [])
+    time.sleep(1.0)
+    l = 0 if role(ports[0]) == "leader" else 1
+    procs[l].kill(); procs[l].wait()
+    t0 = time.perf_counter()
+    wait(lambda: role(ports[1 - l]) == "leader")
+    times.append(time.perf_counter() - t0)
+    procs[l] = start(ports[l])
+    wait(lambda: role(ports[l]) == "standby")
+for p in procs: p.terminate(); p.wait()
+times.sort()
+print(f"run --ha, lease {lease} ms, {kills} kill -9 of the leader: takeover median {statistics.median(times):.2f} s, "
+      f"worst {times[-1]:.2f} s, best {times[0]:.2f} s")
+PY
