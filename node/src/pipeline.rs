@@ -414,7 +414,7 @@ pub async fn run_with(
         // The publisher subscribes before the writer starts: no update falls between.
         if let Some((cfg, ck, stats)) = publish {
             let sub = live.subscribe(None).map_err(|_| eyre!("the live stream is unavailable"))?;
-            let p = tidewater_publish::Publisher::new(
+            let mut p = tidewater_publish::Publisher::new(
                 cfg,
                 chain_id,
                 plan.data.clone(),
@@ -422,6 +422,9 @@ pub async fn run_with(
                 live.clone(),
                 stats,
             );
+            if let Some(l) = &lease {
+                p = p.with_lease(l.clone());
+            }
             publisher = Some(tidewater_chain::SpawnedTask::spawn(p.run(sub, cancel.clone())));
         }
         tidewater_state::live::spawn_consumer(fresh, follower.subscribe())

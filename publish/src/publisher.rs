@@ -391,6 +391,8 @@ pub struct Publisher {
     sink: Sink,
     reader: LiveReader,
     stats: Arc<PublishStats>,
+    /// With `run --ha`: the writer lease; the checkpoint is written only while it is held.
+    lease: Option<Arc<tidewater_storage::lease::Lease>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -414,7 +416,15 @@ impl Publisher {
         let path = Checkpoint::path(&root, &cfg.stream);
         let sink = Sink { cfg: cfg.clone(), js: None, stats: stats.clone() };
         let _ = stats.live.set(reader.clone());
-        Self { cfg, subjects, root, path, ck, sink, reader, stats }
+        Self { cfg, subjects, root, path, ck, sink, reader, stats, lease: None }
+    }
+
+    /// Publishes only while `lease` is held (`run --ha`): each update's checkpoint is written
+    /// fenced by it, so an instance that lost the lease neither writes the checkpoint the new
+    /// leader's publisher resumes from nor sends a new update.
+    pub fn with_lease(mut self, lease: Arc<tidewater_storage::lease::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// Publishes until `cancel` (or the live state's stream closes). `sub` must be taken
@@ -497,9 +507,27 @@ impl Publisher {
         self.ck.intent = msgs;
         let mut backoff = BACKOFF_MIN;
         loop {
-            let (ck, path) = (self.ck.clone(), self.path.clone());
-            match tokio::task::spawn_blocking(move || ck.store(&path)).await {
+            let (ck, path, lease) = (self.ck.clone(), self.path.clone(), self.lease.clone());
+            let stored = tokio::task::spawn_blocking(move || {
+                let store = || {
+                    ck.store(&path).map_err(|source| tidewater_storage::Error::Io {
+                        op: "writing",
+                        path: path.clone(),
+                        source,
+                    })
+                };
+                match lease {
+                    Some(l) => l.fenced(store),
+                    None => store(),
+                }
+            })
+            .await;
+            match stored {
                 Ok(Ok(())) => break,
+                Ok(Err(e @ tidewater_storage::Error::Fenced { .. })) => {
+                    tracing::warn!(error = %e, "not publishing: this instance lost the writer lease");
+                    return false;
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, path = %self.path.display(), "writing the publisher's checkpoint")
                 }
