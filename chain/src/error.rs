@@ -275,6 +275,38 @@ mod tests {
         assert!(!is_range_message("daily request count exceeded, request rate limited"));
     }
 
+    proptest::proptest! {
+        /// Any provider message: never a panic, a hint is a valid range, and a message is
+        /// never both a rate limit and a range error.
+        #[test]
+        fn any_provider_message_is_classified_without_panicking(
+            m in proptest::prop_oneof![
+                ".{0,200}",
+                "(rate limit|too many requests|more than|too many results|exceed|block range|limited to|range ) ?[\\[\\]0-9a-fx, -]{0,40}.{0,40}",
+            ],
+            code in -33000i64..-31000,
+        ) {
+            if let Some(r) = parse_range_hint(&m) {
+                proptest::prop_assert!(r.start <= r.end);
+            }
+            let e = rpc(code, &m);
+            proptest::prop_assert!(!(e.is_rate_limited() && e.is_range_too_large()), "{m}");
+            let _ = (e.is_retryable(), e.is_transient(), e.is_method_unsupported());
+        }
+
+        /// The hints providers send are read back exactly, whatever the numbers.
+        #[test]
+        fn hints_round_trip(a in 0u64..1 << 40, len in 0u64..1 << 20, hex in proptest::bool::ANY) {
+            let b = a + len;
+            let m = if hex {
+                format!("query returned more than 10000 results. Try with this block range [{a:#x}, {b:#x}].")
+            } else {
+                format!("query exceeds max results 20000, retry with the range {a}-{b}")
+            };
+            proptest::prop_assert_eq!(parse_range_hint(&m), Some(BlockRange::new(a, b)));
+        }
+    }
+
     #[test]
     fn http_statuses() {
         let e = |status| Error::HttpStatus {
