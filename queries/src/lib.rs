@@ -182,7 +182,11 @@ pub fn hex_binary_columns(batch: &RecordBatch) -> Result<RecordBatch> {
             }
         }
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(Error::Format)
+    // `SELECT FROM t` has rows and no column: keep the row count.
+    let opts =
+        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), cols, &opts)
+        .map_err(Error::Format)
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
