@@ -93,6 +93,16 @@ pub async fn run(
     if plan.cfg.shard.is_some() {
         return Err(crate::usage(eyre!("--ha runs one writer of the whole chain: drop --shard")));
     }
+    // An unreachable node is bad input, said before anything (the lease) is written.
+    let mut probe = tidewater_chain::RpcConfig::new(plan.rpc_urls.clone());
+    probe.max_attempts = 3;
+    probe.timeout = probe.timeout.min(Duration::from_secs(10));
+    let urls = plan.rpc_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    tidewater_chain::RpcClient::new(probe)
+        .wrap_err("building the HTTP client")?
+        .chain_id()
+        .await
+        .map_err(|e| crate::usage(eyre!(e).wrap_err(format!("cannot reach RPC {urls}"))))?;
     let listener = if tail.no_serve {
         None
     } else {

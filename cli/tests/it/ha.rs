@@ -215,3 +215,21 @@ fn a_takeover_republishes_to_the_broker_without_loss_or_duplicate() {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+#[test]
+fn ha_with_an_unreachable_node_is_bad_input_and_writes_nothing() {
+    let t = TestCommand::new();
+    let out = t.run(&s(&[
+        "run",
+        "--ha",
+        "--rpc",
+        "http://127.0.0.1:1",
+        "--uniswap-v3-factory",
+        "0x0000000000000000000000000000000000000001",
+        "--data",
+        "d",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach RPC"));
+    assert!(!t.path("d").exists(), "the data directory (or a lease in it) was created");
+}
