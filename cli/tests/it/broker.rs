@@ -145,25 +145,31 @@ fn kill(mut c: Child) -> String {
 }
 
 fn ask(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let mut st = c.prepare(sql).unwrap();
+    try_ask(db, sql).unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()))
+}
+
+/// [`ask`], or the error (a database the consumer is still creating has no tables yet).
+fn try_ask(db: &Path, sql: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut st = c.prepare(sql)?;
     let n = st.column_count();
-    st.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                Ok(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Null => String::new(),
-                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    v => format!("{v:?}"),
+    let rows = st
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => String::new(),
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                        v => format!("{v:?}"),
+                    })
                 })
-            })
-            .collect()
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+                .collect()
+        })?
+        .collect::<Result<Vec<_>, _>>();
+    rows
 }
 
 /// The consumer's tables in the API's JSON shape (pools with their ticks, positions).
@@ -210,9 +216,9 @@ pub(crate) fn wait_settled(net: &Devnet, api: &str, dbs: &[&PathBuf]) {
         let cursor = dbs
             .iter()
             .map(|db| {
-                ask(db, "SELECT max(stream_seq) FROM cursor")
-                    .first()
-                    .and_then(|r| r[0].parse::<f64>().ok())
+                try_ask(db, "SELECT max(stream_seq) FROM cursor")
+                    .ok()
+                    .and_then(|rows| rows.first().and_then(|r| r[0].parse::<f64>().ok()))
                     .unwrap_or(0.0)
             })
             .fold(f64::MAX, f64::min);
