@@ -9,15 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-scripts/install.sh
-cargo build --release -q -p tidewater
-chain="$(scripts/devnet.sh build small)"
-port=$(free_port)
-scripts/devnet.sh start small "$port" &
-anvil=$!
-work=$(mktemp -d)
-trap 'kill $anvil 2>/dev/null || true; pkill -f "nats-server.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
-wait_rpc "http://127.0.0.1:$port"
+BENCH_ON_EXIT='pkill -f "nats-server.*$work" 2>/dev/null || true'
+bench_small_devnet
 python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work" \
   "${BENCH_BLOCKS:-150}" "${BENCH_SWAPS:-4}" "${BENCH_BURST:-400}" "$TIDEWATER_NATS_SERVER" <<'PY'
 import json, random, socket, sqlite3, statistics, subprocess, sys, threading, time, urllib.request

@@ -6,15 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-scripts/install.sh
-cargo build --release -q -p tidewater
-chain="$(scripts/devnet.sh build small)"
-port=$(free_port)
-scripts/devnet.sh start small "$port" &
-anvil=$!
-work=$(mktemp -d)
-trap 'kill $anvil 2>/dev/null || true; rm -rf "$work"' EXIT
-wait_rpc "http://127.0.0.1:$port"
+bench_small_devnet
 for mode in "poll:${BENCH_POLL_MS:-250}" "ws"; do
 python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work/$mode" "${BENCH_BLOCKS:-200}" "$mode" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request, statistics, resource

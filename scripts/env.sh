@@ -26,3 +26,18 @@ wait_rpc() {
   echo "no JSON-RPC node answered at $1" >&2; return 1
 }
 export TIDEWATER_NATS_SERVER="${TIDEWATER_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
+
+# Benchmarks on the small devnet: installs, builds the release binary and the chain, starts anvil
+# on it in the background; sets chain, port, anvil and work (a temp directory). On exit anvil is
+# killed, $BENCH_ON_EXIT (if set) is run, and work is removed.
+bench_small_devnet() {
+  scripts/install.sh
+  cargo build --release -q -p tidewater
+  chain="$(scripts/devnet.sh build small)"
+  port=$(free_port)
+  scripts/devnet.sh start small "$port" &
+  anvil=$!
+  work=$(mktemp -d)
+  trap 'kill $anvil 2>/dev/null || true; eval "${BENCH_ON_EXIT:-true}"; rm -rf "$work"' EXIT
+  wait_rpc "http://127.0.0.1:$port"
+}

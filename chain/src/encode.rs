@@ -315,6 +315,51 @@ fn decode_values(def: &EventDef, l: &Log) -> std::result::Result<Vec<DynSolValue
     Ok(out)
 }
 
+/// Binary columns as `0x…` hex strings (hashes and addresses read better that way); a batch
+/// of rows without columns keeps its row count.
+pub fn hex_binary_columns(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::Array as _;
+    let mut fields = Vec::new();
+    let mut cols: Vec<arrow::array::ArrayRef> = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        match c.as_any().downcast_ref::<arrow::array::BinaryArray>() {
+            Some(b) => {
+                let mut sb = arrow::array::StringBuilder::new();
+                for i in 0..b.len() {
+                    if b.is_null(i) {
+                        sb.append_null();
+                    } else {
+                        sb.append_value(format!("0x{}", hex_lower(b.value(i))));
+                    }
+                }
+                fields.push(arrow::datatypes::Field::new(
+                    f.name(),
+                    arrow::datatypes::DataType::Utf8,
+                    true,
+                ));
+                cols.push(Arc::new(sb.finish()));
+            }
+            None => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    // `SELECT FROM t` has rows and no column: keep the row count.
+    let opts =
+        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), cols, &opts)
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -561,39 +561,39 @@ impl Publisher {
         ok
     }
 
-    /// The hash of block `n` on the chain `view` follows, when it knows it.
-    fn canonical(&self, view: &View, n: u64) -> Option<B256> {
-        if let Some((b, _)) = view.hot_touched().into_iter().find(|(b, _)| b.header.number == n) {
-            return Some(b.header.hash);
-        }
-        let (c, h) = view.confirmed()?;
-        if n == c {
-            return Some(h);
-        }
-        if n > c {
-            return None;
-        }
-        let ds = tidewater_storage::Dataset::open(&self.root).ok()?;
-        tidewater_state::pool_state::cold_block_hash(&ds, n).ok().flatten()
-    }
-
     /// Brings what consumers were told in line with `view`: reverts of published blocks that
     /// are no longer canonical, then a resync when consumers missed updates (or `force`), or
     /// the confirmation they did not get.
     async fn reconcile(&mut self, view: &View, force: bool, cancel: &CancellationToken) -> bool {
-        let orphaned = self
-            .ck
-            .chain
-            .iter()
-            .position(|b| self.canonical(view, b.number).is_some_and(|h| h != b.hash));
+        let hot = view.hot_touched();
+        let confirmed = view.confirmed();
+        // The hash of block `n` on the chain `view` follows, when it knows it (the hot buffer,
+        // the confirmed block, or the cold tier below it: read once, only if needed).
+        let mut cold: Option<Option<tidewater_storage::Dataset>> = None;
+        let mut canonical = |n: u64| -> Option<B256> {
+            if let Some((b, _)) = hot.iter().find(|(b, _)| b.header.number == n) {
+                return Some(b.header.hash);
+            }
+            let (c, h) = confirmed?;
+            match n.cmp(&c) {
+                std::cmp::Ordering::Equal => Some(h),
+                std::cmp::Ordering::Greater => None,
+                std::cmp::Ordering::Less => {
+                    let ds = cold
+                        .get_or_insert_with(|| tidewater_storage::Dataset::open(&self.root).ok())
+                        .as_ref()?;
+                    tidewater_state::pool_state::cold_block_hash(ds, n).ok().flatten()
+                }
+            }
+        };
+        let orphaned =
+            self.ck.chain.iter().position(|b| canonical(b.number).is_some_and(|h| h != b.hash));
         if let Some(i) = orphaned {
             if !self.revert_published(i, view, cancel).await {
                 return false;
             }
         }
         let published: BTreeSet<B256> = self.ck.chain.iter().map(|b| b.hash).collect();
-        let hot = view.hot_touched();
-        let confirmed = view.confirmed();
         let missed_cold = match (self.ck.tip(), confirmed) {
             (_, None) => false,
             (None, Some(_)) => true,

@@ -2,11 +2,10 @@
 //! block markers (the SSE shape, documented in `docs/design/broker.md`).
 
 use alloy_primitives::{hex, Address, B256};
-use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, StringArray};
+use arrow::array::{Array, BinaryArray, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use tidewater_primitives::HotBlock;
 use tidewater_state::live::StreamEvent;
 use tidewater_state::pool_state::{ticks_json, UniswapState};
@@ -282,28 +281,7 @@ fn rows_of(batch: &RecordBatch, pool: &Address) -> Option<Vec<Value>> {
     }
     let batch = arrow::compute::filter_record_batch(batch, &keep).ok()?;
     // Binary columns as 0x-hex text, so consumers read hashes and addresses as they print.
-    let mut fields = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        match c.as_any().downcast_ref::<BinaryArray>() {
-            Some(b) => {
-                let s: StringArray =
-                    b.iter().map(|v| v.map(|v| format!("0x{}", hex::encode(v)))).collect();
-                fields.push(arrow::datatypes::Field::new(
-                    f.name(),
-                    arrow::datatypes::DataType::Utf8,
-                    true,
-                ));
-                columns.push(Arc::new(s));
-            }
-            None => {
-                fields.push(f.as_ref().clone());
-                columns.push(c.clone());
-            }
-        }
-    }
-    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
-    let batch = RecordBatch::try_new(schema, columns).ok()?;
+    let batch = tidewater_chain::encode::hex_binary_columns(&batch).ok()?;
     let mut w = arrow::json::ArrayWriter::new(Vec::new());
     w.write(&batch).ok()?;
     w.finish().ok()?;

@@ -27,10 +27,7 @@
 pub mod df_sql;
 pub mod read_only;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, StringBuilder};
-use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use std::sync::Arc;
 use tidewater_storage::Dataset;
 
 /// Result alias for this crate.
@@ -160,42 +157,7 @@ impl SqlSession {
 
 /// Binary columns as `0x…` hex strings (hashes and addresses read better that way).
 pub fn hex_binary_columns(batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        match c.as_any().downcast_ref::<BinaryArray>() {
-            Some(b) => {
-                let mut sb = StringBuilder::new();
-                for i in 0..b.len() {
-                    if b.is_null(i) {
-                        sb.append_null();
-                    } else {
-                        sb.append_value(format!("0x{}", hex_lower(b.value(i))));
-                    }
-                }
-                fields.push(Field::new(f.name(), DataType::Utf8, true));
-                cols.push(Arc::new(sb.finish()));
-            }
-            None => {
-                fields.push(f.as_ref().clone());
-                cols.push(c.clone());
-            }
-        }
-    }
-    // `SELECT FROM t` has rows and no column: keep the row count.
-    let opts =
-        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), cols, &opts)
-        .map_err(Error::Format)
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    tidewater_chain::encode::hex_binary_columns(batch).map_err(Error::Format)
 }
 
 /// Formats query results.

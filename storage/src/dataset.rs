@@ -504,16 +504,7 @@ impl DatasetWriter {
 }
 
 fn take_locks(root: &Path, shard: Option<Shard>) -> Result<Vec<File>> {
-    let open = |name: String| -> Result<(File, PathBuf)> {
-        let p = root.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(Error::io("opening", &p))?;
-        Ok((f, p))
-    };
+    let open = |name: String| crate::files::open_lock_file(root, &name);
     let locked = |lock: PathBuf| Error::Locked { path: root.to_path_buf(), lock };
     let (main, main_path) = open(LOCK_FILE.to_string())?;
     match shard {

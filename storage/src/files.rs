@@ -3,42 +3,39 @@
 use crate::error::{Error, Result};
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` so that after a crash `path` holds either its old content or all of
 /// `bytes`, never a prefix: write a temp file beside it, fsync it, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("invariant: dataset files live in a directory");
-    fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-    let name = path.file_name().expect("invariant: file path has a name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-        f.write_all(bytes).map_err(Error::io("writing", &tmp))?;
-        f.sync_all().map_err(Error::io("fsync", &tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(Error::io("renaming into", path))?;
-    sync_dir(dir)
+    let staged = Staged::write(path, bytes)?;
+    staged.rename()?;
+    staged.sync()
 }
 
 /// A file written and fsynced beside its final path, not yet renamed into place.
 #[derive(Debug)]
 pub(crate) struct Staged {
-    tmp: std::path::PathBuf,
-    path: std::path::PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
 }
 
 impl Staged {
     /// Writes `bytes` to a temp file beside `path` and fsyncs it.
     pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let dir = path.parent().expect("invariant: dataset files live in a directory");
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::io("writing", path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file path",
+            )));
+        };
         fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-        let name = path.file_name().expect("invariant: file path has a name").to_string_lossy();
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
         let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
         f.write_all(bytes).map_err(Error::io("writing", &tmp))?;
         f.sync_all().map_err(Error::io("fsync", &tmp))?;
-        Ok(Self { tmp, path: path.to_path_buf() })
+        Ok(Self { tmp, path: path.to_path_buf(), dir: dir.to_path_buf() })
     }
 
     /// Renames it into place (the commit point of a manifest entry).
@@ -48,8 +45,20 @@ impl Staged {
 
     /// fsyncs the directory, so the rename survives power loss.
     pub(crate) fn sync(&self) -> Result<()> {
-        sync_dir(self.path.parent().expect("invariant: dataset files live in a directory"))
+        sync_dir(&self.dir)
     }
+}
+
+/// Opens (creating) a lock file under `root`, for `flock`.
+pub(crate) fn open_lock_file(root: &Path, name: &str) -> Result<(File, PathBuf)> {
+    let p = root.join(name);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(Error::io("opening", &p))?;
+    Ok((f, p))
 }
 
 impl Drop for Staged {

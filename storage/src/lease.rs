@@ -16,7 +16,7 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,20 +63,9 @@ pub struct Lease {
 struct Guard(File);
 
 impl Guard {
-    fn open(root: &Path) -> Result<(File, PathBuf)> {
-        let p = root.join(LEASE_LOCK);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(Error::io("opening", &p))?;
-        Ok((f, p))
-    }
-
     /// The holder's side: waits for the lock (held by others only for a check-and-write).
     fn take(root: &Path) -> Result<Self> {
-        let (f, p) = Self::open(root)?;
+        let (f, p) = crate::files::open_lock_file(root, LEASE_LOCK)?;
         f.lock().map_err(Error::io("locking", &p))?;
         Ok(Self(f))
     }
@@ -84,7 +73,7 @@ impl Guard {
     /// A standby's side: never waits (the lock may be held by a holder paused inside a
     /// commit; that holder's lease is not taken over until it resumes and lets go).
     fn try_take(root: &Path) -> Result<Option<Self>> {
-        let (f, p) = Self::open(root)?;
+        let (f, p) = crate::files::open_lock_file(root, LEASE_LOCK)?;
         match f.try_lock() {
             Ok(()) => Ok(Some(Self(f))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

@@ -138,10 +138,7 @@ fn start_consumer_with(
 
 /// kill -9; returns what the process logged.
 fn kill(mut c: Child) -> String {
-    let _ = c.kill();
-    c.wait_with_output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .unwrap_or_default()
+    kill9(&mut c)
 }
 
 fn ask(db: &Path, sql: &str) -> Vec<Vec<String>> {

@@ -55,17 +55,6 @@ fn stands_by(i: &Instance) -> bool {
     metric(&i.api, "tidewater_ha_leader") == Some(0.0) && role(i).as_deref() == Some("standby")
 }
 
-fn kill9(c: &mut Child) -> String {
-    use std::io::Read as _;
-    let _ = c.kill();
-    let _ = c.wait();
-    let mut err = String::new();
-    if let Some(e) = c.stderr.as_mut() {
-        let _ = e.read_to_string(&mut err);
-    }
-    err
-}
-
 /// Which of the two leads, once exactly one does (and the other serves as a standby).
 fn leader_of(a: &Instance, b: &Instance) -> bool {
     let mut first = None;
@@ -212,8 +201,7 @@ fn a_takeover_republishes_to_the_broker_without_loss_or_duplicate() {
     stop(a.child);
     stop(b.child);
     let mut c = consumer;
-    let _ = c.kill();
-    let _ = c.wait();
+    kill9(&mut c);
 }
 
 #[test]

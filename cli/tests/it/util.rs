@@ -435,3 +435,14 @@ pub fn metric(api: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// kill -9 of `c`, reaped; returns what it wrote to its (piped) stderr.
+pub fn kill9(c: &mut std::process::Child) -> String {
+    let _ = c.kill();
+    let _ = c.wait();
+    let mut err = String::new();
+    if let Some(e) = c.stderr.as_mut() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
