@@ -287,11 +287,13 @@ impl Sink {
         Ok(js)
     }
 
-    fn failed(&mut self, e: &str) {
+    /// Counts a failed attempt; `reconnect` drops the connection (an attempt that hung) so the
+    /// next one starts afresh. (A failed connect leaves none to drop.)
+    fn failed(&mut self, e: &str, reconnect: bool) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, "publishing failed; retrying");
         self.stats.connected.store(0, Ordering::Relaxed);
-        if e.starts_with("connecting") || e.starts_with("creating") {
+        if reconnect {
             self.js = None;
         }
     }
@@ -341,8 +343,8 @@ impl Sink {
                     self.stats.connected.store(1, Ordering::Relaxed);
                     return true;
                 }
-                Ok(Err(e)) => self.failed(&e),
-                Err(_) => self.failed("connecting: no acknowledgement in time"),
+                Ok(Err(e)) => self.failed(&e, false),
+                Err(_) => self.failed("no acknowledgement in time", true),
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::select! {

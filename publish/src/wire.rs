@@ -224,7 +224,6 @@ pub fn marker<'a>(
 /// Messages carrying the whole state of `pools` (scalar state, every initialized tick, every
 /// position) as it is in `state`: for a resync, and for reverting blocks published before a
 /// restart whose changes are no longer known. Consumers replace the pool's ticks and positions.
-#[allow(clippy::too_many_arguments)]
 pub fn full_messages<'a>(
     subjects: &Subjects,
     state: &UniswapState,
