@@ -25,6 +25,10 @@ wait_rpc() {
   done
   echo "no JSON-RPC node answered at $1" >&2; return 1
 }
+# Object storage for the bucket tests: Garage (built from crates.io into TIDEWATER_HOME: no
+# conditional writes), etcd (Debian: the coordinator), moto (PyPI: conditional writes).
+export TIDEWATER_GARAGE="${TIDEWATER_GARAGE:-$TIDEWATER_TOOLS/garage/bin/garage}"
+export TIDEWATER_ETCD="${TIDEWATER_ETCD:-$(command -v etcd || echo /usr/bin/etcd)}"
 export TIDEWATER_NATS_SERVER="${TIDEWATER_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
 
 # Benchmarks on the small devnet: installs, builds the release binary and the chain, starts anvil

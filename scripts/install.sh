@@ -29,6 +29,17 @@ if ! python3 -c "import cryo" 2>/dev/null; then
   echo "install: cryo from PyPI" >&2
   python3 -m pip install --quiet --disable-pip-version-check cryo==0.3.2 pyarrow >&2
 fi
+if ! python3 -c "import moto.server" 2>/dev/null; then
+  echo "install: moto[server] from PyPI (an S3 server with conditional writes)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' >&2
+fi
+# Garage: an S3 server without conditional writes, built once into TIDEWATER_HOME (~7 min).
+if [ ! -x "$TIDEWATER_GARAGE" ]; then
+  echo "install: garage 2.5.0 from crates.io into $TIDEWATER_TOOLS/garage (about 7 minutes)" >&2
+  CARGO_TARGET_DIR="$TIDEWATER_HOME/garage-target" cargo install --locked --quiet \
+    --root "$TIDEWATER_TOOLS/garage" garage@2.5.0 >&2
+  rm -rf "$TIDEWATER_HOME/garage-target"
+fi
 if ! python3 -c "import pyarrow" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pyarrow >&2
 fi
@@ -39,7 +50,7 @@ fi
 # nats-server (JetStream) is the broker `run --publish` feeds.
 for pair in socat:socat openssl:openssl promtool:prometheus prometheus:prometheus \
   prometheus-alertmanager:prometheus-alertmanager chromium:chromium chromedriver:chromium-driver \
-  nats-server:nats-server; do
+  nats-server:nats-server etcd:etcd-server; do
   tool="${pair%%:*}" pkg="${pair##*:}"
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "install: $pkg (Debian)" >&2

@@ -57,6 +57,10 @@ pub type CaughtUpFn = Arc<dyn Fn() -> bool + Send + Sync>;
 /// This instance's role with `run --ha` (`"leader"` or `"standby"`), shown by `/ready`.
 pub type RoleFn = Arc<dyn Fn() -> &'static str + Send + Sync>;
 
+/// Why this instance cannot do its work right now (the object store is unreachable), shown
+/// by `/ready` as its reason; `None` when nothing blocks it.
+pub type BlockedFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Service {
@@ -69,6 +73,7 @@ pub struct Service {
     tokens: Option<TokenFn>,
     token_cache: Arc<std::sync::Mutex<HashMap<Address, Option<TokenInfo>>>>,
     role: Option<RoleFn>,
+    blocked: Option<BlockedFn>,
 }
 
 /// An ERC-20's symbol and decimals, as its own `symbol()` and `decimals()` say.
@@ -132,12 +137,19 @@ impl Service {
             tokens: None,
             token_cache: Arc::default(),
             role: None,
+            blocked: None,
         }
     }
 
     /// Serves `/v1/tokens/{address}` through `f` (a node is needed: `run` and `tail` have one).
     pub fn with_tokens(mut self, f: TokenFn) -> Self {
         self.tokens = Some(f);
+        self
+    }
+
+    /// Makes `/ready` answer 503 with `f`'s reason while it gives one.
+    pub fn with_blocked(mut self, f: BlockedFn) -> Self {
+        self.blocked = Some(f);
         self
     }
 

@@ -47,6 +47,9 @@ pub(super) struct Readiness {
     /// when the leader's lease expires).
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
+    /// Why it is not ready, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// Whether the service is ready (what `/ready` says), and its parts: (ready, caught up,
@@ -74,7 +77,18 @@ fn readiness_of(
 pub(super) async fn ready(State(svc): State<Service>) -> Response {
     let (ok, caught_up, degraded, head, confirmed) = readiness(&svc);
     let role = svc.role.as_ref().map(|f| f());
-    let body = Readiness { ready: ok, caught_up, degraded, head, confirmed, role };
+    let blocked = svc.blocked.as_ref().and_then(|f| f());
+    let ok = ok && blocked.is_none();
+    let reason = blocked.or_else(|| {
+        (!ok).then(|| {
+            if degraded {
+                "the live state is degraded (see the logs)".to_string()
+            } else {
+                "catching up with the chain head".to_string()
+            }
+        })
+    });
+    let body = Readiness { ready: ok, caught_up, degraded, head, confirmed, role, reason };
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }

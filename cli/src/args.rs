@@ -22,6 +22,29 @@ pub(crate) struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `tidewater_chain=debug`.
     #[arg(long, global = true, env = "TIDEWATER_LOG", default_value = "info")]
     pub(crate) log: String,
+    /// With `--data s3://…` on a store without conditional writes (Garage, many self-hosted
+    /// stores): etcd holding the commit log and the writer lease, `etcd://host:2379`
+    #[arg(long, global = true, env = "TIDEWATER_COORDINATOR")]
+    pub(crate) coordinator: Option<String>,
+    /// With `--data s3://…`: the local replica of the dataset [default:
+    /// $TIDEWATER_HOME/cache/<url>]; instances on one host need one each
+    #[arg(long, global = true, env = "TIDEWATER_CACHE_DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+}
+
+impl Command {
+    /// The `--data` of the commands that only read it (`sql`, `state`, `status`, `verify`,
+    /// `serve`).
+    pub(crate) fn reader_data_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            Self::Sql(a) => Some(&mut a.data),
+            Self::State(a) => Some(&mut a.data),
+            Self::Status(a) => Some(&mut a.data.data),
+            Self::Verify(a) => Some(&mut a.data),
+            Self::Serve(a) => Some(&mut a.data),
+            Self::Backfill(_) | Self::Run(_) | Self::Tail(_) | Self::Consume(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

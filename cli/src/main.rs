@@ -6,6 +6,7 @@
 mod args;
 mod cmd;
 mod config;
+mod data;
 mod progress;
 
 use clap::Parser as _;
@@ -31,8 +32,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("invariant: tokio runtime starts");
+    data::init(cli.coordinator.clone(), cli.cache_dir.clone());
+    let mut command = cli.command;
     let result = rt.block_on(async move {
-        match cli.command {
+        // Readers of an object-store dataset work on its replica, brought up to the store.
+        if let Some(d) = command.reader_data_mut() {
+            *d = data::open(d).await?;
+        }
+        match command {
             args::Command::Backfill(a) => cmd::backfill::run(*a, None, writer).await,
             args::Command::Run(a) => cmd::run::run(*a, writer).await,
             args::Command::Tail(a) => cmd::tail::tail(*a, writer).await,

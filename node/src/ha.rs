@@ -226,6 +226,14 @@ async fn standby(
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "reading the writer lease; retrying"),
         }
+        // On object storage the replica follows the leader's commits in the store.
+        if let Some(remote) = tidewater_storage::attached(&plan.data) {
+            match tokio::task::spawn_blocking(move || remote.sync_cache()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "following the store; retrying"),
+                Err(e) => tracing::warn!(error = %e, "following the store; retrying"),
+            }
+        }
         // The API over the directory, once there is a dataset to serve.
         match (&live, listener) {
             (None, Some(l))
@@ -246,7 +254,7 @@ async fn standby(
                     metrics,
                     Arc::new(|| true),
                     None,
-                    Some(Arc::new(|| "standby")),
+                    crate::ServiceExt { role: Some(Arc::new(|| "standby")), blocked: None },
                     cancel.clone(),
                 ));
                 live = Some(Arc::new(std::sync::Mutex::new(state)));

@@ -20,7 +20,7 @@ pub mod serve;
 mod tokens;
 
 pub use pipeline::{BlockBound, Mode, Observer, Plan, TailOptions};
-pub use serve::{bind, load, serve_directory, start, ApiOptions};
+pub use serve::{bind, load, serve_directory, start, ApiOptions, ServiceExt};
 pub use tokens::token_lookup;
 
 use eyre::WrapErr as _;

@@ -363,7 +363,22 @@ pub async fn run_with(
                 metrics,
                 caught_up,
                 Some(rpc.clone()),
-                lease.is_some().then(|| -> tidewater_api::RoleFn { Arc::new(|| "leader") }),
+                crate::ServiceExt {
+                    role: lease
+                        .is_some()
+                        .then(|| -> tidewater_api::RoleFn { Arc::new(|| "leader") }),
+                    blocked: Some({
+                        let stats = f.stats();
+                        Arc::new(move || {
+                            stats
+                                .store_unavailable
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .as_ref()
+                                .map(|r| format!("cold storage unavailable, retrying: {r}"))
+                        })
+                    }),
+                },
                 cancel.clone(),
             );
             Some((live, server))

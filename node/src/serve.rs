@@ -79,6 +79,21 @@ pub async fn load(
     .wrap_err("loading the state")?
 }
 
+/// What an instance adds to its API's answers: its role (`run --ha`), what blocks it.
+#[derive(Default)]
+pub struct ServiceExt {
+    /// `leader` / `standby`.
+    pub role: Option<tidewater_api::RoleFn>,
+    /// Why it cannot write (the object store is down).
+    pub blocked: Option<tidewater_api::BlockedFn>,
+}
+
+impl std::fmt::Debug for ServiceExt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceExt").finish_non_exhaustive()
+    }
+}
+
 /// Starts the API on `listener` until `cancel`.
 #[allow(clippy::too_many_arguments)] // the server's parts, each optional or owned; a builder would hide none
 pub fn start(
@@ -88,7 +103,7 @@ pub fn start(
     metrics: Registry,
     caught_up: CaughtUpFn,
     rpc: Option<tidewater_chain::RpcClient>,
-    role: Option<tidewater_api::RoleFn>,
+    ext: ServiceExt,
     cancel: CancellationToken,
 ) -> tidewater_chain::SpawnedTask<std::io::Result<()>> {
     let limits = api.limits;
@@ -99,8 +114,11 @@ pub fn start(
     if let Some(rpc) = rpc {
         svc = svc.with_tokens(crate::token_lookup(rpc));
     }
-    if let Some(role) = role {
+    if let Some(role) = ext.role {
         svc = svc.with_role(role);
+    }
+    if let Some(b) = ext.blocked {
+        svc = svc.with_blocked(b);
     }
     tidewater_chain::SpawnedTask::spawn(tidewater_api::serve(svc, listener, cancel))
 }
@@ -125,7 +143,7 @@ pub async fn serve_directory(
         Registry::default(),
         Arc::new(|| true),
         None,
-        None,
+        ServiceExt::default(),
         cancel.clone(),
     );
     let mut signals = Signals::new()?;

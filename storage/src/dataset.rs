@@ -219,6 +219,8 @@ pub struct DatasetWriter {
     _locks: Vec<File>,
     /// With `run --ha`: the writer lease every mutation is fenced by (instead of the lock).
     lease: Option<std::sync::Arc<crate::lease::Lease>>,
+    /// On object storage: the bucket this directory replicates; commits go there first.
+    remote: Option<std::sync::Arc<crate::remote::Remote>>,
 }
 
 /// Whether `root` holds files a dataset being created does not (anything but locks, schema
@@ -267,6 +269,28 @@ impl DatasetWriter {
         shard: Option<Shard>,
         lease: Option<std::sync::Arc<crate::lease::Lease>>,
     ) -> Result<Self> {
+        let remote = crate::remote::attached(root);
+        if let Some(r) = &remote {
+            let id_bytes = serde_json::to_vec_pretty(identity)
+                .map_err(|source| Error::Json { path: root.join(IDENTITY_FILE), source })?;
+            let mut schema_files = Vec::new();
+            for (table, schema) in schemas {
+                let empty = RecordBatch::new_empty(schema.clone());
+                schema_files.push((
+                    format!("{SCHEMA_DIR}/{table}.parquet"),
+                    bytes::Bytes::from(encode_parquet(table, &empty)?),
+                ));
+            }
+            let found = r.ensure_identity(id_bytes.into(), schema_files)?;
+            let found: Identity = serde_json::from_slice(&found).map_err(|source| Error::Json {
+                path: PathBuf::from(format!("{}/{IDENTITY_FILE}", r.url())),
+                source,
+            })?;
+            if let Some(what) = found.mismatch(identity) {
+                return Err(Error::IdentityMismatch { path: PathBuf::from(r.url()), what });
+            }
+            r.sync_cache()?;
+        }
         let mut existing = read_identity(root)?;
         if existing.is_none() && has_foreign_files(root) {
             // A sibling shard may have written the identity between our read and the listing.
@@ -330,9 +354,16 @@ impl DatasetWriter {
             tracing::info!(entries = superseded.len(), "finishing an interrupted merge");
             manifest.remove_entries(root, &superseded)?;
         }
-        let mut w = Self { root: root.to_path_buf(), manifest, shard, _locks: locks, lease };
+        let mut w =
+            Self { root: root.to_path_buf(), manifest, shard, _locks: locks, lease, remote };
         if shard.is_none() {
             w.manifest.vacuum_due(root)?;
+            if let Some(r) = &w.remote {
+                let removed = r.vacuum(&identity.tables, crate::manifest::retention())?;
+                if removed > 0 {
+                    tracing::info!(removed, "removed uploads no commit names from the store");
+                }
+            }
         }
         w.checkpoint_if_due()?;
         Ok(w)
@@ -350,6 +381,9 @@ impl DatasetWriter {
 
     /// Re-reads the manifest (other shards may have committed).
     pub fn refresh(&mut self) -> Result<()> {
+        if let Some(r) = &self.remote {
+            r.sync_cache()?;
+        }
         self.manifest = Manifest::load(&self.root)?;
         Ok(())
     }
@@ -364,7 +398,39 @@ impl DatasetWriter {
             .open(&p)
             .map_err(Error::io("opening", &p))?;
         f.write_all(format!("{record}\n").as_bytes()).map_err(Error::io("writing", &p))?;
-        f.sync_all().map_err(Error::io("fsync", &p))
+        f.sync_all().map_err(Error::io("fsync", &p))?;
+        if let Some(r) = &self.remote {
+            let all = std::fs::read(&p).map_err(Error::io("reading", &p))?;
+            r.put_all(vec![(DEEP_REORGS_FILE.to_string(), all.into())])?;
+        }
+        Ok(())
+    }
+
+    /// Appends `actions` to the store's commit log (nothing for a local directory), fenced by
+    /// the lease when this writer holds one.
+    fn commit_remote(
+        &self,
+        actions: impl FnOnce() -> Vec<crate::remote::log::Action>,
+    ) -> Result<()> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        match &self.lease {
+            Some(l) => l.fenced(|| r.append(l.epoch(), actions())),
+            None => r.append(0, actions()),
+        }
+    }
+
+    /// Uploads files written into the replica (before the record naming them).
+    fn upload(&self, rels: &[String]) -> Result<()> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        let mut files = Vec::new();
+        for rel in rels {
+            let p = self.root.join(rel);
+            files.push((
+                rel.clone(),
+                bytes::Bytes::from(std::fs::read(&p).map_err(Error::io("reading", &p))?),
+            ));
+        }
+        r.put_all(files)
     }
 
     /// Rolls cold storage back so no chunk ends after `keep_through` (`None`: remove every
@@ -383,6 +449,16 @@ impl DatasetWriter {
     }
 
     fn rollback_unfenced(&mut self, keep_through: Option<u64>) -> Result<Vec<ChunkEntry>> {
+        let doomed: Vec<crate::remote::log::Action> = self
+            .manifest
+            .chunks()
+            .iter()
+            .filter(|c| keep_through.is_none_or(|k| c.end > k))
+            .map(|c| crate::remote::log::Action::Remove { start: c.start, end: c.end })
+            .collect();
+        if !doomed.is_empty() {
+            self.commit_remote(|| doomed)?;
+        }
         let removed = self.manifest.rollback(&self.root, keep_through)?;
         self.checkpoint_if_due()?;
         let end = self.manifest.last().map(|c| c.end);
@@ -417,6 +493,7 @@ impl DatasetWriter {
             }
         }
         let mut files = BTreeMap::new();
+        let mut written = Vec::new();
         for (table, batches) in tables {
             let schema = batches[0].schema();
             let batch = arrow::compute::concat_batches(&schema, &batches)
@@ -424,6 +501,7 @@ impl DatasetWriter {
             let rel = self.data_file(&table, start, end);
             let bytes = encode_parquet(&table, &batch)?;
             write_atomic(&self.root.join(&rel), &bytes)?;
+            written.push(rel.clone());
             files.insert(
                 table,
                 FileEntry {
@@ -441,6 +519,12 @@ impl DatasetWriter {
             last_block_hash: parts[parts.len() - 1].last_block_hash,
             tables: files,
         };
+        self.upload(&written)?;
+        let mut actions = vec![crate::remote::log::Action::Add(merged.clone())];
+        actions.extend(
+            parts.iter().map(|c| crate::remote::log::Action::Remove { start: c.start, end: c.end }),
+        );
+        self.commit_remote(|| actions)?;
         self.fenced(|w| {
             w.manifest.replace(&w.root, merged.clone())?;
             w.checkpoint_if_due()
@@ -451,10 +535,20 @@ impl DatasetWriter {
     /// Commits a chunk: every file durably in place, then the manifest entry (the commit
     /// point). Blocking I/O: call from `spawn_blocking`.
     pub fn commit(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
+        if let Some(o) = self.manifest.overlapping(chunk.start, chunk.end) {
+            return Err(Error::Overlap {
+                start: chunk.start,
+                end: chunk.end,
+                other_start: o.start,
+                other_end: o.end,
+            });
+        }
         let mut tables = BTreeMap::new();
+        let mut uploads = Vec::new();
         for (table, (bytes, rows)) in &chunk.files {
             let rel = self.data_file(table, chunk.start, chunk.end);
             write_atomic(&self.root.join(&rel), bytes)?;
+            uploads.push((rel.clone(), bytes::Bytes::copy_from_slice(bytes)));
             tables.insert(
                 table.clone(),
                 FileEntry {
@@ -472,9 +566,15 @@ impl DatasetWriter {
             last_block_hash: chunk.last_block_hash,
             tables,
         };
+        // On object storage: the files, then the log record (the commit point); the replica's
+        // entry follows.
+        if let Some(r) = &self.remote {
+            r.put_all(uploads)?;
+            self.commit_remote(|| vec![crate::remote::log::Action::Add(entry.clone())])?;
+        }
         // The commit point (the entry's rename), fenced: a writer that lost its lease never
         // lists its files. Only the rename runs under the lease's lock.
-        let lease = self.lease.clone();
+        let lease = self.lease.clone().filter(|_| self.remote.is_none());
         self.manifest.commit_with(&self.root, entry.clone(), |staged| match &lease {
             Some(l) => l.fenced(|| staged.rename()),
             None => staged.rename(),
@@ -485,10 +585,16 @@ impl DatasetWriter {
 
     /// The path of a data file, relative to the root. A lease holder's names carry its epoch,
     /// so a writer that lost the lease cannot overwrite a file of the new holder's.
+    /// On object storage every name also carries this process's tag: uploads of writers that
+    /// race (shards run twice, a paused leader) never replace each other's files.
     fn data_file(&self, table: &str, start: u64, end: u64) -> String {
-        match &self.lease {
-            Some(l) => format!("{table}/{start:012}-{end:012}-e{}.parquet", l.epoch()),
-            None => format!("{table}/{start:012}-{end:012}.parquet"),
+        match (&self.lease, &self.remote) {
+            (Some(l), Some(r)) => {
+                format!("{table}/{start:012}-{end:012}-e{}-{}.parquet", l.epoch(), r.writer_tag())
+            }
+            (None, Some(r)) => format!("{table}/{start:012}-{end:012}-{}.parquet", r.writer_tag()),
+            (Some(l), None) => format!("{table}/{start:012}-{end:012}-e{}.parquet", l.epoch()),
+            (None, None) => format!("{table}/{start:012}-{end:012}.parquet"),
         }
     }
 

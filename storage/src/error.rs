@@ -124,6 +124,35 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// The object store failed (after its client's own retries): the store is down, slow, or
+    /// refused the request.
+    #[error("{op} {url} ({path})")]
+    Store {
+        /// What was being done.
+        op: &'static str,
+        /// The dataset's URL (no credentials).
+        url: String,
+        /// The object involved.
+        path: String,
+        /// Cause.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// The coordinator (etcd) that holds the commit log and the lease failed or was misused.
+    #[error("coordinator: {what}")]
+    Coordinator {
+        /// What happened.
+        what: String,
+    },
+    /// The `--data` URL or its settings are not usable (bad scheme, missing bucket, a store
+    /// that ignores conditional writes without a coordinator).
+    #[error("{url}: {what}")]
+    BadLocation {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A new chunk overlaps a committed one.
     #[error("chunk [{start}, {end}] overlaps committed chunk [{other_start}, {other_end}]")]
     Overlap {
@@ -147,6 +176,21 @@ impl Error {
         move |source| Self::Io { op, path, source }
     }
 
+    pub(crate) fn store(
+        op: &'static str,
+        url: &str,
+        path: &object_store::path::Path,
+    ) -> impl FnOnce(object_store::Error) -> Self {
+        let (url, path) = (url.to_string(), path.to_string());
+        move |source| Self::Store { op, url, path, source: Box::new(source) }
+    }
+
+    /// Whether retrying later may succeed: the object store or the coordinator was
+    /// unreachable or failing (nothing was committed, or the commit is read back on retry).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store { .. } | Self::Coordinator { .. })
+    }
+
     /// Whether this is a bad-input error (wrong directory, held lock), not a runtime failure.
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -155,6 +199,7 @@ impl Error {
                 | Self::IdentityMismatch { .. }
                 | Self::NotADataset { .. }
                 | Self::NotCovered { .. }
+                | Self::BadLocation { .. }
         )
     }
 }

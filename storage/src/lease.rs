@@ -51,6 +51,9 @@ fn now_ms() -> u64 {
 /// A held lease.
 #[derive(Debug)]
 pub struct Lease {
+    /// On object storage: the store or coordinator holding the record, and the version this
+    /// holder last wrote (renewals are compare-and-swap on it).
+    remote: Option<(std::sync::Arc<crate::remote::Remote>, Mutex<crate::remote::cas::Version>)>,
     root: PathBuf,
     holder: String,
     ttl: Duration,
@@ -88,9 +91,22 @@ impl Drop for Guard {
     }
 }
 
+/// Key of the lease record in the store or coordinator of a dataset on object storage.
+const REMOTE_LEASE: &str = "_lease.json";
+
+fn read_remote(
+    remote: &crate::remote::Remote,
+) -> Result<Option<(LeaseRecord, crate::remote::cas::Version)>> {
+    let got = remote.run(remote.cas().get(REMOTE_LEASE))?;
+    Ok(got.and_then(|(b, v)| serde_json::from_slice(&b).ok().map(|r| (r, v))))
+}
+
 /// Reads the lease record of `root`, if any (a damaged record reads as none: it is rewritten
 /// by the next holder).
 pub fn read_record(root: &Path) -> Option<LeaseRecord> {
+    if let Some(remote) = crate::remote::attached(root) {
+        return read_remote(&remote).ok().flatten().map(|(r, _)| r);
+    }
     let bytes = std::fs::read(root.join(LEASE_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -105,6 +121,9 @@ impl Lease {
     /// Takes the lease of `root` for `holder` when nobody holds it (or it expired). `None`:
     /// another holder's lease is live.
     pub fn try_acquire(root: &Path, holder: &str, ttl: Duration) -> Result<Option<Self>> {
+        if let Some(remote) = crate::remote::attached(root) {
+            return Self::try_acquire_remote(remote, root, holder, ttl);
+        }
         std::fs::create_dir_all(root).map_err(Error::io("creating", root))?;
         let Some(_g) = Guard::try_take(root)? else { return Ok(None) };
         let now = now_ms();
@@ -123,12 +142,90 @@ impl Lease {
             },
         )?;
         Ok(Some(Self {
+            remote: None,
             root: root.to_path_buf(),
             holder: holder.to_string(),
             ttl,
             epoch,
             valid_until: Mutex::new(start + ttl),
         }))
+    }
+
+    /// On object storage: compare-and-swap of the record (the store's or etcd's), then a
+    /// takeover record in the commit log, which fences every earlier holder's commits.
+    fn try_acquire_remote(
+        remote: std::sync::Arc<crate::remote::Remote>,
+        root: &Path,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Self>> {
+        let now = now_ms();
+        let old = read_remote(&remote)?;
+        if old.as_ref().is_some_and(|(r, _)| r.live(now) && r.holder != holder) {
+            return Ok(None);
+        }
+        let epoch = old.as_ref().map_or(1, |(r, _)| r.epoch + 1);
+        let start = Instant::now();
+        let rec = LeaseRecord {
+            epoch,
+            holder: holder.to_string(),
+            expires_unix_ms: now + ttl.as_millis() as u64,
+        };
+        let bytes = bytes::Bytes::from(
+            serde_json::to_vec(&rec)
+                .map_err(|source| Error::Json { path: PathBuf::from(REMOTE_LEASE), source })?,
+        );
+        let cas = remote.cas();
+        let won = remote.run(async {
+            match &old {
+                Some((_, v)) => cas.update(REMOTE_LEASE, bytes.clone(), v).await,
+                None => cas.create(REMOTE_LEASE, bytes.clone()).await,
+            }
+        })?;
+        if !won {
+            return Ok(None);
+        }
+        let Some((_, version)) = read_remote(&remote)?.filter(|(r, _)| r == &rec) else {
+            return Ok(None);
+        };
+        remote.append(epoch, vec![crate::remote::log::Action::Takeover])?;
+        Ok(Some(Self {
+            remote: Some((remote, Mutex::new(version))),
+            root: root.to_path_buf(),
+            holder: holder.to_string(),
+            ttl,
+            epoch,
+            valid_until: Mutex::new(start + ttl),
+        }))
+    }
+
+    fn fenced_err(&self, now: Option<LeaseRecord>) -> Error {
+        Error::Fenced {
+            path: self.root.clone(),
+            epoch: self.epoch,
+            now: now.map(|r| (r.epoch, r.holder)),
+        }
+    }
+
+    fn write_remote(&self, expires_unix_ms: u64) -> Result<()> {
+        let Some((remote, version)) = &self.remote else { return Ok(()) };
+        let rec = LeaseRecord { epoch: self.epoch, holder: self.holder.clone(), expires_unix_ms };
+        let bytes = bytes::Bytes::from(
+            serde_json::to_vec(&rec)
+                .map_err(|source| Error::Json { path: PathBuf::from(REMOTE_LEASE), source })?,
+        );
+        let v = version.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let cas = remote.cas();
+        if !remote.run(cas.update(REMOTE_LEASE, bytes, &v))? {
+            return Err(self.fenced_err(read_remote(remote)?.map(|(r, _)| r)));
+        }
+        match read_remote(remote)? {
+            Some((r, v)) if r == rec => {
+                *version.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+                Ok(())
+            }
+            other => Err(self.fenced_err(other.map(|(r, _)| r))),
+        }
     }
 
     /// This holder's epoch.
@@ -158,6 +255,17 @@ impl Lease {
     /// Extends the lease by its ttl. [`Error::Fenced`] when it was lost (another holder took
     /// it, or this process did not renew in time).
     pub fn renew(&self) -> Result<()> {
+        if self.remote.is_some() {
+            let start = Instant::now();
+            if start >= *self.valid_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                return Err(self.fenced_err(None));
+            }
+            self.write_remote(now_ms() + self.ttl.as_millis() as u64)?;
+            *self.valid_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                start + self.ttl;
+            return Ok(());
+        }
         let _g = Guard::take(&self.root)?;
         self.check()?;
         let start = Instant::now();
@@ -178,7 +286,18 @@ impl Lease {
     /// lease is still the one in the record and unexpired, checked under the record's lock and
     /// held through `f`, so no takeover can fall between the check and the commit. Keep `f`
     /// short (the manifest's rename): a holder paused inside it holds off the takeover.
+    ///
+    /// On object storage the check is this process's own clock; the commit log refuses the
+    /// commit itself once a newer holder's takeover record is in it.
     pub fn fenced<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.remote.is_some() {
+            if Instant::now()
+                >= *self.valid_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                return Err(self.fenced_err(None));
+            }
+            return f();
+        }
         let _g = Guard::take(&self.root)?;
         self.check()?;
         f()
@@ -186,6 +305,9 @@ impl Lease {
 
     /// Gives the lease up (a clean stop): a standby takes it at once.
     pub fn release(&self) -> Result<()> {
+        if self.remote.is_some() {
+            return self.write_remote(0);
+        }
         let _g = Guard::take(&self.root)?;
         if self.check().is_ok() {
             write_record(

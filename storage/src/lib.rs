@@ -34,6 +34,7 @@ mod files;
 pub mod lease;
 mod manifest;
 mod parquet_io;
+pub mod remote;
 mod replay;
 mod snapshot;
 
@@ -51,6 +52,7 @@ pub use manifest::{
 pub use parquet_io::{
     encode_parquet, read_parquet, read_parquet_columns, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL,
 };
+pub use remote::{attach, attached, is_remote, Remote};
 pub use replay::{cold_blocks, column, fixed};
 pub use snapshot::{
     list_snapshots, remove_snapshots_after, write_snapshot, Snapshot, SNAPSHOT_DIR,

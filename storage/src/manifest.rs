@@ -23,7 +23,7 @@ pub const VACUUM_FILE: &str = "_vacuum.json";
 /// longer than any reader's time limit (SQL's is seconds). `TIDEWATER_RETENTION_SECS` sets it.
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
 
-fn retention() -> std::time::Duration {
+pub(crate) fn retention() -> std::time::Duration {
     std::env::var("TIDEWATER_RETENTION_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -184,6 +184,11 @@ pub struct TailStats {
     /// Later stages observed by other parts of the process (the live state, the publisher),
     /// encoded in the same `tidewater_stage_delay_seconds` family.
     pub later_stages: std::sync::OnceLock<Vec<(String, Arc<Histogram>)>>,
+    /// Why the cold tier cannot be written right now (the object store or its coordinator is
+    /// unreachable); `None` while commits go through. The tail retries with backoff.
+    pub store_unavailable: std::sync::Mutex<Option<String>>,
+    /// Commits that failed for a transient store error (and were retried).
+    pub store_errors: AtomicU64,
 }
 
 impl Default for TailStats {
@@ -206,6 +211,8 @@ impl Default for TailStats {
             finalized_stale: Default::default(),
             finalized_errors: AtomicU64::new(0),
             caught_up: Default::default(),
+            store_unavailable: Default::default(),
+            store_errors: AtomicU64::new(0),
             detect_delay: Histogram::new(DELAY_BUCKETS),
             persist_delay: Histogram::new(DELAY_BUCKETS),
             reorg_depth: Histogram::new(DEPTH_BUCKETS),
@@ -309,6 +316,23 @@ impl tidewater_chain::metrics::Collector for TailStats {
         )?;
         counter(
             e,
+            "tidewater_store_errors",
+            "Commits to cold storage that failed for a transient store error (retried).",
+            n(&self.store_errors),
+        )?;
+        let unavailable = self
+            .store_unavailable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        gauge(
+            e,
+            "tidewater_store_unavailable",
+            "1 while cold storage (the object store or its coordinator) cannot be written.",
+            f64::from(u8::from(unavailable)),
+        )?;
+        counter(
+            e,
             "tidewater_blocks_applied",
             "Blocks applied to the hot buffer.",
             n(&self.blocks_applied),
@@ -353,6 +377,11 @@ struct State {
 }
 
 impl Tail {
+    fn set_store_unavailable(&self, reason: Option<String>) {
+        *self.stats.store_unavailable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            reason;
+    }
+
     /// A tail over `sources` on chain `chain_id`.
     pub fn new(
         rpc: RpcClient,
@@ -442,7 +471,23 @@ impl Tail {
             let wait = match self.step(&mut st).await {
                 Ok(()) => {
                     failures = 0;
+                    self.set_store_unavailable(None);
                     self.cfg.poll_interval
+                }
+                // The object store (or its coordinator) is down: the blocks stay in the hot
+                // buffer, the commit is retried, nothing is lost.
+                Err(Error::Storage(e)) if e.is_transient() => {
+                    failures += 1;
+                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    let wait = tidewater_chain::backoff(
+                        failures,
+                        self.cfg.poll_interval,
+                        OUTAGE_BACKOFF_MAX,
+                    );
+                    let reason = eyre_chain(&e);
+                    tracing::warn!(error = %reason, failures, "cold storage unavailable; retrying");
+                    self.set_store_unavailable(Some(reason));
+                    wait.max(self.cfg.poll_interval)
                 }
                 // The node is down or failing: keep the state, wait, and catch up when it is back.
                 Err(Error::Chain(e)) if e.is_transient() => {
@@ -758,7 +803,9 @@ impl Tail {
 
     async fn compact_through(&self, st: &mut State, through: u64, cell_end: u64) -> Result<()> {
         let m = self.cfg.merge_blocks.max(1);
-        let blocks = st.hot.drain_through(through);
+        // Left in the hot buffer until the commit succeeded (a store outage retries them).
+        let blocks: Vec<Arc<HotBlock>> =
+            st.hot.iter().take_while(|b| b.header.number <= through).cloned().collect();
         let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else { return Ok(()) };
         let range = BlockRange::new(first.header.number, last.header.number);
         let headers: Vec<Header> = blocks.iter().map(|b| b.header.clone()).collect();
@@ -782,13 +829,22 @@ impl Tail {
             w.commit(commit)?;
             // This commit completed its cell: merge the cell's small commits into one chunk.
             if end == cell_end {
-                if let Some(merged) = w.merge(cell_end + 1 - m, cell_end)? {
-                    tracing::info!(start = merged.start, end = merged.end, "merged cold chunks");
+                match w.merge(cell_end + 1 - m, cell_end) {
+                    Ok(Some(merged)) => {
+                        tracing::info!(start = merged.start, end = merged.end, "merged cold chunks")
+                    }
+                    Ok(None) => {}
+                    // The commit stands; the cell keeps its small chunks.
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, "merging cold chunks failed; left unmerged")
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(())
         })
         .await??;
+        st.hot.drain_through(through);
         st.checkpoint = Some((last.header.number, last.header.hash));
         st.last_compaction = Instant::now();
         self.stats.checkpoint.store(last.header.number, Ordering::Relaxed);
@@ -801,6 +857,18 @@ impl Tail {
         tracing::debug!(%range, "compacted confirmed blocks");
         Ok(())
     }
+}
+
+/// An error with its causes, for a one-line reason.
+fn eyre_chain(e: &tidewater_storage::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 fn checkpoint_of(w: &DatasetWriter) -> Option<(u64, B256)> {

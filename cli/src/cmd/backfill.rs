@@ -36,6 +36,7 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
     let data = a.data.clone().or(file.data.clone()).unwrap_or_else(|| PathBuf::from("data"));
+    let data = crate::data::resolve(&data)?;
 
     let mut sources = Sources {
         uniswap_v3: file.sources.uniswap_v3.clone(),

@@ -18,6 +18,11 @@ use tidewater_storage::Dataset;
 
 /// Opens a data directory for reading: a directory that is not a dataset is bad input.
 pub(crate) fn open(data: &Path) -> Result<Dataset, Failure> {
-    Dataset::open(data)
-        .map_err(|e| if e.is_usage() { usage(e) } else { Failure::Runtime(eyre!(e)) })
+    Dataset::open(data).map_err(|e| match (&e, tidewater_storage::attached(data)) {
+        (tidewater_storage::Error::NotADataset { .. }, Some(r)) => {
+            usage(eyre!("{} is not a Tidewater dataset (no dataset.json)", r.url()))
+        }
+        _ if e.is_usage() => usage(e),
+        _ => Failure::Runtime(eyre!(e)),
+    })
 }

@@ -54,8 +54,12 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
             "expires_in_ms": r.expires_unix_ms.saturating_sub(now),
         })
     });
+    let store = tidewater_storage::attached(&a.data).map(|r| {
+        serde_json::json!({"url": r.url(), "replica": r.cache(), "commit_log": r.coordinator()})
+    });
     if a.json {
         let v = serde_json::json!({
+            "object_store": store,
             "writer_lease": lease,
             "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
             "gaps": gaps,
@@ -72,7 +76,18 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
         });
         println!("{}", serde_json::to_string_pretty(&v).wrap_err("serializing status")?);
     } else {
-        println!("data directory {}: chain {}", a.data.display(), ds.identity().chain_id);
+        match &store {
+            Some(st) => println!(
+                "dataset {} (replica {}; commit log on {}): chain {}",
+                st["url"].as_str().unwrap_or_default(),
+                a.data.display(),
+                st["commit_log"].as_str().unwrap_or_default(),
+                ds.identity().chain_id
+            ),
+            None => {
+                println!("data directory {}: chain {}", a.data.display(), ds.identity().chain_id)
+            }
+        }
         println!("chunks committed: {}", m.chunks().len());
         if let Some(c) = m.last() {
             println!("checkpoint: block {} ({})", c.end, c.last_block_hash);

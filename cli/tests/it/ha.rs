@@ -19,21 +19,23 @@ fn start(t: &TestCommand, net: &Devnet, port: u16) -> Instance {
     start_with(t, net, port, &[])
 }
 
+/// The flags of the `run --ha` instances these tests start (lease 1.5 s).
+pub(crate) const HA_FLAGS: [&str; 9] = [
+    "--ha",
+    "--ha-lease-ms",
+    "1500",
+    "--confirmations",
+    "4",
+    "--compact-blocks",
+    "2",
+    "--merge-blocks",
+    "10",
+];
+
 fn start_with(t: &TestCommand, net: &Devnet, port: u16, extra: &[&str]) -> Instance {
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "--ha",
-        "--ha-lease-ms",
-        "1500",
-        "--confirmations",
-        "4",
-        "--compact-blocks",
-        "2",
-        "--merge-blocks",
-        "10",
-        "--listen",
-        &listen,
-    ];
+    let mut args = HA_FLAGS.to_vec();
+    args.extend(["--listen", &listen]);
     args.extend(extra);
     let child = start_tail(t, net, &args);
     Instance { child, api: format!("http://127.0.0.1:{port}"), port }
@@ -79,14 +81,7 @@ fn a_standby_takes_over_from_a_killed_leader_with_no_gap_and_no_duplicate() {
     let mut takeovers = Vec::new();
     let mut logs = String::new();
     for _ in 0..4 {
-        for _ in 0..rng.gen_range(4..10) {
-            if rng.gen_bool(0.7) {
-                swap(&net, &mut rng);
-            } else {
-                reorg(&net, rng.gen_range(1..=3), &mut rng);
-            }
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..200)));
-        }
+        traffic(&net, &mut rng, 4..10, 200);
         // kill -9 the leader at whatever it was doing; the other takes over.
         let l = usize::from(!leader_of(&inst[0], &inst[1]));
         let killed = Instant::now();
@@ -175,14 +170,7 @@ fn a_takeover_republishes_to_the_broker_without_loss_or_duplicate() {
     let consumer = crate::broker::start_consumer(&t, &nats, &db, "16");
     warm_up(&net, &mut rng);
     for _ in 0..3 {
-        for _ in 0..rng.gen_range(3..8) {
-            if rng.gen_bool(0.7) {
-                swap(&net, &mut rng);
-            } else {
-                reorg(&net, rng.gen_range(1..=3), &mut rng);
-            }
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
-        }
+        traffic(&net, &mut rng, 3..8, 150);
         let l = usize::from(!leader_of(&inst[0], &inst[1]));
         kill9(&mut inst[l].child);
         // The chain moves on while the standby takes over: a reorg of what the dead one published.

@@ -8,6 +8,7 @@ mod alerts;
 mod backfill;
 mod bad_input;
 mod broker;
+mod bucket;
 mod ha;
 mod hostile;
 mod mainnet_shape;

@@ -91,6 +91,24 @@ pub(crate) fn warm_up(net: &Devnet, rng: &mut impl Rng) {
     }
 }
 
+/// A random number (in `rounds`) of swaps (70%) and shallow reorgs (30%), up to `pause_ms`
+/// apart.
+pub(crate) fn traffic(
+    net: &Devnet,
+    rng: &mut impl Rng,
+    rounds: std::ops::Range<usize>,
+    pause_ms: u64,
+) {
+    for _ in 0..rng.gen_range(rounds) {
+        if rng.gen_bool(0.7) {
+            swap(net, rng);
+        } else {
+            reorg(net, rng.gen_range(1..=3), rng);
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..pause_ms)));
+    }
+}
+
 pub(crate) fn mine(net: &Devnet, n: usize) {
     for _ in 0..n {
         rpc(&net.url, "evm_mine", json!([]));

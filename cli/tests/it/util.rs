@@ -289,15 +289,19 @@ impl TestCommand {
 
     /// Runs and asserts success.
     pub fn ok(&self, args: &[String]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "tidewater {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(args, self.run(args))
     }
+}
+
+/// The stdout of `tidewater args`, asserting it succeeded.
+pub fn succeeded(args: &[String], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "tidewater {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 pub fn s(args: &[&str]) -> Vec<String> {

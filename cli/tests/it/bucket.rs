@@ -1,0 +1,575 @@
+//! The dataset on object storage, on real servers: moto (honours `If-None-Match` / `If-Match`,
+//! so the commit log and the lease use the store's conditional puts) and Garage (ignores them,
+//! so etcd holds the log and the lease). Backfill shards as separate processes, `run --ha`
+//! instances with kill -9 and SIGSTOP, an outage of the store.
+
+use crate::tail::*;
+use crate::util::*;
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUCKET: &str = "tidewater";
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default))
+}
+
+fn wait_port(port: u16, what: &str) {
+    wait_for_within(what, Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// An S3-compatible server, started for the test.
+pub(crate) struct S3 {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    key: (String, String),
+    region: String,
+    /// Garage: its config (restarts reuse it and its data).
+    garage: Option<(PathBuf, tempfile::TempDir)>,
+}
+
+impl S3 {
+    /// moto's server (PyPI `moto[server]`): conditional puts honoured.
+    pub(crate) fn moto() -> Self {
+        let port = free_port();
+        let python = tool("TIDEWATER_PYTHON", "python3");
+        let child = Command::new(python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto server (scripts/install.sh installs moto[server])");
+        wait_port(port, "moto to listen");
+        let s3 = Self {
+            child: Some(child),
+            port,
+            key: ("test".into(), "test".into()),
+            region: "us-east-1".into(),
+            garage: None,
+        };
+        let (status, body) =
+            http("PUT", &format!("{}/{BUCKET}", s3.endpoint()), &[], b"").expect("create bucket");
+        assert!(status < 300, "creating the bucket: {status} {}", String::from_utf8_lossy(&body));
+        s3
+    }
+
+    /// Garage (crates.io `garage`, single node): conditional puts ignored.
+    pub(crate) fn garage() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, rpc, admin) = (free_port(), free_port(), free_port());
+        let cfg = dir.path().join("garage.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{port}"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+admin_token = "tidewater-test"
+"#,
+                d = dir.path().display(),
+                secret = "ab".repeat(32),
+            ),
+        )
+        .unwrap();
+        let mut s3 = Self {
+            child: None,
+            port,
+            key: (String::new(), String::new()),
+            region: "garage".into(),
+            garage: Some((cfg, dir)),
+        };
+        s3.up();
+        let node = s3.garage_cli(&["node", "id", "-q"]);
+        let node = node.trim().split('@').next().unwrap().to_string();
+        s3.garage_cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        s3.garage_cli(&["layout", "apply", "--version", "1"]);
+        s3.garage_cli(&["bucket", "create", BUCKET]);
+        let key = s3.garage_cli(&["key", "create", "tidewater-test"]);
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix(name)
+                        .map(|v| v.trim_start_matches(':').trim().to_string())
+                })
+                .unwrap_or_else(|| panic!("no {name} in {key}"))
+        };
+        s3.key = (field("Key ID"), field("Secret key"));
+        s3.garage_cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            BUCKET,
+            "--key",
+            "tidewater-test",
+        ]);
+        s3
+    }
+
+    fn garage_cli(&self, args: &[&str]) -> String {
+        let (cfg, _) = self.garage.as_ref().unwrap();
+        let bin = tool("TIDEWATER_GARAGE", "garage");
+        let mut last = String::new();
+        // The node may take a moment to accept its layout.
+        for _ in 0..40 {
+            let out = Command::new(&bin).arg("-c").arg(cfg).args(args).output().unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("garage {args:?}: {last}");
+    }
+
+    /// (Re)starts the server: Garage keeps its data across restarts.
+    pub(crate) fn up(&mut self) {
+        let (cfg, _) = self.garage.as_ref().expect("only Garage restarts");
+        let bin = tool("TIDEWATER_GARAGE", "garage");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(cfg)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("garage (scripts/install.sh builds it into TIDEWATER_HOME)");
+        self.child = Some(child);
+        wait_port(self.port, "garage to listen");
+    }
+
+    /// Stops the server (kill -9).
+    pub(crate) fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The store's settings, as a user gives them: the environment.
+    pub(crate) fn env(&self, c: &mut Command) {
+        c.env("AWS_ACCESS_KEY_ID", &self.key.0)
+            .env("AWS_SECRET_ACCESS_KEY", &self.key.1)
+            .env("AWS_REGION", &self.region)
+            .env("AWS_ENDPOINT", self.endpoint())
+            .env("AWS_ALLOW_HTTP", "true");
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// etcd (Debian `etcd-server`), for the log and lease on a store without conditional puts.
+pub(crate) struct Etcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub(crate) fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, peer) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(tool("TIDEWATER_ETCD", "etcd"))
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .env("ETCD_UNSUPPORTED_ARCH", "amd64")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian etcd-server)");
+        wait_port(port, "etcd to listen");
+        Self { child, port, _dir: dir }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A dataset URL and what commands on it need.
+pub(crate) struct Bucket<'a> {
+    pub(crate) s3: &'a S3,
+    pub(crate) url: String,
+    pub(crate) coordinator: Option<String>,
+}
+
+impl Bucket<'_> {
+    /// `tidewater <args>` on this dataset, with `cache` as its replica.
+    pub(crate) fn cmd(&self, t: &TestCommand, cache: &str, args: &[String]) -> Command {
+        let mut c = t.cmd();
+        self.s3.env(&mut c);
+        c.env("TIDEWATER_CACHE_DIR", t.path(cache));
+        match &self.coordinator {
+            Some(co) => c.env("TIDEWATER_COORDINATOR", co),
+            None => c.env_remove("TIDEWATER_COORDINATOR"),
+        };
+        c.args(args);
+        c
+    }
+
+    pub(crate) fn ok(&self, t: &TestCommand, cache: &str, args: &[String]) -> String {
+        succeeded(args, self.cmd(t, cache, args).output().unwrap())
+    }
+
+    /// The dataset as a fresh reader sees it: a new replica, synced and verified.
+    pub(crate) fn read(&self, t: &TestCommand) -> PathBuf {
+        let cache = format!("reader-{}", rand::random::<u32>());
+        let out = self.ok(t, &cache, &s(&["verify", "--data", &self.url]));
+        assert!(out.contains("ok"), "{out}");
+        t.path(&cache)
+    }
+
+    /// Its last committed block, as `status` on a fresh replica says.
+    pub(crate) fn checkpoint(&self, t: &TestCommand) -> Option<u64> {
+        let cache = format!("status-{}", rand::random::<u32>());
+        let out =
+            self.cmd(t, &cache, &s(&["status", "--data", &self.url, "--json"])).output().ok()?;
+        let _ = std::fs::remove_dir_all(t.path(&cache));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["checkpoint"]["block_number"].as_u64()
+    }
+}
+
+fn local_backfill(net: &Devnet, to: u64) -> TestCommand {
+    let local = TestCommand::new();
+    let mut args = s(&["backfill", "--data", "data", "--to", &to.to_string()]);
+    args.extend(net.uniswap_flags());
+    local.ok(&args);
+    local
+}
+
+/// Three shards as separate processes into one bucket, one killed -9 mid-run and rerun: the
+/// bucket equals a local backfill row for row (itself checked against cryo elsewhere), a
+/// second full run commits nothing, and `sql` and `status` read it.
+fn shards_equal_a_local_backfill(b: &Bucket<'_>, net: &Devnet) {
+    let t = TestCommand::new();
+    let to = net.head();
+    let local = local_backfill(net, to);
+    let shard = |i: u32| -> Vec<String> {
+        let mut a = s(&[
+            "backfill",
+            "--data",
+            &b.url,
+            "--to",
+            &to.to_string(),
+            "--shard",
+            &format!("{i}/3"),
+            "--chunk-size",
+            "16",
+        ]);
+        a.extend(net.uniswap_flags());
+        a
+    };
+    let mut kids: Vec<Child> = (0..3)
+        .map(|i| {
+            b.cmd(&t, &format!("shard-{i}"), &shard(i))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(300..1500)));
+    kill9(&mut kids[1]);
+    for k in kids.iter_mut() {
+        let _ = k.wait();
+    }
+    // The killed shard again, and every shard once more: nothing is committed twice.
+    b.ok(&t, "shard-1", &shard(1));
+    let first = b.read(&t);
+    let entries = tidewater_storage::Dataset::open(&first).unwrap().manifest().chunks().len();
+    for i in 0..3 {
+        b.ok(&t, &format!("shard-{i}"), &shard(i));
+    }
+    let replica = b.read(&t);
+    assert_same_dataset(&local.path("data"), &replica);
+    assert_ordered_unique(&table(&replica, "logs"));
+    assert_eq!(
+        tidewater_storage::Dataset::open(&replica).unwrap().manifest().chunks().len(),
+        entries,
+        "a rerun of finished shards committed again"
+    );
+    assert_eq!(b.checkpoint(&t), Some(to));
+    let q = ["sql", "--data", &b.url, "select count(*) as n, sum(block_number) as s from logs"];
+    let remote_sql = b.ok(&t, "sql-cache", &s(&q));
+    let local_sql = local.ok(&s(&[q[0], "--data", "data", q[3]]));
+    assert_eq!(remote_sql, local_sql);
+}
+
+#[test]
+fn backfill_shards_into_a_bucket_with_conditional_puts_equal_a_local_backfill() {
+    let net = Devnet::small();
+    let s3 = S3::moto();
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/chain"), coordinator: None };
+    shards_equal_a_local_backfill(&b, &net);
+}
+
+#[test]
+fn on_a_store_without_conditional_puts_etcd_holds_the_log_and_shards_still_commit_once() {
+    let net = Devnet::small();
+    let s3 = S3::garage();
+    let t = TestCommand::new();
+    // Garage takes a second create-only put: without a coordinator, refused before any write.
+    let no_coord = Bucket { s3: &s3, url: format!("s3://{BUCKET}/chain"), coordinator: None };
+    let mut args = s(&["backfill", "--data", &no_coord.url, "--to", "5"]);
+    args.extend(net.uniswap_flags());
+    let out = no_coord.cmd(&t, "c", &args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("ignores conditional writes") && err.contains("etcd"), "{err}");
+    let etcd = Etcd::start();
+    let b = Bucket { s3: &s3, url: no_coord.url, coordinator: Some(etcd.url()) };
+    assert!(b.checkpoint(&t).is_none(), "the refused run wrote a dataset");
+    shards_equal_a_local_backfill(&b, &net);
+}
+
+struct Instance {
+    child: Child,
+    api: String,
+    port: u16,
+    cache: String,
+}
+
+/// `run` on the bucket, its API on `port`, its replica in `cache`, with `extra` flags.
+fn start_run(
+    b: &Bucket<'_>,
+    t: &TestCommand,
+    net: &Devnet,
+    port: u16,
+    cache: &str,
+    extra: &[&str],
+) -> Instance {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = s(&[
+        "run",
+        "--data",
+        &b.url,
+        "--poll-interval-ms",
+        "20",
+        "--compact-interval-secs",
+        "0",
+        "--listen",
+        &listen,
+    ]);
+    args.extend(s(extra));
+    args.extend(net.uniswap_flags());
+    let child = b
+        .cmd(t, cache, &args)
+        .env("TIDEWATER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Instance { child, api: format!("http://127.0.0.1:{port}"), port, cache: cache.into() }
+}
+
+/// An instance of `run --ha` (lease 1.5 s).
+fn start(b: &Bucket<'_>, t: &TestCommand, net: &Devnet, port: u16, cache: &str) -> Instance {
+    start_run(b, t, net, port, cache, &crate::ha::HA_FLAGS)
+}
+
+fn ready(i: &Instance) -> Option<serde_json::Value> {
+    let (_, body) = http("GET", &format!("{}/ready", i.api), &[], b"").ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+fn leads(i: &Instance) -> bool {
+    ready(i).is_some_and(|r| r["role"] == "leader")
+}
+
+fn stands_by(i: &Instance) -> bool {
+    ready(i).is_some_and(|r| r["role"] == "standby")
+}
+
+fn leader_of(a: &Instance, b: &Instance) -> usize {
+    let mut which = None;
+    wait_for_within("one leader and one standby", Duration::from_secs(60), || {
+        which = match (leads(a), leads(b)) {
+            (true, false) if stands_by(b) => Some(0),
+            (false, true) if stands_by(a) => Some(1),
+            _ => None,
+        };
+        which.is_some()
+    });
+    which.unwrap()
+}
+
+fn wait_bucket_checkpoint(b: &Bucket<'_>, t: &TestCommand, block: u64) {
+    wait_for_within(&format!("the bucket to reach block {block}"), Duration::from_secs(90), || {
+        b.checkpoint(t).is_some_and(|c| c >= block)
+    });
+}
+
+fn assert_bucket_equals_fresh_backfill(b: &Bucket<'_>, t: &TestCommand, net: &Devnet) {
+    let to = b.checkpoint(t).unwrap();
+    let local = local_backfill(net, to);
+    let replica = b.read(t);
+    assert_same_dataset(&local.path("data"), &replica);
+    assert_ordered_unique(&table(&replica, "logs"));
+}
+
+#[test]
+fn run_ha_on_a_bucket_survives_kill_9_of_the_leader_with_no_gap_and_no_duplicate() {
+    let net = Devnet::small();
+    let s3 = S3::moto();
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/ha"), coordinator: None };
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut inst =
+        [start(&b, &t, &net, free_port(), "cache-a"), start(&b, &t, &net, free_port(), "cache-b")];
+    warm_up(&net, &mut rng);
+    let mut takeovers = Vec::new();
+    let mut logs = String::new();
+    for _ in 0..3 {
+        traffic(&net, &mut rng, 4..9, 200);
+        let l = leader_of(&inst[0], &inst[1]);
+        let killed = Instant::now();
+        logs.push_str(&kill9(&mut inst[l].child));
+        swap(&net, &mut rng);
+        wait_for_within("the standby to take over", Duration::from_secs(30), || {
+            leads(&inst[1 - l])
+        });
+        takeovers.push(killed.elapsed());
+        let (port, cache) = (inst[l].port, inst[l].cache.clone());
+        inst[l] = start(&b, &t, &net, port, &cache);
+    }
+    mine(&net, 8);
+    let head = net.head();
+    let survivor = leader_of(&inst[0], &inst[1]);
+    wait_bucket_checkpoint(&b, &t, head - 4);
+    let api = inst[survivor].api.clone();
+    wait_for("the survivor at the head", || {
+        metric(&api, "tidewater_state_head_block") == Some(head as f64)
+    });
+    crate::serve::check_against_contracts(&api, &net, head);
+    let [x, y] = inst;
+    logs.push_str(&stop(x.child).1);
+    logs.push_str(&stop(y.child).1);
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert_bucket_equals_fresh_backfill(&b, &t, &net);
+    eprintln!("takeover after kill -9 on a bucket (lease 1.5 s): {takeovers:?}");
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_commits_nothing_to_the_bucket() {
+    let net = Devnet::small();
+    let s3 = S3::moto();
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/fence"), coordinator: None };
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let inst =
+        [start(&b, &t, &net, free_port(), "cache-a"), start(&b, &t, &net, free_port(), "cache-b")];
+    warm_up(&net, &mut rng);
+    let l = leader_of(&inst[0], &inst[1]);
+    let (old, new) = (&inst[l], &inst[1 - l]);
+    let pid = old.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    };
+    signal("-STOP");
+    wait_for_within("the standby to take over", Duration::from_secs(30), || leads(new));
+    for _ in 0..6 {
+        swap(&net, &mut rng);
+    }
+    signal("-CONT");
+    wait_for_within("the old leader to stand by", Duration::from_secs(30), || stands_by(old));
+    assert!(leads(new));
+    mine(&net, 8);
+    wait_bucket_checkpoint(&b, &t, net.head() - 4);
+    let [x, y] = inst;
+    let (e0, e1) = (stop(x.child).1, stop(y.child).1);
+    let e_old = if l == 0 { e0 } else { e1 };
+    assert!(
+        e_old.contains("lost the writer lease; standing by"),
+        "the old leader did not notice it lost the lease:\n{e_old}"
+    );
+    assert_bucket_equals_fresh_backfill(&b, &t, &net);
+}
+
+#[test]
+fn an_outage_of_the_store_holds_commits_and_loses_nothing() {
+    let net = Devnet::small();
+    let mut s3 = S3::garage();
+    let etcd = Etcd::start();
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/outage"), coordinator: Some(etcd.url()) };
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let run = start_run(
+        &b,
+        &t,
+        &net,
+        free_port(),
+        "cache",
+        &["--confirmations", "2", "--compact-blocks", "1"],
+    );
+    let api = run.api.clone();
+    warm_up(&net, &mut rng);
+    wait_for("ready", || is_ready(&api));
+    let before = b.checkpoint(&t).unwrap();
+    let b_url = b.url.clone();
+    let coordinator = b.coordinator.clone();
+    drop(b);
+    s3.down();
+    for _ in 0..6 {
+        swap(&net, &mut rng);
+    }
+    wait_for_within("/ready to say the store is down", Duration::from_secs(60), || {
+        let (status, body) = http("GET", &format!("{api}/ready"), &[], b"").unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        status == 503
+            && r["reason"].as_str().is_some_and(|s| s.contains("cold storage unavailable"))
+    });
+    assert!(metric(&api, "tidewater_store_unavailable") == Some(1.0));
+    // Still serving the head from the hot buffer.
+    let head = net.head();
+    wait_for("the head in the live state", || {
+        metric(&api, "tidewater_state_head_block") == Some(head as f64)
+    });
+    s3.up();
+    let b = Bucket { s3: &s3, url: b_url, coordinator };
+    mine(&net, 4);
+    wait_for_within("ready again", Duration::from_secs(60), || is_ready(&api));
+    wait_bucket_checkpoint(&b, &t, net.head() - 2);
+    assert!(b.checkpoint(&t).unwrap() > before);
+    let (_, err) = stop(run.child);
+    assert!(err.contains("cold storage unavailable; retrying"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_bucket_equals_fresh_backfill(&b, &t, &net);
+}
