@@ -2,14 +2,16 @@
 # Takeover time of `run --ha` on the small devnet: two instances on one data directory, the
 # leader killed with SIGKILL BENCH_KILLS times (default 10) while swaps are mined; the time from
 # the kill to the standby's /ready saying `leader`. Default lease (3 s) unless BENCH_LEASE_MS.
+# BENCH_STORE=moto puts the dataset in a bucket of a moto server started here (each instance
+# with its own replica; the lease and commit log by conditional puts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bench_small_devnet
 python3 - "$CARGO_TARGET_DIR/release/tidewater" "http://127.0.0.1:$port" "$chain/deploy.json" "$work" \
-  "${BENCH_KILLS:-10}" "${BENCH_LEASE_MS:-3000}" <<'PY'
-import json, socket, statistics, subprocess, sys, time, urllib.request
-binary, url, deploy, work, kills, lease = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+  "${BENCH_KILLS:-10}" "${BENCH_LEASE_MS:-3000}" "${BENCH_STORE:-local}" <<'PY'
+import json, os, socket, statistics, subprocess, sys, time, urllib.request
+binary, url, deploy, work, kills, lease, store = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7]
 sys.path.insert(0, "scripts")
 import benchlib
 rpc = lambda method, params: benchlib.rpc(url, method, params)
@@ -17,11 +19,24 @@ rpc = lambda method, params: benchlib.rpc(url, method, params)
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
+data, env, moto = f"{work}/data", dict(os.environ), None
+if store == "moto":
+    mport = socket.socket(); mport.bind(("127.0.0.1", 0)); mp = mport.getsockname()[1]; mport.close()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(mp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{mp}/bench", method="PUT")); break
+        except OSError:
+            time.sleep(0.1)
+    data = "s3://bench/ha"
+    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1",
+               AWS_ENDPOINT=f"http://127.0.0.1:{mp}", AWS_ALLOW_HTTP="true")
+
 def start(port):
-    return subprocess.Popen([binary, "run", "--ha", "--ha-lease-ms", lease, "--rpc", url, "--data", f"{work}/data",
+    return subprocess.Popen([binary, "run", "--ha", "--ha-lease-ms", lease, "--rpc", url, "--data", data,
         "--confirmations", "4", "--compact-blocks", "2", "--poll-interval-ms", "50", "--listen", f"127.0.0.1:{port}",
         "--uniswap-v3-factory", deploy["factory"], "--uniswap-v3-position-manager", deploy["position_manager"]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**env, "TIDEWATER_CACHE_DIR": f"{work}/cache-{port}"})
 
 def role(port):
     try:
@@ -52,7 +67,8 @@ for _ in range(kills):
     procs[l] = start(ports[l])
     wait(lambda: role(ports[l]) == "standby")
 for p in procs: p.terminate(); p.wait()
+if moto: moto.terminate(); moto.wait()
 times.sort()
-print(f"run --ha, lease {lease} ms, {kills} kill -9 of the leader: takeover median {statistics.median(times):.2f} s, "
+print(f"run --ha on {data}, lease {lease} ms, {kills} kill -9 of the leader: takeover median {statistics.median(times):.2f} s, "
       f"worst {times[-1]:.2f} s, best {times[0]:.2f} s")
 PY

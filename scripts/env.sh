@@ -31,17 +31,18 @@ export TIDEWATER_GARAGE="${TIDEWATER_GARAGE:-$TIDEWATER_TOOLS/garage/bin/garage}
 export TIDEWATER_ETCD="${TIDEWATER_ETCD:-$(command -v etcd || echo /usr/bin/etcd)}"
 export TIDEWATER_NATS_SERVER="${TIDEWATER_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
 
-# Benchmarks on the small devnet: installs, builds the release binary and the chain, starts anvil
+# Benchmarks on a devnet preset (bench_small_devnet: small): installs, builds the release binary and the chain, starts anvil
 # on it in the background; sets chain, port, anvil and work (a temp directory). On exit anvil is
 # killed, $BENCH_ON_EXIT (if set) is run, and work is removed.
-bench_small_devnet() {
+bench_devnet() { # preset
   scripts/install.sh
   cargo build --release -q -p tidewater
-  chain="$(scripts/devnet.sh build small)"
+  chain="$(scripts/devnet.sh build "$1")"
   port=$(free_port)
-  scripts/devnet.sh start small "$port" &
+  scripts/devnet.sh start "$1" "$port" &
   anvil=$!
   work=$(mktemp -d)
   trap 'kill $anvil 2>/dev/null || true; eval "${BENCH_ON_EXIT:-true}"; rm -rf "$work"' EXIT
   wait_rpc "http://127.0.0.1:$port"
 }
+bench_small_devnet() { bench_devnet small; }

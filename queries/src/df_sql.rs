@@ -193,15 +193,33 @@ pub async fn run_sql(
     if let Some(named) = referenced_tables(&ctx, sql) {
         tables.retain(|t| named.contains(t));
     }
+    // A dataset on object storage is read from the store itself (the log's entries name the
+    // files); the local replica only gives the schema files.
+    let remote = tidewater_storage::attached(ds.root());
+    if let Some(r) = &remote {
+        let (store, _) = r.store();
+        let base = r.url().split('/').take(3).collect::<Vec<_>>().join("/");
+        let base = url::Url::parse(&base).map_err(|e| SqlError::Execution(e.to_string()))?;
+        ctx.register_object_store(&base, store);
+    }
     for table in tables {
         let schema = cold_schema(&ds, &table)?;
-        let files = ds.files(&table);
+        let files: Vec<String> = match &remote {
+            Some(r) => ds
+                .manifest()
+                .chunks()
+                .iter()
+                .filter_map(|c| c.tables.get(&table))
+                .map(|f| format!("{}/{}", r.url(), f.path))
+                .collect(),
+            None => ds.files(&table).iter().map(|f| f.to_string_lossy().into_owned()).collect(),
+        };
         let cold: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
             Arc::new(MemTable::try_new(schema.clone(), vec![vec![]]).map_err(classify)?)
         } else {
             let urls = files
                 .iter()
-                .map(|f| ListingTableUrl::parse(f.to_string_lossy()))
+                .map(ListingTableUrl::parse)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(classify)?;
             let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
