@@ -125,7 +125,7 @@ def lat(f, count=200):
 
 print("serve over each (p50 / p99 of 200 requests):")
 sql = json.dumps({"sql": "select address, count(*) as n from logs group by address order by n desc"}).encode()
-for k in ("local", "moto"):
+for k in ("local", "moto", "garage"):
     data, cache = kept[k]
     api_port = free_port()
     p = spawn([binary, "serve", "--data", data, "--listen", f"127.0.0.1:{api_port}"], env=env_of(k, f"{cache}-serve"))

@@ -34,14 +34,15 @@ pub(crate) struct Cli {
 
 impl Command {
     /// The `--data` of the commands that only read it (`sql`, `state`, `status`, `verify`,
-    /// `serve`).
-    pub(crate) fn reader_data_mut(&mut self) -> Option<&mut PathBuf> {
+    /// `serve`), and whether they read its files from a local replica (`sql` reads them from
+    /// the store).
+    pub(crate) fn reader_data_mut(&mut self) -> Option<(&mut PathBuf, bool)> {
         match self {
-            Self::Sql(a) => Some(&mut a.data),
-            Self::State(a) => Some(&mut a.data),
-            Self::Status(a) => Some(&mut a.data.data),
-            Self::Verify(a) => Some(&mut a.data),
-            Self::Serve(a) => Some(&mut a.data),
+            Self::Sql(a) => Some((&mut a.data, false)),
+            Self::State(a) => Some((&mut a.data, true)),
+            Self::Status(a) => Some((&mut a.data.data, true)),
+            Self::Verify(a) => Some((&mut a.data, true)),
+            Self::Serve(a) => Some((&mut a.data, true)),
             Self::Backfill(_) | Self::Run(_) | Self::Tail(_) | Self::Consume(_) => None,
         }
     }

@@ -48,8 +48,13 @@ pub(crate) fn resolve(data: &Path) -> Result<PathBuf, Failure> {
 /// Brings the replica of `data` up to the store, when it has one (readers: `sql`, `status`,
 /// `verify`, `serve`, `state`).
 pub(crate) async fn sync(data: &Path) -> Result<(), Failure> {
+    sync_with(data, true).await
+}
+
+/// [`sync`]; without `files`, the entries only (see `Remote::sync_cache_with`).
+async fn sync_with(data: &Path, files: bool) -> Result<(), Failure> {
     let Some(remote) = tidewater_storage::attached(data) else { return Ok(()) };
-    let changed = tokio::task::spawn_blocking(move || remote.sync_cache())
+    let changed = tokio::task::spawn_blocking(move || remote.sync_cache_with(files))
         .await
         .wrap_err("syncing the replica")?
         .map_err(|e| {
@@ -59,9 +64,9 @@ pub(crate) async fn sync(data: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// [`resolve`], then [`sync`]: what a reader of `data` opens.
-pub(crate) async fn open(data: &Path) -> Result<PathBuf, Failure> {
+/// [`resolve`], then [`sync`] (with the files or without): what a reader of `data` opens.
+pub(crate) async fn open(data: &Path, files: bool) -> Result<PathBuf, Failure> {
     let local = resolve(data)?;
-    sync(&local).await?;
+    sync_with(&local, files).await?;
     Ok(local)
 }

@@ -36,8 +36,8 @@ fn main() -> ExitCode {
     let mut command = cli.command;
     let result = rt.block_on(async move {
         // Readers of an object-store dataset work on its replica, brought up to the store.
-        if let Some(d) = command.reader_data_mut() {
-            *d = data::open(d).await?;
+        if let Some((d, files)) = command.reader_data_mut() {
+            *d = data::open(d, files).await?;
         }
         match command {
             args::Command::Backfill(a) => cmd::backfill::run(*a, None, writer).await,

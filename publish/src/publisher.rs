@@ -379,8 +379,59 @@ impl Sink {
 }
 
 /// Loads the publisher's checkpoint of `stream` under `root` (an error for a damaged file).
+/// On object storage the checkpoint's copy in the store (compare-and-swap) is the one a new
+/// leader on another host resumes from: it replaces the local one.
 pub fn load_checkpoint(root: &Path, stream: &str) -> std::io::Result<Checkpoint> {
-    Checkpoint::load(&Checkpoint::path(root, stream))
+    let path = Checkpoint::path(root, stream);
+    if let Some(remote) = tidewater_storage::attached(root) {
+        if let Some((bytes, _)) =
+            remote.record_get(&remote_key(stream)).map_err(std::io::Error::other)?
+        {
+            let c: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", remote_key(stream)),
+                )
+            })?;
+            c.store(&path)?;
+        }
+    }
+    Checkpoint::load(&path)
+}
+
+/// The key of a stream's checkpoint in the store (or coordinator) of a dataset on object storage.
+fn remote_key(stream: &str) -> String {
+    format!("_publish/{stream}.json")
+}
+
+/// Writes the checkpoint to the store after the local file: a compare-and-swap on the version
+/// this publisher last wrote (read at its first write), so an instance that lost the lease
+/// finds it changed and stops. [`tidewater_storage::Error::Fenced`] then.
+fn store_remote(
+    root: &Path,
+    stream: &str,
+    ck: &Checkpoint,
+    version: &std::sync::Mutex<Option<tidewater_storage::remote::Version>>,
+) -> tidewater_storage::Result<()> {
+    let Some(remote) = tidewater_storage::attached(root) else { return Ok(()) };
+    let key = remote_key(stream);
+    let bytes = serde_json::to_vec(ck)
+        .map_err(|source| tidewater_storage::Error::Json { path: key.clone().into(), source })?;
+    let mut v = version.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if v.is_none() {
+        *v = remote.record_get(&key)?.map(|(_, v)| v);
+    }
+    match remote.record_put(&key, bytes.into(), v.as_ref())? {
+        Some(new) => {
+            *v = Some(new);
+            Ok(())
+        }
+        None => Err(tidewater_storage::Error::Fenced {
+            path: key.into(),
+            epoch: 0,
+            now: Some((0, "another publisher wrote the checkpoint".into())),
+        }),
+    }
 }
 
 /// The publisher (see the module docs).
@@ -395,6 +446,9 @@ pub struct Publisher {
     stats: Arc<PublishStats>,
     /// With `run --ha`: the writer lease; the checkpoint is written only while it is held.
     lease: Option<Arc<tidewater_storage::lease::Lease>>,
+    /// On object storage: the version of the checkpoint's copy in the store this publisher
+    /// last wrote.
+    remote_version: Arc<std::sync::Mutex<Option<tidewater_storage::remote::Version>>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -418,7 +472,18 @@ impl Publisher {
         let path = Checkpoint::path(&root, &cfg.stream);
         let sink = Sink { cfg: cfg.clone(), js: None, stats: stats.clone() };
         let _ = stats.live.set(reader.clone());
-        Self { cfg, subjects, root, path, ck, sink, reader, stats, lease: None }
+        Self {
+            cfg,
+            subjects,
+            root,
+            path,
+            ck,
+            sink,
+            reader,
+            stats,
+            lease: None,
+            remote_version: Default::default(),
+        }
     }
 
     /// Publishes only while `lease` is held (`run --ha`): each update's checkpoint is written
@@ -510,13 +575,16 @@ impl Publisher {
         let mut backoff = BACKOFF_MIN;
         loop {
             let (ck, path, lease) = (self.ck.clone(), self.path.clone(), self.lease.clone());
+            let (root, stream, version) =
+                (self.root.clone(), self.cfg.stream.clone(), self.remote_version.clone());
             let stored = tokio::task::spawn_blocking(move || {
                 let store = || {
                     ck.store(&path).map_err(|source| tidewater_storage::Error::Io {
                         op: "writing",
                         path: path.clone(),
                         source,
-                    })
+                    })?;
+                    store_remote(&root, &stream, &ck, &version)
                 };
                 match lease {
                     Some(l) => l.fenced(store),

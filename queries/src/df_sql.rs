@@ -193,9 +193,16 @@ pub async fn run_sql(
     if let Some(named) = referenced_tables(&ctx, sql) {
         tables.retain(|t| named.contains(t));
     }
-    // A dataset on object storage is read from the store itself (the log's entries name the
-    // files); the local replica only gives the schema files.
-    let remote = tidewater_storage::attached(ds.root());
+    // A dataset on object storage whose replica lacks files (`tidewater sql` syncs entries
+    // only) is read from the store itself; a full replica (`run`, `serve`) is read locally:
+    // a query then costs no round trips to the store (tens of ms each).
+    let remote = tidewater_storage::attached(ds.root()).filter(|_| {
+        ds.manifest()
+            .chunks()
+            .iter()
+            .flat_map(|c| c.tables.values())
+            .any(|f| !ds.root().join(&f.path).exists())
+    });
     if let Some(r) = &remote {
         let (store, _) = r.store();
         let base = r.url().split('/').take(3).collect::<Vec<_>>().join("/");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// What a value was read at: an ETag (object store) or a modification revision (etcd).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Version(String);
+pub struct Version(pub(crate) String);
 
 /// Where compare-and-swap happens.
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@
 //! coordinator is refused (a second create-only put succeeding would let two writers commit).
 
 pub(crate) mod cas;
+pub use cas::Version;
 pub(crate) mod log;
 
 use crate::error::{Error, Result};
@@ -345,6 +346,32 @@ impl Remote {
             .map_err(Error::store("listing", &self.url, &dir))
     }
 
+    /// A small record kept where compare-and-swap is real (the publisher's checkpoint), with
+    /// its version.
+    pub fn record_get(&self, key: &str) -> Result<Option<(Bytes, Version)>> {
+        self.run(self.cas.get(key))
+    }
+
+    /// Writes the record `key` if it is still at `expected` (absent: `None`); the new version,
+    /// or `None` when another writer changed it since.
+    pub fn record_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Option<Version>> {
+        self.run(async {
+            let won = match expected {
+                Some(v) => self.cas.update(key, value.clone(), v).await?,
+                None => self.cas.create(key, value.clone()).await?,
+            };
+            if !won {
+                return Ok(None);
+            }
+            Ok(self.cas.get(key).await?.filter(|(b, _)| *b == value).map(|(_, v)| v))
+        })
+    }
+
     /// Reads the log up to its end (from the newest checkpoint the first time).
     async fn catch_up(&self, st: &mut LogState) -> Result<()> {
         if st.seq == 0 {
@@ -401,6 +428,12 @@ impl Remote {
     /// their entries (files first), drops entries the log removed. Returns how many entries
     /// changed. Safe beside readers of the replica (the same order a writer commits in).
     pub fn sync_cache(&self) -> Result<usize> {
+        self.sync_cache_with(true)
+    }
+
+    /// [`Remote::sync_cache`]; without `files`, only the entries (a reader that queries the
+    /// store itself: `tidewater sql`). A later sync with files fetches whatever is missing.
+    pub fn sync_cache_with(&self, files: bool) -> Result<usize> {
         std::fs::create_dir_all(&self.cache).map_err(Error::io("creating", &self.cache))?;
         for rel in [crate::IDENTITY_FILE.to_string(), crate::dataset::DEEP_REORGS_FILE.to_string()]
         {
@@ -433,9 +466,11 @@ impl Remote {
             local.chunks().iter().map(|c| ((c.start, c.end), c)).collect();
         let missing: Vec<&ChunkEntry> =
             entries.iter().filter(|e| have.get(&(e.start, e.end)) != Some(e)).collect();
-        // Files first, in parallel.
-        let files: Vec<String> = missing
+        // Files first, in parallel: of every entry (an earlier sync may have taken entries only).
+        let download = files;
+        let files: Vec<String> = entries
             .iter()
+            .filter(|_| download)
             .flat_map(|e| e.tables.values())
             .filter(|f| {
                 std::fs::metadata(self.cache.join(&f.path)).map(|m| m.len()).ok() != Some(f.bytes)
