@@ -18,14 +18,38 @@ impl Drop for StreamState {
     }
 }
 
+/// Event ids on the wire carry this process's random tag in their upper bits: an id another
+/// instance (or an earlier run of this one) issued is recognised as foreign and answered with
+/// `resync`, never read as a position in this instance's history. Below 2^53, so JavaScript
+/// holds them exactly.
+fn id_base() -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| u64::from(rand::random::<u16>().max(1)) << 32)
+}
+
+/// The wire id of a history id.
+fn wire_id(id: u64) -> u64 {
+    id_base() + id
+}
+
+/// The history id of a wire id; `None` for another instance's.
+fn history_id(wire: u64) -> Option<u64> {
+    wire.checked_sub(id_base()).filter(|id| *id < 1 << 32)
+}
+
 fn sse_event(ev: &StreamEvent, filter: Option<&HashSet<Address>>) -> Option<Event> {
     let data = ev.to_json(filter)?;
-    Some(Event::default().id(ev.id.to_string()).event(ev.status.as_str()).data(data.to_string()))
+    Some(
+        Event::default()
+            .id(wire_id(ev.id).to_string())
+            .event(ev.status.as_str())
+            .data(data.to_string()),
+    )
 }
 
 fn resync_event(oldest: u64) -> Event {
     Event::default().event("resync").data(
-        json!({"error": "events since Last-Event-ID are no longer kept; reload the state", "oldest_id": oldest})
+        json!({"error": "events since Last-Event-ID are not kept here (too old, or issued by another instance); reload the state", "oldest_id": wire_id(oldest)})
             .to_string(),
     )
 }
@@ -90,6 +114,8 @@ pub(super) async fn stream(
         ),
         None => None,
     };
+    // Another instance's id: past any history here, so the subscription answers `resync`.
+    let last_id = last_id.map(|w| history_id(w).unwrap_or(u64::MAX - 1));
     let (queue, rx, last, first) = {
         svc.live()?;
         let sub = svc.live.subscribe(last_id);
@@ -118,7 +144,7 @@ pub(super) async fn stream(
                         }).collect::<Vec<_>>(),
                         "positions": st.positions.values().filter(|p| p.pool.is_none_or(|a| keep(&a))).map(|p| p.to_json()).collect::<Vec<_>>(),
                     });
-                    Event::default().id(last.to_string()).event("snapshot").data(snapshot.to_string())
+                    Event::default().id(wire_id(last).to_string()).event("snapshot").data(snapshot.to_string())
                 });
                 (missed.into_iter().collect(), rx, last, first)
             }
@@ -176,4 +202,21 @@ pub(super) async fn stream(
         }
     });
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_ids_round_trip_and_another_instances_are_foreign() {
+        for id in [0, 1, 77, (1 << 32) - 1] {
+            assert_eq!(history_id(wire_id(id)), Some(id));
+        }
+        assert!(wire_id(1 << 31) < 1 << 53, "JavaScript holds the ids exactly");
+        // Another process's tag (a different upper half), or a bare counter of an old build.
+        let other = (((id_base() >> 32) ^ 0x1) << 32) | 5;
+        assert_eq!(history_id(other), None);
+        assert_eq!(history_id(5), None);
+    }
 }
