@@ -358,6 +358,13 @@ impl DatasetWriter {
             Self { root: root.to_path_buf(), manifest, shard, _locks: locks, lease, remote };
         if shard.is_none() {
             w.manifest.vacuum_due(root)?;
+            let swept = w.manifest.sweep_unlisted(root, &identity.tables)?;
+            if swept > 0 {
+                tracing::info!(
+                    swept,
+                    "removed data files no entry lists (a crashed or fenced writer's)"
+                );
+            }
             if let Some(r) = &w.remote {
                 let removed = r.vacuum(&identity.tables, crate::manifest::retention())?;
                 if removed > 0 {
@@ -792,6 +799,23 @@ mod tests {
         assert!(!dir.path().join("t/000000000007-000000000009.parquet").exists());
         w.rollback(None).unwrap();
         assert!(Manifest::load(dir.path()).unwrap().chunks().is_empty());
+    }
+
+    #[test]
+    fn files_no_entry_lists_are_swept_past_the_retention() {
+        // SAFETY: nextest runs each test in its own process.
+        std::env::set_var("TIDEWATER_RETENTION_SECS", "0");
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        w.commit(chunk(0, 3)).unwrap();
+        drop(w);
+        // What a leader fenced at its commit point leaves: its data file, no entry.
+        let stray = dir.path().join("t/000000000004-000000000006-e1.parquet");
+        std::fs::write(&stray, b"PAR1").unwrap();
+        let w = open(dir.path());
+        assert!(!stray.exists(), "an unlisted file survived the writer's open");
+        assert_eq!(w.manifest().rows("t"), 4);
+        assert!(Dataset::open(dir.path()).unwrap().verify().is_empty(), "a listed file went");
     }
 
     #[test]

@@ -342,6 +342,44 @@ impl Manifest {
         write_atomic(&list, &bytes)
     }
 
+    /// Removes Parquet files under the tables' folders that no entry lists and that were last
+    /// written before the retention: uploads of a writer killed before its commit point, or of
+    /// a leader fenced at it (`run --ha`). Younger ones may be a commit in progress, or still
+    /// read by a reader of an older manifest. Returns how many went.
+    pub(crate) fn sweep_unlisted(&self, root: &Path, tables: &[String]) -> Result<usize> {
+        // Listed files, and files a merge or rollback retired (the vacuum removes those once
+        // readers of the older manifest are done: their age is since their retirement).
+        let retired = read_vacuum_list(&root.join(MANIFEST_DIR).join(VACUUM_FILE));
+        let live: std::collections::HashSet<&str> = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.tables.values().map(|f| f.path.as_str()))
+            .chain(retired.iter().map(|r| r.path.as_str()))
+            .collect();
+        let cutoff = std::time::SystemTime::now().checked_sub(retention());
+        let mut removed = 0;
+        for t in tables {
+            let dir = root.join(t);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if !name.ends_with(".parquet") || live.contains(format!("{t}/{name}").as_str()) {
+                    continue;
+                }
+                let old = match (e.metadata().and_then(|m| m.modified()), cutoff) {
+                    (Ok(m), Some(c)) => m <= c,
+                    _ => false,
+                };
+                if old {
+                    std::fs::remove_file(e.path()).map_err(Error::io("removing", e.path()))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Vacuums the retired files whose retention has passed (the writer calls it at open).
     pub(crate) fn vacuum_due(&self, root: &Path) -> Result<()> {
         let list = root.join(MANIFEST_DIR).join(VACUUM_FILE);
