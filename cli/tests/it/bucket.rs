@@ -8,6 +8,8 @@ use crate::util::*;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BUCKET: &str = "tidewater";
@@ -417,6 +419,18 @@ fn start_run(
     Instance { child, api: format!("http://127.0.0.1:{port}"), port, cache: cache.into() }
 }
 
+/// One `run` (no `--ha`), 2 confirmations, committing every `compact` blocks.
+fn start_single(b: &Bucket<'_>, t: &TestCommand, net: &Devnet, compact: &str) -> Instance {
+    start_run(
+        b,
+        t,
+        net,
+        free_port(),
+        "cache",
+        &["--confirmations", "2", "--compact-blocks", compact],
+    )
+}
+
 /// An instance of `run --ha` (lease 1.5 s).
 fn start(b: &Bucket<'_>, t: &TestCommand, net: &Devnet, port: u16, cache: &str) -> Instance {
     start_run(b, t, net, port, cache, &crate::ha::HA_FLAGS)
@@ -548,14 +562,7 @@ fn an_outage_of_the_store_holds_commits_and_loses_nothing() {
     let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/outage"), coordinator: Some(etcd.url()) };
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(43);
-    let run = start_run(
-        &b,
-        &t,
-        &net,
-        free_port(),
-        "cache",
-        &["--confirmations", "2", "--compact-blocks", "1"],
-    );
+    let run = start_single(&b, &t, &net, "1");
     let api = run.api.clone();
     warm_up(&net, &mut rng);
     wait_for("ready", || is_ready(&api));
@@ -631,4 +638,159 @@ fn a_takeover_on_a_bucket_republishes_without_loss_or_duplicate() {
     stop(y.child);
     let mut c = consumer;
     kill9(&mut c);
+}
+
+/// What the fault proxy in front of the store does to a request, each a probability.
+#[derive(Clone, Copy)]
+struct StoreFaults {
+    /// `503 SlowDown`, as S3 throttles.
+    slow_down: f64,
+    /// A PUT whose connection is dropped halfway through its body.
+    drop_upload: f64,
+    /// No answer for longer than the client's timeout.
+    hang: f64,
+}
+
+/// A fault-injecting HTTP proxy in front of an S3 server: one request per upstream connection
+/// (`Connection: close`), faults drawn from a seeded generator. Returns its port and the count
+/// of faults it injected.
+fn store_proxy(upstream: u16, faults: StoreFaults, seed: u64) -> (u16, Arc<AtomicU64>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let injected = Arc::new(AtomicU64::new(0));
+    let count = injected.clone();
+    let rng = Arc::new(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (rng, count) = (rng.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut out = client.try_clone().unwrap();
+                let mut r = BufReader::new(client);
+                loop {
+                    let Ok((first, headers)) = read_head(&mut r) else { return };
+                    if first.is_empty() {
+                        return;
+                    }
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0);
+                    let roll: f64 = rng.lock().unwrap().gen();
+                    let is_put = first.starts_with("PUT");
+                    if is_put && roll < faults.drop_upload {
+                        let mut half = vec![0; len / 2];
+                        let _ = r.read_exact(&mut half);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        return; // the connection drops mid-upload
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if roll < faults.drop_upload + faults.slow_down {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                            xml.len()
+                        );
+                        continue;
+                    }
+                    if roll < faults.drop_upload + faults.slow_down + faults.hang {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_secs(12));
+                        return;
+                    }
+                    // Forward, one request per upstream connection.
+                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    let mut head = first.clone();
+                    for (k, v) in headers.iter().filter(|(k, _)| k != "connection") {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("connection: close\r\n\r\n");
+                    if up.write_all(head.as_bytes()).and_then(|_| up.write_all(&body)).is_err() {
+                        return;
+                    }
+                    let mut ur = BufReader::new(up);
+                    let Ok((status, rh)) = read_head(&mut ur) else { return };
+                    let rlen: Option<usize> = rh
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .and_then(|(_, v)| v.parse().ok());
+                    let mut rbody = Vec::new();
+                    let ok = match rlen {
+                        Some(n) => {
+                            rbody.resize(n, 0);
+                            ur.read_exact(&mut rbody).is_ok()
+                        }
+                        None if first.starts_with("HEAD") => true,
+                        None => ur.read_to_end(&mut rbody).is_ok(),
+                    };
+                    if !ok {
+                        return;
+                    }
+                    let mut resp = status.clone();
+                    for (k, v) in rh.iter().filter(|(k, _)| {
+                        k != "connection" && k != "transfer-encoding" && k != "content-length"
+                    }) {
+                        resp.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    match rlen {
+                        Some(n) => resp.push_str(&format!("content-length: {n}\r\n\r\n")),
+                        None if first.starts_with("HEAD") => resp.push_str("\r\n"),
+                        None => resp.push_str(&format!("content-length: {}\r\n\r\n", rbody.len())),
+                    }
+                    if out.write_all(resp.as_bytes()).and_then(|_| out.write_all(&rbody)).is_err() {
+                        return;
+                    }
+                    let _ = r.fill_buf();
+                }
+            });
+        }
+    });
+    (port, injected)
+}
+
+/// Backfill and `run` through a store that throttles (503 SlowDown), drops uploads halfway and
+/// hangs past the client's timeout: the client retries, the log's create-only records are read
+/// back when their answer was lost, and the bucket ends equal to a local backfill, once.
+#[test]
+fn a_misbehaving_store_loses_and_duplicates_nothing() {
+    let net = Devnet::small();
+    let mut s3 = S3::moto();
+    let faults = StoreFaults { slow_down: 0.12, drop_upload: 0.08, hang: 0.01 };
+    let (port, injected) = store_proxy(s3.port, faults, 45);
+    let upstream = s3.port;
+    s3.port = port;
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/faults"), coordinator: None };
+    let t = TestCommand::new();
+    let to = net.head() - 40;
+    let mut args =
+        s(&["backfill", "--data", &b.url, "--to", &to.to_string(), "--chunk-size", "16"]);
+    args.extend(net.uniswap_flags());
+    // A commit may still fail after the client's retries (exit 1): a rerun finishes it.
+    let mut runs = 0;
+    while !b.cmd(&t, "cache", &args).output().unwrap().status.success() {
+        runs += 1;
+        assert!(runs < 5, "backfill through the faulty store kept failing");
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(46);
+    let run = start_single(&b, &t, &net, "2");
+    warm_up(&net, &mut rng);
+    traffic(&net, &mut rng, 6..10, 100);
+    mine(&net, 4);
+    wait_bucket_checkpoint(&b, &t, net.head() - 2);
+    let (_, err) = stop(run.child);
+    assert!(!err.contains("panicked"), "{err}");
+    let url = b.url;
+    s3.port = upstream;
+    let clean = Bucket { s3: &s3, url, coordinator: None };
+    assert_bucket_equals_fresh_backfill(&clean, &t, &net);
+    assert!(injected.load(Ordering::Relaxed) >= 10, "too few faults to mean anything");
+    eprintln!("faults injected: {}, backfill reruns: {runs}", injected.load(Ordering::Relaxed));
 }
