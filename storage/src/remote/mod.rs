@@ -56,6 +56,9 @@ pub struct Remote {
     state: tokio::sync::Mutex<LogState>,
     /// This process's part of data file names (never two writers on one name).
     writer: String,
+    /// The log position the replica was last brought to with its files (0: never): a follower
+    /// polling an idle log skips reading the replica's entries.
+    synced: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Remote {
@@ -177,6 +180,7 @@ impl Remote {
             rt: Some(rt),
             state: tokio::sync::Mutex::new(LogState::default()),
             writer: format!("{:08x}", rand::random::<u32>()),
+            synced: std::sync::atomic::AtomicU64::new(0),
         };
         me.probe(coordinator.is_some())?;
         Ok(me)
@@ -456,11 +460,19 @@ impl Remote {
                 }
             }
         }
-        let (entries, removed) = self.run(async {
+        let (entries, removed, seq) = self.run(async {
             let mut st = self.state.lock().await;
             self.catch_up(&mut st).await?;
-            Ok::<_, Error>((st.entries.values().cloned().collect::<Vec<_>>(), st.removed.clone()))
+            Ok::<_, Error>((
+                st.entries.values().cloned().collect::<Vec<_>>(),
+                st.removed.clone(),
+                st.seq,
+            ))
         })?;
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        if files && seq > 0 && self.synced.load(ordering) == seq {
+            return Ok(0);
+        }
         let local = Manifest::load_entries(&self.cache)?;
         let have: std::collections::HashMap<(u64, u64), &ChunkEntry> =
             local.chunks().iter().map(|c| ((c.start, c.end), c)).collect();
@@ -518,6 +530,9 @@ impl Remote {
             // The replica's checkpoint may hold entries the log replaced.
             let cp = dir.join(crate::CHECKPOINT_FILE);
             let _ = std::fs::remove_file(cp);
+        }
+        if download {
+            self.synced.store(seq, ordering);
         }
         Ok(changed)
     }
