@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
-scripts/install.sh
+TIDEWATER_SKIP_GARAGE=1 scripts/install.sh
 cargo build --release -p tidewater
 bin="$CARGO_TARGET_DIR/release/tidewater"
 chain="$(scripts/devnet.sh build small)"

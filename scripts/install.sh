@@ -34,7 +34,8 @@ if ! python3 -c "import moto.server" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' >&2
 fi
 # Garage: an S3 server without conditional writes, built once into TIDEWATER_HOME (~7 min).
-if [ ! -x "$TIDEWATER_GARAGE" ]; then
+# Only the tests need it: the demo skips it (TIDEWATER_SKIP_GARAGE=1).
+if [ ! -x "$TIDEWATER_GARAGE" ] && [ "${TIDEWATER_SKIP_GARAGE:-0}" != 1 ]; then
   echo "install: garage 2.5.0 from crates.io into $TIDEWATER_TOOLS/garage (about 7 minutes)" >&2
   CARGO_TARGET_DIR="$TIDEWATER_HOME/garage-target" cargo install --locked --quiet \
     --root "$TIDEWATER_TOOLS/garage" garage@2.5.0 >&2
