@@ -196,13 +196,7 @@ pub async fn run_sql(
     // A dataset on object storage whose replica lacks files (`tidewater sql` syncs entries
     // only) is read from the store itself; a full replica (`run`, `serve`) is read locally:
     // a query then costs no round trips to the store (tens of ms each).
-    let remote = tidewater_storage::attached(ds.root()).filter(|_| {
-        ds.manifest()
-            .chunks()
-            .iter()
-            .flat_map(|c| c.tables.values())
-            .any(|f| !ds.root().join(&f.path).exists())
-    });
+    let remote = tidewater_storage::attached(ds.root()).filter(|r| !r.has_files());
     if let Some(r) = &remote {
         let (store, _) = r.store();
         let base = r.url().split('/').take(3).collect::<Vec<_>>().join("/");

@@ -426,18 +426,34 @@ impl DatasetWriter {
         }
     }
 
-    /// Uploads files written into the replica (before the record naming them).
-    fn upload(&self, rels: &[String]) -> Result<()> {
-        let Some(r) = &self.remote else { return Ok(()) };
-        let mut files = Vec::new();
-        for rel in rels {
-            let p = self.root.join(rel);
-            files.push((
-                rel.clone(),
-                bytes::Bytes::from(std::fs::read(&p).map_err(Error::io("reading", &p))?),
-            ));
+    /// Writes the data file of `table` for `[start, end]` durably in place; its manifest
+    /// record and its bytes (for the store, on object storage).
+    fn write_data_file(
+        &self,
+        table: &str,
+        start: u64,
+        end: u64,
+        bytes: Vec<u8>,
+        rows: u64,
+    ) -> Result<(FileEntry, bytes::Bytes)> {
+        let rel = self.data_file(table, start, end);
+        write_atomic(&self.root.join(&rel), &bytes)?;
+        let f = FileEntry {
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            bytes: bytes.len() as u64,
+            rows,
+            path: rel,
+        };
+        Ok((f, bytes.into()))
+    }
+
+    /// Uploads files written into the replica, before the record naming them (nothing for a
+    /// local directory).
+    fn upload(&self, files: Vec<(String, bytes::Bytes)>) -> Result<()> {
+        match &self.remote {
+            Some(r) => r.put_all(files),
+            None => Ok(()),
         }
-        r.put_all(files)
     }
 
     /// Rolls cold storage back so no chunk ends after `keep_through` (`None`: remove every
@@ -500,24 +516,16 @@ impl DatasetWriter {
             }
         }
         let mut files = BTreeMap::new();
-        let mut written = Vec::new();
+        let mut uploads = Vec::new();
         for (table, batches) in tables {
             let schema = batches[0].schema();
             let batch = arrow::compute::concat_batches(&schema, &batches)
                 .map_err(|e| Error::Parquet { path: PathBuf::from(&table), source: e.into() })?;
-            let rel = self.data_file(&table, start, end);
             let bytes = encode_parquet(&table, &batch)?;
-            write_atomic(&self.root.join(&rel), &bytes)?;
-            written.push(rel.clone());
-            files.insert(
-                table,
-                FileEntry {
-                    path: rel,
-                    rows: batch.num_rows() as u64,
-                    bytes: bytes.len() as u64,
-                    sha256: hex::encode(Sha256::digest(&bytes)),
-                },
-            );
+            let (f, b) =
+                self.write_data_file(&table, start, end, bytes, batch.num_rows() as u64)?;
+            uploads.push((f.path.clone(), b));
+            files.insert(table, f);
         }
         let merged = ChunkEntry {
             start,
@@ -526,7 +534,7 @@ impl DatasetWriter {
             last_block_hash: parts[parts.len() - 1].last_block_hash,
             tables: files,
         };
-        self.upload(&written)?;
+        self.upload(uploads)?;
         let mut actions = vec![crate::remote::log::Action::Add(merged.clone())];
         actions.extend(
             parts.iter().map(|c| crate::remote::log::Action::Remove { start: c.start, end: c.end }),
@@ -552,19 +560,10 @@ impl DatasetWriter {
         }
         let mut tables = BTreeMap::new();
         let mut uploads = Vec::new();
-        for (table, (bytes, rows)) in &chunk.files {
-            let rel = self.data_file(table, chunk.start, chunk.end);
-            write_atomic(&self.root.join(&rel), bytes)?;
-            uploads.push((rel.clone(), bytes::Bytes::copy_from_slice(bytes)));
-            tables.insert(
-                table.clone(),
-                FileEntry {
-                    path: rel,
-                    rows: *rows,
-                    bytes: bytes.len() as u64,
-                    sha256: hex::encode(Sha256::digest(bytes)),
-                },
-            );
+        for (table, (bytes, rows)) in chunk.files {
+            let (f, b) = self.write_data_file(&table, chunk.start, chunk.end, bytes, rows)?;
+            uploads.push((f.path.clone(), b));
+            tables.insert(table, f);
         }
         let entry = ChunkEntry {
             start: chunk.start,
@@ -575,10 +574,8 @@ impl DatasetWriter {
         };
         // On object storage: the files, then the log record (the commit point); the replica's
         // entry follows.
-        if let Some(r) = &self.remote {
-            r.put_all(uploads)?;
-            self.commit_remote(|| vec![crate::remote::log::Action::Add(entry.clone())])?;
-        }
+        self.upload(uploads)?;
+        self.commit_remote(|| vec![crate::remote::log::Action::Add(entry.clone())])?;
         // The commit point (the entry's rename), fenced: a writer that lost its lease never
         // lists its files. Only the rename runs under the lease's lock.
         let lease = self.lease.clone().filter(|_| self.remote.is_none());

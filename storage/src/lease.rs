@@ -97,7 +97,7 @@ const REMOTE_LEASE: &str = "_lease.json";
 fn read_remote(
     remote: &crate::remote::Remote,
 ) -> Result<Option<(LeaseRecord, crate::remote::cas::Version)>> {
-    let got = remote.run(remote.cas().get(REMOTE_LEASE))?;
+    let got = remote.record_get(REMOTE_LEASE)?;
     Ok(got.and_then(|(b, v)| serde_json::from_slice(&b).ok().map(|r| (r, v))))
 }
 
@@ -175,17 +175,8 @@ impl Lease {
             serde_json::to_vec(&rec)
                 .map_err(|source| Error::Json { path: PathBuf::from(REMOTE_LEASE), source })?,
         );
-        let cas = remote.cas();
-        let won = remote.run(async {
-            match &old {
-                Some((_, v)) => cas.update(REMOTE_LEASE, bytes.clone(), v).await,
-                None => cas.create(REMOTE_LEASE, bytes.clone()).await,
-            }
-        })?;
-        if !won {
-            return Ok(None);
-        }
-        let Some((_, version)) = read_remote(&remote)?.filter(|(r, _)| r == &rec) else {
+        let Some(version) = remote.record_put(REMOTE_LEASE, bytes, old.as_ref().map(|(_, v)| v))?
+        else {
             return Ok(None);
         };
         remote.append(epoch, vec![crate::remote::log::Action::Takeover])?;
@@ -214,17 +205,13 @@ impl Lease {
             serde_json::to_vec(&rec)
                 .map_err(|source| Error::Json { path: PathBuf::from(REMOTE_LEASE), source })?,
         );
-        let v = version.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let cas = remote.cas();
-        if !remote.run(cas.update(REMOTE_LEASE, bytes, &v))? {
-            return Err(self.fenced_err(read_remote(remote)?.map(|(r, _)| r)));
-        }
-        match read_remote(remote)? {
-            Some((r, v)) if r == rec => {
-                *version.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+        let mut v = version.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match remote.record_put(REMOTE_LEASE, bytes, Some(&v))? {
+            Some(new) => {
+                *v = new;
                 Ok(())
             }
-            other => Err(self.fenced_err(other.map(|(r, _)| r))),
+            None => Err(self.fenced_err(read_remote(remote)?.map(|(r, _)| r))),
         }
     }
 

@@ -21,8 +21,25 @@ pub struct Version(pub(crate) String);
 pub(crate) enum Cas {
     /// The object store's own conditional puts.
     Store { store: Arc<dyn ObjectStore>, prefix: OPath, url: String },
-    /// etcd (v3 JSON gateway), keys under `prefix`.
-    Etcd { client: reqwest::Client, endpoint: String, prefix: String },
+    /// etcd (v3 JSON gateway).
+    Etcd(Etcd),
+}
+
+/// An etcd endpoint and the prefix of this dataset's keys.
+#[derive(Debug, Clone)]
+pub(crate) struct Etcd {
+    client: reqwest::Client,
+    endpoint: String,
+    prefix: String,
+}
+
+/// The precondition of a conditional put.
+#[derive(Debug, Clone, Copy)]
+enum Expect<'a> {
+    /// The key does not exist.
+    Absent,
+    /// The key is at this version.
+    At(&'a Version),
 }
 
 fn b64(s: &[u8]) -> String {
@@ -47,68 +64,35 @@ fn prefix_end(p: &str) -> Vec<u8> {
     vec![0]
 }
 
-impl Cas {
-    /// etcd at `endpoint` (`http://host:2379`), keys under `prefix`.
-    pub(crate) fn etcd(endpoint: &str, prefix: String) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::Coordinator { what: format!("etcd client: {e}") })?;
-        Ok(Self::Etcd { client, endpoint: endpoint.trim_end_matches('/').to_string(), prefix })
-    }
-
-    /// Where it lives, for messages.
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Self::Store { url, .. } => format!("{url} (conditional puts)"),
-            Self::Etcd { endpoint, prefix, .. } => format!("etcd {endpoint} under {prefix}"),
-        }
-    }
-
-    fn store_path(prefix: &OPath, key: &str) -> OPath {
-        key.split('/').fold(prefix.clone(), |p, part| p.join(part))
-    }
-
-    async fn etcd_call(&self, method: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-        let Self::Etcd { client, endpoint, .. } = self else {
-            unreachable!("etcd call on a store")
-        };
-        let url = format!("{endpoint}/v3/kv/{method}");
-        let resp = client
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Error::Coordinator { what: format!("etcd {url}: {e}") })?;
+impl Etcd {
+    async fn call(&self, method: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let url = format!("{}/v3/kv/{method}", self.endpoint);
+        let failed = |e: reqwest::Error| Error::Coordinator { what: format!("etcd {url}: {e}") };
+        let resp = self.client.post(&url).json(&body).send().await.map_err(failed)?;
         let status = resp.status();
-        let v: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| Error::Coordinator { what: format!("etcd {url}: {e}") })?;
+        let v: serde_json::Value = resp.json().await.map_err(failed)?;
         if !status.is_success() {
             return Err(Error::Coordinator { what: format!("etcd {url}: {status} {v}") });
         }
         Ok(v)
     }
 
-    fn etcd_key(&self, key: &str) -> String {
-        let Self::Etcd { prefix, .. } = self else { unreachable!() };
-        format!("{prefix}/{key}")
+    fn key(&self, key: &str) -> String {
+        format!("{}/{key}", self.prefix)
     }
 
-    /// An etcd transaction: puts `value` at `key` if `compare` (its target and value) holds.
-    async fn etcd_put_if(
-        &self,
-        key: &str,
-        value: &[u8],
-        compare: serde_json::Value,
-    ) -> Result<bool> {
-        let k = b64(self.etcd_key(key).as_bytes());
+    /// A transaction: puts `value` at `key` if `expect` holds; the new revision, or `None`.
+    async fn put_if(&self, key: &str, value: &[u8], expect: Expect<'_>) -> Result<Option<Version>> {
+        let k = b64(self.key(key).as_bytes());
+        let compare = match expect {
+            Expect::Absent => serde_json::json!({"target": "CREATE", "create_revision": "0"}),
+            Expect::At(v) => serde_json::json!({"target": "MOD", "mod_revision": v.0}),
+        };
         let mut c = compare;
         c["key"] = k.clone().into();
         c["result"] = "EQUAL".into();
         let v = self
-            .etcd_call(
+            .call(
                 "txn",
                 serde_json::json!({
                     "compare": [c],
@@ -116,7 +100,41 @@ impl Cas {
                 }),
             )
             .await?;
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
+        if !v["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(None);
+        }
+        // The put's modification revision is the transaction's revision.
+        match v["header"]["revision"].as_str() {
+            Some(r) => Ok(Some(Version(r.to_string()))),
+            None => Err(Error::Coordinator { what: format!("etcd txn without a revision: {v}") }),
+        }
+    }
+}
+
+impl Cas {
+    /// etcd at `endpoint` (`http://host:2379`), keys under `prefix`.
+    pub(crate) fn etcd(endpoint: &str, prefix: String) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| Error::Coordinator { what: format!("etcd client: {e}") })?;
+        Ok(Self::Etcd(Etcd {
+            client,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            prefix,
+        }))
+    }
+
+    /// Where it lives, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Store { url, .. } => format!("{url} (conditional puts)"),
+            Self::Etcd(e) => format!("etcd {} under {}", e.endpoint, e.prefix),
+        }
+    }
+
+    fn store_path(prefix: &OPath, key: &str) -> OPath {
+        key.split('/').fold(prefix.clone(), |p, part| p.join(part))
     }
 
     /// The value at `key` and its version.
@@ -134,11 +152,9 @@ impl Cas {
                     Err(e) => Err(Error::store("reading", url, &path)(e)),
                 }
             }
-            Self::Etcd { .. } => {
-                let k = self.etcd_key(key);
-                let v = self
-                    .etcd_call("range", serde_json::json!({ "key": b64(k.as_bytes()) }))
-                    .await?;
+            Self::Etcd(etcd) => {
+                let k = etcd.key(key);
+                let v = etcd.call("range", serde_json::json!({ "key": b64(k.as_bytes()) })).await?;
                 let Some(kv) = v["kvs"].as_array().and_then(|a| a.first()) else { return Ok(None) };
                 let value = unb64(kv["value"].as_str().unwrap_or_default())?;
                 let rev = kv["mod_revision"].as_str().unwrap_or("0").to_string();
@@ -147,58 +163,50 @@ impl Cas {
         }
     }
 
-    /// Creates `key` unless it exists: `false` when it did (another writer was first).
-    pub(crate) async fn create(&self, key: &str, value: Bytes) -> Result<bool> {
-        match self {
-            Self::Store { store, prefix, url } => {
-                let path = Self::store_path(prefix, key);
-                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-                match store.put_opts(&path, value.into(), opts).await {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::AlreadyExists { .. })
-                    | Err(object_store::Error::Precondition { .. }) => Ok(false),
-                    Err(e) => Err(Error::store("creating", url, &path)(e)),
-                }
-            }
-            Self::Etcd { .. } => {
-                self.etcd_put_if(
-                    key,
-                    &value,
-                    serde_json::json!({"target": "CREATE", "create_revision": "0"}),
-                )
-                .await
-            }
+    /// Puts `value` at `key` if `expect` holds: the new version, or `None` when it did not
+    /// (another writer was first, or changed it since).
+    async fn put_if(&self, key: &str, value: Bytes, expect: Expect<'_>) -> Result<Option<Version>> {
+        let (store, prefix, url) = match self {
+            Self::Store { store, prefix, url } => (store, prefix, url),
+            Self::Etcd(etcd) => return etcd.put_if(key, &value, expect).await,
+        };
+        let path = Self::store_path(prefix, key);
+        let (mode, op) = match expect {
+            Expect::Absent => (PutMode::Create, "creating"),
+            Expect::At(v) => (
+                PutMode::Update(UpdateVersion { e_tag: Some(v.0.clone()), version: None }),
+                "replacing",
+            ),
+        };
+        let opts = PutOptions { mode, ..Default::default() };
+        match store.put_opts(&path, value.clone().into(), opts).await {
+            Ok(r) => match r.e_tag {
+                Some(e) => Ok(Some(Version(e))),
+                // A store that names no ETag: the one it reads back, if the value is ours.
+                None => Ok(self.get(key).await?.filter(|(b, _)| *b == value).map(|(_, v)| v)),
+            },
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store(op, url, &path)(e)),
         }
     }
 
-    /// Replaces `key` if it is still at `version`: `false` when it changed since.
-    pub(crate) async fn update(&self, key: &str, value: Bytes, version: &Version) -> Result<bool> {
-        match self {
-            Self::Store { store, prefix, url } => {
-                let path = Self::store_path(prefix, key);
-                let opts = PutOptions {
-                    mode: PutMode::Update(UpdateVersion {
-                        e_tag: Some(version.0.clone()),
-                        version: None,
-                    }),
-                    ..Default::default()
-                };
-                match store.put_opts(&path, value.into(), opts).await {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::Precondition { .. })
-                    | Err(object_store::Error::NotFound { .. }) => Ok(false),
-                    Err(e) => Err(Error::store("replacing", url, &path)(e)),
-                }
-            }
-            Self::Etcd { .. } => {
-                self.etcd_put_if(
-                    key,
-                    &value,
-                    serde_json::json!({"target": "MOD", "mod_revision": version.0}),
-                )
-                .await
-            }
-        }
+    /// Creates `key` unless it exists: its version, or `None` when it did (another writer was
+    /// first).
+    pub(crate) async fn create(&self, key: &str, value: Bytes) -> Result<Option<Version>> {
+        self.put_if(key, value, Expect::Absent).await
+    }
+
+    /// Replaces `key` if it is still at `version`: the new version, or `None` when it changed
+    /// since.
+    pub(crate) async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        version: &Version,
+    ) -> Result<Option<Version>> {
+        self.put_if(key, value, Expect::At(version)).await
     }
 
     /// Every `(key, value)` under `dir` whose key sorts after `dir/after` (all when `None`), in
@@ -242,26 +250,26 @@ impl Cas {
                     })
                     .collect())
             }
-            Self::Etcd { prefix, .. } => {
+            Self::Etcd(etcd) => {
                 let from = match after {
                     // The first key after `after`: `after` with a zero byte appended.
                     Some(a) => {
-                        let mut k = self.etcd_key(&format!("{dir}/{a}")).into_bytes();
+                        let mut k = etcd.key(&format!("{dir}/{a}")).into_bytes();
                         k.push(0);
                         k
                     }
-                    None => self.etcd_key(&format!("{dir}/")).into_bytes(),
+                    None => etcd.key(&format!("{dir}/")).into_bytes(),
                 };
-                let end = prefix_end(&self.etcd_key(&format!("{dir}/")));
-                let v = self
-                    .etcd_call(
+                let end = prefix_end(&etcd.key(&format!("{dir}/")));
+                let v = etcd
+                    .call(
                         "range",
                         serde_json::json!({
                             "key": b64(&from), "range_end": b64(&end), "sort_order": "ASCEND", "sort_target": "KEY",
                         }),
                     )
                     .await?;
-                let strip = format!("{prefix}/");
+                let strip = format!("{}/", etcd.prefix);
                 let mut out = Vec::new();
                 for kv in v["kvs"].as_array().into_iter().flatten() {
                     let k = String::from_utf8(unb64(kv["key"].as_str().unwrap_or_default())?)
@@ -294,5 +302,5 @@ pub(crate) async fn store_honours_conditional_puts(
     let third =
         cas.update(&key, Bytes::from_static(b"3"), &Version("\"not-the-etag\"".into())).await;
     let _ = store.delete(&Cas::store_path(prefix, &key)).await;
-    Ok(first && matches!(second, Ok(false)) && matches!(third, Ok(false)))
+    Ok(first.is_some() && matches!(second, Ok(None)) && matches!(third, Ok(None)))
 }

@@ -177,11 +177,11 @@ pub(crate) async fn append(
         })?);
         let k = format!("{LOG_DIR}/{}", key(r.seq));
         match cas.create(&k, bytes.clone()).await {
-            Ok(true) => {
+            Ok(Some(_)) => {
                 state.apply(&r)?;
                 return Ok(r);
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => {
                 // The outcome is unknown (a timeout after the store took it): read it back.
                 match cas.get(&k).await {

@@ -52,13 +52,18 @@ pub struct Remote {
     prefix: OPath,
     cas: Cas,
     cache: PathBuf,
+    /// The store's runtime (taken only by `drop`) and its handle.
     rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
     state: tokio::sync::Mutex<LogState>,
     /// This process's part of data file names (never two writers on one name).
     writer: String,
     /// The log position the replica was last brought to with its files (0: never): a follower
     /// polling an idle log skips reading the replica's entries.
     synced: std::sync::atomic::AtomicU64,
+    /// Whether this process brought the replica up with its files (readers then read it, not
+    /// the store).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Remote {
@@ -177,10 +182,12 @@ impl Remote {
             prefix,
             cas,
             cache: cache.to_path_buf(),
+            handle: rt.handle().clone(),
             rt: Some(rt),
             state: tokio::sync::Mutex::new(LogState::default()),
             writer: format!("{:08x}", rand::random::<u32>()),
             synced: std::sync::atomic::AtomicU64::new(0),
+            full: std::sync::atomic::AtomicBool::new(false),
         };
         me.probe(coordinator.is_some())?;
         Ok(me)
@@ -211,6 +218,12 @@ impl Remote {
         })
     }
 
+    /// Whether this process brought the replica up with its files: its readers read the
+    /// replica; otherwise (`tidewater sql`) the store.
+    pub fn has_files(&self) -> bool {
+        self.full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The dataset's URL (no credentials).
     pub fn url(&self) -> &str {
         &self.url
@@ -236,13 +249,9 @@ impl Remote {
         &self.writer
     }
 
-    pub(crate) fn cas(&self) -> &Cas {
-        &self.cas
-    }
-
     /// Runs `fut` on the store's runtime from blocking code (any thread).
     pub(crate) fn run<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
-        let h = self.rt.as_ref().expect("runtime lives as long as the remote").handle();
+        let h = &self.handle;
         if tokio::runtime::Handle::try_current().is_err() {
             return h.block_on(fut);
         }
@@ -327,7 +336,7 @@ impl Remote {
                 url: self.url.clone(),
             };
             let created = match cas.create(crate::IDENTITY_FILE, identity_json.clone()).await {
-                Ok(c) => c,
+                Ok(c) => c.is_some(),
                 Err(_) => {
                     self.put(crate::IDENTITY_FILE, identity_json.clone()).await?;
                     true
@@ -365,14 +374,10 @@ impl Remote {
         expected: Option<&Version>,
     ) -> Result<Option<Version>> {
         self.run(async {
-            let won = match expected {
-                Some(v) => self.cas.update(key, value.clone(), v).await?,
-                None => self.cas.create(key, value.clone()).await?,
-            };
-            if !won {
-                return Ok(None);
+            match expected {
+                Some(v) => self.cas.update(key, value, v).await,
+                None => self.cas.create(key, value).await,
             }
-            Ok(self.cas.get(key).await?.filter(|(b, _)| *b == value).map(|(_, v)| v))
         })
     }
 
@@ -480,15 +485,18 @@ impl Remote {
             entries.iter().filter(|e| have.get(&(e.start, e.end)) != Some(e)).collect();
         // Files first, in parallel: of every entry (an earlier sync may have taken entries only).
         let download = files;
-        let files: Vec<String> = entries
-            .iter()
-            .filter(|_| download)
-            .flat_map(|e| e.tables.values())
-            .filter(|f| {
-                std::fs::metadata(self.cache.join(&f.path)).map(|m| m.len()).ok() != Some(f.bytes)
-            })
-            .map(|f| f.path.clone())
-            .collect();
+        let absent = |f: &&crate::FileEntry| {
+            std::fs::metadata(self.cache.join(&f.path)).map(|m| m.len()).ok() != Some(f.bytes)
+        };
+        let files: Vec<String> = match download {
+            true => entries
+                .iter()
+                .flat_map(|e| e.tables.values())
+                .filter(absent)
+                .map(|f| f.path.clone())
+                .collect(),
+            false => Vec::new(),
+        };
         self.run(async {
             futures::stream::iter(files.into_iter().map(|rel| async move {
                 let b = self.get_opt(&rel).await?.ok_or_else(|| Error::Corrupt {
@@ -533,6 +541,7 @@ impl Remote {
         }
         if download {
             self.synced.store(seq, ordering);
+            self.full.store(true, ordering);
         }
         Ok(changed)
     }
