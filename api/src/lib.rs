@@ -74,6 +74,8 @@ pub struct Service {
     token_cache: Arc<std::sync::Mutex<HashMap<Address, Option<TokenInfo>>>>,
     role: Option<RoleFn>,
     blocked: Option<BlockedFn>,
+    /// Cancelled when the server stops: streams end with it.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// An ERC-20's symbol and decimals, as its own `symbol()` and `decimals()` say.
@@ -138,6 +140,7 @@ impl Service {
             token_cache: Arc::default(),
             role: None,
             blocked: None,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -214,6 +217,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    let service = Service { shutdown: cancel.clone(), ..service };
     axum::serve(listener, service.router())
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -173,7 +173,12 @@ pub(super) async fn stream(
         loop {
             let ev = match st.queue.pop_front() {
                 Some(ev) => ev,
-                None => match st.rx.recv().await {
+                None => match tokio::select! {
+                    r = st.rx.recv() => r,
+                    // The server stops (a signal, a standby taking over): end the stream so
+                    // the graceful shutdown does not wait for it; the client reconnects.
+                    _ = st.svc.shutdown.cancelled() => return None,
+                } {
                     Ok(ev) => ev,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the channel: catch up from the history.

@@ -41,6 +41,11 @@ impl<T: Send + 'static> SpawnedTask<T> {
         Self { handle: Some(tokio::task::spawn(f)) }
     }
 
+    /// Whether the task has ended (returned, panicked or was aborted).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+
     /// Waits for the task; its panic becomes [`Panicked`].
     pub async fn join(mut self) -> Result<T, Panicked> {
         let Some(handle) = self.handle.take() else {

@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidewater_chain::metrics::{Collector, DescriptorEncoder};
+use tidewater_state::live::{LiveReader, LiveState};
 use tidewater_storage::lease::Lease;
+use tidewater_tail::{CommittedFn, Tail, TailConfig, TailStats};
 use tokio_util::sync::CancellationToken;
 
 /// Default lease time to live.
@@ -98,11 +100,27 @@ pub async fn run(
     probe.max_attempts = 3;
     probe.timeout = probe.timeout.min(Duration::from_secs(10));
     let urls = plan.rpc_urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    tidewater_chain::RpcClient::new(probe)
-        .wrap_err("building the HTTP client")?
-        .chain_id()
-        .await
-        .map_err(|e| crate::usage(eyre!(e).wrap_err(format!("cannot reach RPC {urls}"))))?;
+    let probe = tidewater_chain::RpcClient::new(probe).wrap_err("building the HTTP client")?;
+    let reach = |e: tidewater_chain::Error| {
+        crate::usage(eyre!(e).wrap_err(format!("cannot reach RPC {urls}")))
+    };
+    let chain_id = probe.chain_id().await.map_err(reach)?;
+    let from = crate::pipeline::resolve_bound(&probe, plan.from).await.map_err(crate::usage)?;
+    let ws = match tail.ws.as_deref() {
+        Some(ws) => Some(
+            tidewater_chain::ProviderUrl::parse_with(ws, &["ws", "wss"]).map_err(crate::usage)?,
+        ),
+        None => None,
+    };
+    let follow = Follow {
+        rpc: tidewater_chain::RpcClient::new(crate::pipeline::rpc_config(&plan))
+            .wrap_err("building the HTTP client")?,
+        cfg: crate::pipeline::tail_config(&tail, &plan, from, ws),
+        chain_id,
+        stats: Arc::default(),
+    };
+    // Checked now: the follower would find it only once the leader has committed.
+    tidewater_chain::EventCatalog::new(&plan.sources).map_err(crate::usage)?;
     let listener = if tail.no_serve {
         None
     } else {
@@ -114,9 +132,16 @@ pub async fn run(
     tracing::info!(holder = %me, ttl_ms = ttl.as_millis() as u64, "high availability: standing by for the writer lease");
     loop {
         role.leader.store(0, Ordering::Relaxed);
-        let Some(lease) =
-            standby(&plan, &tail, listener.as_ref(), ttl, &me, &role, &mut signals).await?
-        else {
+        let standby = Standby {
+            plan: &plan,
+            tail: &tail,
+            listener: listener.as_ref(),
+            ttl,
+            me: &me,
+            role: &role,
+            follow: &follow,
+        };
+        let Some((lease, readers)) = standby.run(&mut signals).await? else {
             return Ok(());
         };
         let lease = Arc::new(lease);
@@ -139,6 +164,7 @@ pub async fn run(
             },
             stop: stop_writer.clone(),
             metrics: Box::new(role.clone()),
+            readers,
         };
         let pipeline = crate::pipeline::run_with(
             plan.clone(),
@@ -190,91 +216,252 @@ async fn renew(lease: Arc<Lease>, lost: CancellationToken, stop: CancellationTok
     }
 }
 
-/// Serves the directory (once it is a dataset) and waits for the lease. `None`: a signal.
-#[allow(clippy::too_many_arguments)]
-async fn standby(
-    plan: &Plan,
-    tail: &TailOptions,
-    listener: Option<&std::net::TcpListener>,
+/// What a standby follows the head with: its own client, tail settings and counters.
+struct Follow {
+    rpc: tidewater_chain::RpcClient,
+    cfg: TailConfig,
+    chain_id: u64,
+    stats: Arc<TailStats>,
+}
+
+/// A standby starts following the head once the leader's checkpoint is this close to the
+/// watermark (the leader is tailing, not backfilling: the hot buffer stays small).
+const FOLLOW_MAX_LAG: u64 = 2_048;
+
+/// The head follower of a standby: a tail that writes nothing, and the thread that folds its
+/// bus into the live state the API serves.
+struct Following {
+    task: tidewater_chain::SpawnedTask<tidewater_tail::Result<()>>,
+    cancel: CancellationToken,
+    consumer: std::thread::JoinHandle<()>,
+}
+
+impl Following {
+    /// Stops the tail, then its consumer (the bus closes with the tail).
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.join().await;
+        let c = self.consumer;
+        let _ = tokio::task::spawn_blocking(move || c.join()).await;
+    }
+}
+
+/// A standby: serves the API, follows the head with its own hot buffer and live state once
+/// the leader tails (before that, the leader's commits), and waits for the lease.
+struct Standby<'a> {
+    plan: &'a Plan,
+    tail: &'a TailOptions,
+    listener: Option<&'a std::net::TcpListener>,
     ttl: Duration,
-    me: &str,
-    role: &Arc<Role>,
-    signals: &mut Signals,
-) -> Result<Option<Lease>, Failure> {
-    let cancel = CancellationToken::new();
-    let mut server = None;
-    let mut live: Option<Arc<std::sync::Mutex<tidewater_state::LiveState>>> = None;
-    let mut tick = tokio::time::interval((ttl / 6).max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = signals.recv() => {
-                stop(server, &cancel).await;
-                return Ok(None);
+    me: &'a str,
+    role: &'a Arc<Role>,
+    follow: &'a Follow,
+}
+
+impl Standby<'_> {
+    /// Until this instance takes the lease (with the readers of the state it served), or
+    /// `None` on a signal.
+    async fn run(
+        &self,
+        signals: &mut Signals,
+    ) -> Result<Option<(Lease, Option<LiveReader>)>, Failure> {
+        let (plan, ttl) = (self.plan, self.ttl);
+        let cancel = CancellationToken::new();
+        let mut server = None;
+        let mut readers: Option<LiveReader> = None;
+        // The leader's commits, folded here until the head follower starts.
+        let mut cold: Option<Arc<std::sync::Mutex<LiveState>>> = None;
+        let mut following: Option<Following> = None;
+        let mut tick = tokio::time::interval((ttl / 6).max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let leave = |following: Option<Following>, server, cancel: CancellationToken| async move {
+            if let Some(f) = following {
+                f.stop().await;
             }
-        }
-        let (root, holder) = (plan.data.clone(), me.to_string());
-        let got = tokio::task::spawn_blocking(move || Lease::try_acquire(&root, &holder, ttl))
-            .await
-            .wrap_err("taking the writer lease")?;
-        match got {
-            Ok(Some(lease)) => {
-                stop(server, &cancel).await;
-                return Ok(Some(lease));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the writer lease; retrying"),
-        }
-        // On object storage the replica follows the leader's commits in the store.
-        if let Some(remote) = tidewater_storage::attached(&plan.data) {
-            match tokio::task::spawn_blocking(move || remote.sync_cache()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "following the store; retrying"),
-                Err(e) => tracing::warn!(error = %e, "following the store; retrying"),
-            }
-        }
-        // The API over the directory, once there is a dataset to serve.
-        match (&live, listener) {
-            (None, Some(l))
-                if tidewater_storage::read_identity(&plan.data).ok().flatten().is_some() =>
-            {
-                let state = crate::load(&plan.data, &tail.api, None).await?;
-                let reader = state.reader();
-                let mut metrics = tidewater_api::Registry::default();
-                metrics.register_collector(Box::new(role.clone()));
-                let l = tokio::net::TcpListener::from_std(
-                    l.try_clone().wrap_err("the API's listener")?,
-                )
-                .wrap_err("the API's listener")?;
-                server = Some(crate::start(
-                    reader,
-                    l,
-                    &tail.api,
-                    metrics,
-                    Arc::new(|| true),
-                    None,
-                    crate::ServiceExt { role: Some(Arc::new(|| "standby")), blocked: None },
-                    cancel.clone(),
-                ));
-                live = Some(Arc::new(std::sync::Mutex::new(state)));
-            }
-            (Some(state), _) => {
-                let s = state.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    s.lock()
-                        .map_err(|_| eyre!("the live state failed"))?
-                        .catch_up_with_cold()
-                        .map_err(|e| eyre!(e))
-                })
-                .await
-                .wrap_err("following the data directory")?;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "reading the leader's commits; retrying");
+            stop(server, &cancel).await;
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = signals.recv() => {
+                    leave(following, server, cancel).await;
+                    return Ok(None);
                 }
             }
-            _ => {}
+            let (root, holder) = (plan.data.clone(), self.me.to_string());
+            let got = tokio::task::spawn_blocking(move || Lease::try_acquire(&root, &holder, ttl))
+                .await
+                .wrap_err("taking the writer lease")?;
+            match got {
+                Ok(Some(lease)) => {
+                    leave(following, server, cancel).await;
+                    return Ok(Some((lease, readers)));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the writer lease; retrying"),
+            }
+            // A head follower that stopped (an error it could not retry): back to the commits.
+            if following.as_ref().is_some_and(|f| f.task.is_finished()) {
+                if let Some(f) = following.take() {
+                    f.stop().await;
+                }
+                tracing::warn!(
+                    "the standby's head follower stopped; following the leader's commits"
+                );
+                if let Some(r) = &readers {
+                    let state = crate::load(&plan.data, &self.api(), Some(r.clone())).await?;
+                    cold = Some(Arc::new(std::sync::Mutex::new(state)));
+                }
+            }
+            if following.is_some() {
+                continue;
+            }
+            // On object storage the replica follows the leader's commits in the store.
+            if let Some(remote) = tidewater_storage::attached(&plan.data) {
+                match tokio::task::spawn_blocking(move || remote.sync_cache()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "following the store; retrying"),
+                    Err(e) => tracing::warn!(error = %e, "following the store; retrying"),
+                }
+            }
+            // Without the API there is nothing to serve: wait for the lease.
+            if self.tail.no_serve
+                || tidewater_storage::read_identity(&plan.data).ok().flatten().is_none()
+            {
+                continue;
+            }
+            let state = match &cold {
+                Some(s) => s.clone(),
+                None => {
+                    let state = crate::load(&plan.data, &self.api(), readers.clone()).await?;
+                    let r = state.reader();
+                    if let (Some(l), None) = (self.listener, &server) {
+                        server = Some(self.serve(r.clone(), l, cancel.clone())?);
+                    }
+                    readers = Some(r);
+                    let s = Arc::new(std::sync::Mutex::new(state));
+                    cold = Some(s.clone());
+                    s
+                }
+            };
+            let s = state.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let mut s = s.lock().map_err(|_| eyre!("the live state failed"))?;
+                s.catch_up_with_cold().map_err(|e| eyre!(e))?;
+                Ok::<_, eyre::Report>(s.confirmed().map(|c| c.0))
+            })
+            .await
+            .wrap_err("following the data directory")?;
+            let checkpoint = match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the leader's commits; retrying");
+                    continue;
+                }
+            };
+            // The live state (and the API) follow the head too once the leader tails.
+            let Some(checkpoint) = checkpoint else { continue };
+            match self.near_head(checkpoint).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the head; retrying");
+                    continue;
+                }
+            }
+            cold = None;
+            let f = self.start_following(readers.clone(), &cancel).await?;
+            tracing::info!(checkpoint, "standby: following the head");
+            following = Some(f);
         }
+    }
+
+    /// The API settings of a standby: no snapshots into a directory the leader writes.
+    fn api(&self) -> crate::ApiOptions {
+        let mut api = self.tail.api.clone();
+        if tidewater_storage::attached(&self.plan.data).is_none() {
+            api.snapshot_interval = 0;
+        }
+        api
+    }
+
+    /// Whether the leader's checkpoint is within [`FOLLOW_MAX_LAG`] of the watermark.
+    async fn near_head(&self, checkpoint: u64) -> eyre::Result<bool> {
+        let f = self.follow;
+        let tail = Tail::new(f.rpc.clone(), self.plan.sources.clone(), f.chain_id, f.cfg.clone())?;
+        let head = f.rpc.block_number().await?;
+        let watermark = tail.watermark(head).await?;
+        Ok(checkpoint + FOLLOW_MAX_LAG >= watermark)
+    }
+
+    /// Starts the head follower: a tail that writes nothing, its bus folded into a state
+    /// that replaces the cold one for the same readers.
+    async fn start_following(
+        &self,
+        readers: Option<LiveReader>,
+        cancel: &CancellationToken,
+    ) -> Result<Following, Failure> {
+        let f = self.follow;
+        let tail = Arc::new(
+            Tail::new(f.rpc.clone(), self.plan.sources.clone(), f.chain_id, f.cfg.clone())
+                .map_err(crate::usage)?
+                .with_stats(f.stats.clone()),
+        );
+        let state = crate::load(&self.plan.data, &self.api(), readers).await?;
+        let consumer = tidewater_state::live::spawn_consumer(state, tail.subscribe())
+            .wrap_err("starting the live state")?;
+        let root = self.plan.data.clone();
+        let committed: CommittedFn = Arc::new(move || {
+            if let Some(remote) = tidewater_storage::attached(&root) {
+                remote.sync_cache()?;
+            }
+            let ds = tidewater_storage::Dataset::open(&root)?;
+            Ok(ds.manifest().last().map(|c| (c.end, c.last_block_hash)))
+        });
+        let stop = cancel.child_token();
+        let c = stop.clone();
+        let task = tidewater_chain::SpawnedTask::spawn(async move {
+            let r = tail.follow(committed, c).await;
+            if let Err(e) = &r {
+                tracing::warn!(error = ?eyre!(format!("{e}")), "the standby's head follower failed");
+            }
+            r
+        });
+        Ok(Following { task, cancel: stop, consumer })
+    }
+
+    /// Starts the API of a standby.
+    fn serve(
+        &self,
+        reader: LiveReader,
+        l: &std::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<tidewater_chain::SpawnedTask<std::io::Result<()>>, Failure> {
+        let mut metrics = tidewater_api::Registry::default();
+        metrics.register_collector(Box::new(self.role.clone()));
+        metrics.register_collector(Box::new(self.follow.stats.clone()));
+        metrics.register_collector(Box::new(self.follow.rpc.clone()));
+        let l = tokio::net::TcpListener::from_std(l.try_clone().wrap_err("the API's listener")?)
+            .wrap_err("the API's listener")?;
+        let stats = self.follow.stats.clone();
+        // Ready while its own follower is at the head, as a leader is.
+        let caught_up: tidewater_api::CaughtUpFn = Arc::new(move || {
+            let lag = stats
+                .head
+                .load(Ordering::Relaxed)
+                .saturating_sub(stats.tip.load(Ordering::Relaxed));
+            stats.caught_up.load(Ordering::Relaxed) && lag <= crate::pipeline::READY_MAX_LAG_BLOCKS
+        });
+        Ok(crate::start(
+            reader,
+            l,
+            &self.tail.api,
+            metrics,
+            caught_up,
+            Some(self.follow.rpc.clone()),
+            crate::ServiceExt { role: Some(Arc::new(|| "standby")), blocked: None },
+            cancel,
+        ))
     }
 }
 

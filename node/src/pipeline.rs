@@ -100,6 +100,41 @@ pub struct Plan {
     pub block_checks_depth: u64,
 }
 
+/// The RPC client's settings of a plan.
+pub(crate) fn rpc_config(plan: &Plan) -> RpcConfig {
+    let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
+    if let Some(c) = plan.concurrency {
+        rpc_cfg.concurrency = c;
+    }
+    rpc_cfg.rps = plan.rps;
+    if let Some(t) = plan.rpc_timeout {
+        rpc_cfg.timeout = t;
+    }
+    rpc_cfg
+}
+
+/// The tail's settings, starting at `from` when the dataset is empty.
+pub(crate) fn tail_config(
+    t: &TailOptions,
+    plan: &Plan,
+    from: u64,
+    ws: Option<ProviderUrl>,
+) -> TailConfig {
+    TailConfig {
+        poll_interval: Duration::from_millis(t.poll_interval_ms.max(1)),
+        finality: match t.confirmations {
+            Some(d) => Finality::Depth(d),
+            None => Finality::Finalized(tidewater_tail::DEFAULT_CONFIRMATIONS),
+        },
+        compact_blocks: t.compact_blocks.max(1),
+        compact_interval: Duration::from_secs(t.compact_interval_secs),
+        start_block: from,
+        merge_blocks: t.merge_blocks.max(1),
+        ws,
+        filter_mode: plan.cfg.filter_mode,
+    }
+}
+
 /// A block bound as a number, asking the node for `latest` and `finalized`.
 pub async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> {
     Ok(match b {
@@ -115,7 +150,7 @@ pub async fn resolve_bound(rpc: &RpcClient, b: BlockBound) -> eyre::Result<u64> 
 }
 
 /// Blocks the tail may be behind the node's head and still be ready: a poll or two.
-const READY_MAX_LAG_BLOCKS: u64 = 3;
+pub(crate) const READY_MAX_LAG_BLOCKS: u64 = 3;
 
 /// Whether a head follower takes over after (or instead of) the backfill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +184,8 @@ pub struct Leader {
     pub stop: CancellationToken,
     /// Metrics of the role, registered with the API's.
     pub metrics: Box<dyn tidewater_chain::metrics::Collector>,
+    /// The readers of the state this instance served as a standby: their streams go on.
+    pub readers: Option<tidewater_state::live::LiveReader>,
 }
 
 /// [`run`], as the holder of the writer lease when `leader` is given.
@@ -158,9 +195,9 @@ pub async fn run_with(
     observer: &mut dyn Observer,
     leader: Option<Leader>,
 ) -> Result<(), Failure> {
-    let (lease, leader_listener, lost, role_metrics) = match leader {
-        Some(l) => (Some(l.lease), l.listener, Some(l.stop), Some(l.metrics)),
-        None => (None, None, None, None),
+    let (lease, leader_listener, lost, role_metrics, readers) = match leader {
+        Some(l) => (Some(l.lease), l.listener, Some(l.stop), Some(l.metrics), l.readers),
+        None => (None, None, None, None, None),
     };
     let ws = match tail.as_ref().and_then(|(_, t)| t.ws.as_deref()) {
         Some(ws) => Some(ProviderUrl::parse_with(ws, &["ws", "wss"]).map_err(usage)?),
@@ -177,14 +214,7 @@ pub async fn run_with(
             }
         }
     }
-    let mut rpc_cfg = RpcConfig::new(plan.rpc_urls.clone());
-    if let Some(c) = plan.concurrency {
-        rpc_cfg.concurrency = c;
-    }
-    rpc_cfg.rps = plan.rps;
-    if let Some(t) = plan.rpc_timeout {
-        rpc_cfg.timeout = t;
-    }
+    let rpc_cfg = rpc_config(&plan);
     // Probe with few attempts: an unreachable node is bad input, reported fast.
     let mut probe_cfg = rpc_cfg.clone();
     probe_cfg.max_attempts = PROBE_ATTEMPTS;
@@ -209,19 +239,7 @@ pub async fn run_with(
         .ok_or_else(|| usage(eyre!("RPC {urls} has no block 0")))?;
     let from = resolve_bound(&probe, plan.from).await.map_err(usage)?;
     let head = probe.block_number().await.map_err(usage)?;
-    let tail_cfg = tail.as_ref().map(|(_, t)| TailConfig {
-        poll_interval: Duration::from_millis(t.poll_interval_ms.max(1)),
-        finality: match t.confirmations {
-            Some(d) => Finality::Depth(d),
-            None => Finality::Finalized(tidewater_tail::DEFAULT_CONFIRMATIONS),
-        },
-        compact_blocks: t.compact_blocks.max(1),
-        compact_interval: Duration::from_secs(t.compact_interval_secs),
-        start_block: from,
-        merge_blocks: t.merge_blocks.max(1),
-        ws: ws.clone(),
-        filter_mode: plan.cfg.filter_mode,
-    });
+    let tail_cfg = tail.as_ref().map(|(_, t)| tail_config(t, &plan, from, ws.clone()));
     plan.cfg.spans_below = head.saturating_sub(plan.block_checks_depth);
     // The backfill's last block: --to, or the watermark when a tail takes over.
     let backfill_to = match (&tail, &tail_cfg) {
@@ -338,7 +356,7 @@ pub async fn run_with(
     // the state is what was committed before.
     let api = match (listener, &follower, &tail) {
         (Some(listener), Some(f), Some((_, targs))) => {
-            let live = crate::load(&plan.data, &targs.api, None).await?.reader();
+            let live = crate::load(&plan.data, &targs.api, readers).await?.reader();
             let (stats, caught, metrics_rpc) = (f.stats(), f.stats(), rpc.clone());
             let mut metrics = tidewater_api::Registry::default();
             metrics.register_collector(Box::new(stats));

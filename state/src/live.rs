@@ -457,6 +457,7 @@ impl LiveState {
                 })
             }
         };
+        let before = reader.map(|r| r.view());
         let mut live = Self {
             folder: Folder::with_state(&u, state),
             u,
@@ -471,8 +472,42 @@ impl LiveState {
             pending: Vec::new(),
             hub,
         };
+        if let Some(before) = before {
+            live.hand_over(&before);
+        }
         live.publish();
         Ok(live)
+    }
+
+    /// The readers' stream goes on from `before` (the view of the state this one replaces:
+    /// a standby's that now leads): its unconfirmed blocks above our confirmed one are
+    /// reverted, newest first (the new writer applies again those still canonical), and the
+    /// blocks it held that we hold confirmed are confirmed. A client folding the stream ends
+    /// at this state.
+    fn hand_over(&mut self, before: &View) {
+        let confirmed = self.confirmed.map(|c| c.0);
+        for e in before.hot.iter().rev().filter(|e| confirmed.is_none_or(|c| e.number > c)) {
+            let ev = self.changes(
+                &e.journal,
+                Status::Reverted,
+                e.number,
+                e.hash,
+                e.block.header.parent_hash,
+                Some(e.block.clone()),
+            );
+            self.emit(ev);
+        }
+        if let Some((n, hash)) = self.confirmed {
+            if !before.hot.is_empty() && before.confirmed.is_none_or(|(b, _)| b < n) {
+                let touched = before
+                    .hot
+                    .iter()
+                    .filter(|e| e.number <= n)
+                    .flat_map(|e| e.touched.iter().copied())
+                    .collect();
+                self.emit_confirmed(n, hash, touched);
+            }
+        }
     }
 
     /// Keeps the newest `events` stream events for reconnecting clients and the publisher
@@ -555,6 +590,23 @@ impl LiveState {
 
     fn emit(&mut self, ev: StreamEvent) {
         self.pending.push(ev);
+    }
+
+    /// Blocks through `number` are confirmed (`touched`: the pools of the blocks confirmed).
+    fn emit_confirmed(&mut self, number: u64, hash: B256, touched: BTreeSet<Address>) {
+        self.emit(StreamEvent {
+            id: 0,
+            status: Status::Confirmed,
+            number,
+            hash,
+            parent_hash: B256::ZERO,
+            pools: vec![],
+            ticks: vec![],
+            positions: vec![],
+            touched,
+            received: self.received,
+            block: None,
+        });
     }
 
     fn changes(
@@ -751,19 +803,7 @@ impl LiveState {
             }
         }
         self.confirmed = Some((number, hash));
-        self.emit(StreamEvent {
-            id: 0,
-            status: Status::Confirmed,
-            number,
-            hash,
-            parent_hash: B256::ZERO,
-            pools: vec![],
-            ticks: vec![],
-            positions: vec![],
-            touched,
-            received: self.received,
-            block: None,
-        });
+        self.emit_confirmed(number, hash, touched);
         snap.map(|state| PendingSnapshot { root: self.root.to_path_buf(), state })
     }
 
@@ -1007,6 +1047,25 @@ mod tests {
         let mut fresh = LiveState::load_for(ds, (*live.u).clone(), 0, Some(&reader)).expect("load");
         fresh.apply(&ChainUpdate::Applied(block(1, B256::ZERO))).expect("apply");
         assert_eq!(sub.rx.try_recv().expect("event").id, 3);
+    }
+
+    #[test]
+    fn a_hand_over_reverts_the_unconfirmed_blocks_the_new_state_does_not_hold() {
+        let (_dir, mut live) = empty_state();
+        let reader = live.reader();
+        live.apply(&ChainUpdate::Applied(block(1, B256::ZERO))).expect("apply");
+        live.apply(&ChainUpdate::Applied(block(2, B256::with_last_byte(2)))).expect("apply");
+        let sub = reader.subscribe(None).expect("subscribe");
+        // A standby that takes over: the new writer's state starts at the cold tier (empty).
+        let ds = Dataset::open(live.root()).expect("open");
+        let fresh = LiveState::load_for(ds, (*live.u).clone(), 0, Some(&reader)).expect("load");
+        let mut rx = sub.rx;
+        let got: Vec<_> =
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|e| (e.id, e.number, e.status)).collect();
+        assert_eq!(got, vec![(3, 2, Status::Reverted), (4, 1, Status::Reverted)]);
+        assert_eq!(reader.view().head_block(), None);
+        assert_eq!(reader.view().last_event_id(), 4);
+        drop(fresh);
     }
 
     #[test]

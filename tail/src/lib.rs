@@ -18,6 +18,10 @@
 //!   (watermark: the node's `finalized` block, or head - confirmations)
 //! ```
 //!
+//! [`Tail::follow`] runs the same loop for a standby (`run --ha`) without a writer: blocks leave
+//! its hot buffer as confirmed once the leader has committed them, and the leader's rollbacks
+//! are reverted.
+//!
 //! Invariants: only blocks at or below the watermark reach Parquet; the checkpoint is the last
 //! manifest entry (committed atomically with its files), so a restart after `kill -9` resumes
 //! from it, re-verifies its hash against the node, and refetches the unconfirmed window.
@@ -55,6 +59,12 @@ pub const DEFAULT_COMPACT_BLOCKS: u64 = 100;
 pub const DEFAULT_MERGE_BLOCKS: u64 = 500;
 /// Longest a confirmed block waits in the hot buffer before it is compacted anyway.
 pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A follower ([`Tail::follow`]) reads the leader's commits at most this often.
+pub const FOLLOW_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Headers of confirmed blocks a follower keeps, to revert them if the leader rolls back.
+const FOLLOW_RECENT: usize = 4096;
 
 /// Longest wait between polls while the node is unavailable.
 const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -366,9 +376,30 @@ pub struct Tail {
     stats: Arc<TailStats>,
 }
 
+/// What the newest block another process committed is, brought up to date when called
+/// (blocking: a standby syncs its replica of the store, then reads its manifest).
+pub type CommittedFn =
+    Arc<dyn Fn() -> tidewater_storage::Result<Option<(u64, B256)>> + Send + Sync>;
+
+/// Where confirmed blocks go.
+enum Cold {
+    /// This process commits them (a lone tail, or the holder of the writer lease).
+    Writer(Arc<Mutex<DatasetWriter>>),
+    /// Another process (the leader) commits them; this tail follows its commits: the blocks
+    /// it committed leave the hot buffer as confirmed, its rollbacks are reverted here.
+    Follow {
+        committed: CommittedFn,
+        /// When the leader's commits were last read.
+        checked: Option<Instant>,
+        /// Headers of the blocks confirmed here lately, oldest first: what a rollback of the
+        /// leader's reverts (it dropped their files).
+        recent: std::collections::VecDeque<Header>,
+    },
+}
+
 /// Mutable state of a running tail.
 struct State {
-    writer: Arc<Mutex<DatasetWriter>>,
+    cold: Cold,
     hot: HotBuffer,
     pools: PoolSet,
     /// Last cold block (number, hash), if any.
@@ -392,6 +423,12 @@ impl Tail {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         Ok(Self { rpc, sources, catalog, chain_id, cfg, bus, stats: Arc::default() })
+    }
+
+    /// This tail counts into `stats` (a standby's metrics outlive each of its followers).
+    pub fn with_stats(mut self, stats: Arc<TailStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Subscribes to chain updates (subscribe before [`Tail::run`] to miss nothing).
@@ -448,13 +485,39 @@ impl Tail {
     pub async fn run(&self, writer: DatasetWriter, cancel: CancellationToken) -> Result<()> {
         let checkpoint = checkpoint_of(&writer);
         let writer = Arc::new(Mutex::new(writer));
-        let mut st = State {
-            writer,
+        let st = State {
+            cold: Cold::Writer(writer),
             hot: HotBuffer::default(),
             pools: PoolSet::default(),
             checkpoint,
             last_compaction: Instant::now(),
         };
+        self.drive(st, cancel).await
+    }
+
+    /// Follows the head as a standby until cancelled: the same hot buffer, reorg handling and
+    /// bus as [`Tail::run`], but nothing is written. Confirmation comes from another process's
+    /// commits (`committed`): hot blocks it committed are published as confirmed, and a
+    /// rollback it made (a deep reorg) is published as a revert of the blocks it dropped.
+    pub async fn follow(&self, committed: CommittedFn, cancel: CancellationToken) -> Result<()> {
+        let c = committed.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || c()).await??;
+        self.stats.checkpoint.store(checkpoint.map_or(0, |c| c.0), Ordering::Relaxed);
+        let st = State {
+            cold: Cold::Follow {
+                committed,
+                checked: Some(Instant::now()),
+                recent: Default::default(),
+            },
+            hot: HotBuffer::default(),
+            pools: PoolSet::default(),
+            checkpoint,
+            last_compaction: Instant::now(),
+        };
+        self.drive(st, cancel).await
+    }
+
+    async fn drive(&self, mut st: State, cancel: CancellationToken) -> Result<()> {
         self.verify_checkpoint(&mut st).await?;
         st.pools = self.discover(&st).await?;
         tracing::info!(checkpoint = ?st.checkpoint.map(|c| c.0), pools = st.pools.len(), "tail started");
@@ -508,7 +571,10 @@ impl Tail {
                 _ = wake.notified() => {}
             }
         }
-        self.flush(&mut st).await
+        match st.cold {
+            Cold::Writer(_) => self.flush(&mut st).await,
+            Cold::Follow { .. } => Ok(()),
+        }
     }
 
     /// On a stop: commits every confirmed block still in the hot buffer, whatever the batch
@@ -699,12 +765,21 @@ impl Tail {
     /// Cold data past the common ancestor is rolled back. Confirms twice against the node first,
     /// so a lagging answer does not rewrite cold data. Returns the blocks rolled back.
     async fn deep_reorg(&self, st: &mut State) -> Result<u64> {
+        let writer = match &st.cold {
+            Cold::Writer(w) => w.clone(),
+            // The leader rolls its commits back; this follower reverts them once it has
+            // (see `follow_commits`), and waits until then.
+            Cold::Follow { .. } => {
+                tracing::debug!(checkpoint = ?st.checkpoint.map(|c| c.0), "the leader's checkpoint is no longer canonical; waiting for its rollback");
+                return Ok(0);
+            }
+        };
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some((cp, cp_hash)) = st.checkpoint else { return Ok(0) };
         if self.is_canonical(cp, cp_hash).await? {
             return Ok(0);
         }
-        let chunks: Vec<(u64, u64, B256)> = lock_writer(&st.writer)?
+        let chunks: Vec<(u64, u64, B256)> = lock_writer(&writer)?
             .manifest()
             .chunks()
             .iter()
@@ -717,7 +792,6 @@ impl Tail {
                 break;
             }
         }
-        let writer = st.writer.clone();
         let (checkpoint, orphaned) = tokio::task::spawn_blocking(move || {
             let mut w = lock_writer(&writer)?;
             // Read the cold blocks being dropped first, so subscribers see them reverted.
@@ -782,6 +856,9 @@ impl Tail {
     /// Commits the hot blocks at or below the watermark when enough have gathered or they have
     /// waited long enough.
     async fn compact(&self, st: &mut State, watermark: u64, force: bool) -> Result<()> {
+        if matches!(st.cold, Cold::Follow { .. }) {
+            return self.follow_commits(st, watermark).await;
+        }
         let ready = st.hot.iter().take_while(|b| b.header.number <= watermark).count() as u64;
         if ready == 0
             || (!force
@@ -798,6 +875,120 @@ impl Tail {
             let cell_end = (first / m + 1) * m - 1;
             self.compact_through(st, watermark.min(cell_end), cell_end).await?;
         }
+        Ok(())
+    }
+
+    /// A follower's compaction: reads the leader's newest commit (at most every
+    /// [`FOLLOW_CHECK_INTERVAL`], and only while it matters: a hot block at or below the
+    /// watermark waits for it, or the hot buffer is empty), confirms the hot blocks it covers,
+    /// and reverts what the leader rolled back.
+    async fn follow_commits(&self, st: &mut State, watermark: u64) -> Result<()> {
+        let Cold::Follow { committed, checked, recent } = &mut st.cold else { return Ok(()) };
+        let waiting = st.hot.iter().next().is_none_or(|b| b.header.number <= watermark);
+        let every = self.cfg.poll_interval.max(FOLLOW_CHECK_INTERVAL);
+        if !waiting || checked.is_some_and(|t| t.elapsed() < every) {
+            return Ok(());
+        }
+        *checked = Some(Instant::now());
+        let c = committed.clone();
+        let cp = tokio::task::spawn_blocking(move || c()).await??;
+        let ours = st.checkpoint;
+        if cp == ours {
+            return Ok(());
+        }
+        let rolled_back = match (cp, ours) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some((n, h)), Some((o, oh))) => n < o || (n == o && h != oh),
+        };
+        if !rolled_back {
+            let Some((n, h)) = cp else { return Ok(()) };
+            let held = st.hot.iter().find(|b| b.header.number == n).map(|b| b.header.hash);
+            match held {
+                // Our chain is the leader's through n (hashes link): those blocks are confirmed.
+                Some(ours_n) if ours_n == h => {
+                    let blocks = st.hot.drain_through(n);
+                    recent.extend(blocks.iter().map(|b| b.header.clone()));
+                    while recent.len() > FOLLOW_RECENT {
+                        recent.pop_front();
+                    }
+                    st.checkpoint = Some((n, h));
+                    self.stats.checkpoint.store(n, Ordering::Relaxed);
+                    self.record_buffer(st);
+                    for b in blocks {
+                        self.publish(ChainUpdate::Confirmed {
+                            number: b.header.number,
+                            hash: b.header.hash,
+                        });
+                    }
+                    return Ok(());
+                }
+                // Another block at n: one of us holds an orphan; the reorg checks decide.
+                Some(_) => return Ok(()),
+                // Not fetched yet: wait for it, unless our own checkpoint was orphaned (then
+                // the leader rolled back and went on: adopt its commits).
+                None => match ours {
+                    Some((o, oh)) if !self.is_canonical(o, oh).await? => {}
+                    _ => return Ok(()),
+                },
+            }
+        }
+        // The leader rolled back (a deep reorg) past our checkpoint: revert what we hold above
+        // its newest commit, newest first, then the cold blocks it dropped (the live state
+        // reloads from the cold tier), and go on from its commit.
+        let mut depth = 0u64;
+        while let Some(tip) = st.hot.pop_tip() {
+            depth += 1;
+            self.publish(ChainUpdate::Reverted(tip));
+        }
+        if let Some((o, oh)) = ours {
+            let kept = cp.map_or(self.cfg.start_block.saturating_sub(1), |c| c.0);
+            // Each dropped block we confirmed, newest first (headers only: the live state
+            // reloads from the cold tier at the first and reports the others); at least ours.
+            // Above the leader's commit, and below it those the chain orphaned (the leader
+            // rolled back and went on past them between two looks).
+            let mut dropped: Vec<Header> = Vec::new();
+            while let Some(h) = recent.back().cloned() {
+                if h.number <= kept && self.is_canonical(h.number, h.hash).await? {
+                    break;
+                }
+                recent.pop_back();
+                dropped.push(h);
+            }
+            if dropped.first().is_none_or(|h| h.hash != oh) {
+                dropped.insert(
+                    0,
+                    Header {
+                        number: o,
+                        hash: oh,
+                        parent_hash: B256::ZERO,
+                        timestamp: 0,
+                        logs_bloom: Default::default(),
+                    },
+                );
+            }
+            for header in dropped {
+                self.publish(ChainUpdate::Reverted(Arc::new(HotBlock {
+                    header,
+                    logs: vec![],
+                    events: Default::default(),
+                })));
+            }
+            let dropped = o.saturating_sub(kept);
+            depth += dropped;
+            self.stats.deep_reorgs.fetch_add(1, Ordering::Relaxed);
+            self.stats.last_deep_reorg_checkpoint.store(o, Ordering::Relaxed);
+            self.stats.last_deep_reorg_blocks.store(dropped, Ordering::Relaxed);
+            self.stats.last_deep_reorg_time.store(unix_now() as u64, Ordering::Relaxed);
+        }
+        st.checkpoint = cp;
+        st.pools = self.discover(st).await?;
+        self.stats.checkpoint.store(cp.map_or(0, |c| c.0), Ordering::Relaxed);
+        self.stats.reorgs.fetch_add(1, Ordering::Relaxed);
+        self.stats.reorg_depth.observe(depth as f64);
+        self.stats.max_reorg_depth.fetch_max(depth, Ordering::Relaxed);
+        self.record_buffer(st);
+        tracing::warn!(checkpoint = ?cp.map(|c| c.0), reverted = depth, "the leader rolled its commits back: following");
         Ok(())
     }
 
@@ -822,7 +1013,8 @@ impl Tail {
         .await
         .map_err(|source| Error::EncoderPanicked { range, source })??;
         let commit = encoded.commit;
-        let writer = st.writer.clone();
+        let Cold::Writer(writer) = &st.cold else { return Ok(()) };
+        let writer = writer.clone();
         let end = range.end;
         tokio::task::spawn_blocking(move || -> Result<()> {
             let mut w = lock_writer(&writer)?;

@@ -510,6 +510,15 @@ fn run_ha_on_a_bucket_survives_kill_9_of_the_leader_with_no_gap_and_no_duplicate
         metric(&api, "tidewater_state_head_block") == Some(head as f64)
     });
     crate::serve::check_against_contracts(&api, &net, head);
+    // The standby follows the head on its own replica, ahead of the leader's commits, and
+    // equals the contracts there too.
+    swap(&net, &mut rng);
+    let standby = inst[1 - survivor].api.clone();
+    let head = crate::serve::wait_synced(&standby, &net);
+    let (_, ready) = get_json(&format!("{standby}/ready"));
+    assert_eq!(ready["role"], "standby", "{ready}");
+    assert!(ready["confirmed"].as_u64().unwrap() < head, "{ready}");
+    crate::serve::check_against_contracts(&standby, &net, head);
     let [x, y] = inst;
     logs.push_str(&stop(x.child).1);
     logs.push_str(&stop(y.child).1);

@@ -156,6 +156,133 @@ fn a_leader_paused_past_its_lease_commits_nothing_and_stands_by() {
     assert_equals_fresh_backfill(&net, &t, checkpoint(&t).unwrap());
 }
 
+/// Hashes of the top `depth` blocks, about to be orphaned by a reorg.
+fn top_hashes(net: &Devnet, depth: u64) -> Vec<String> {
+    let head = net.head();
+    (head + 1 - depth..=head)
+        .map(|n| {
+            let b = rpc(
+                &net.url,
+                "eth_getBlockByNumber",
+                serde_json::json!([format!("{n:#x}"), false]),
+            );
+            b["hash"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// A standby follows the head itself (its own hot buffer, reorgs, the leader's rollback of a
+/// deep reorg, its own stream), ready and at the head while the leader's checkpoint is behind;
+/// when it takes over, a client that reconnects with its cursor misses nothing.
+#[test]
+fn a_standby_follows_the_head_and_its_stream_survives_the_takeover() {
+    use crate::serve::{drain, listen, random_op, wait_synced, View};
+    let net = Devnet::small();
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(35);
+    let mut inst = [start(&t, &net, free_port()), start(&t, &net, free_port())];
+    warm_up(&net, &mut rng);
+    let l = usize::from(!leader_of(&inst[0], &inst[1]));
+    let api = inst[1 - l].api.clone();
+    wait_synced(&api, &net);
+    let (rx, sock) = listen(&api, None);
+    let mut events = Vec::new();
+    let mut orphaned = std::collections::BTreeSet::new();
+    let mut ahead = 0;
+    for round in 0..10 {
+        for _ in 0..rng.gen_range(1..3) {
+            random_op(&net, &api, &mut rng);
+        }
+        let head = wait_synced(&api, &net);
+        // At the head on its own: the leader has committed only what is confirmed.
+        let (_, ready) = get_json(&format!("{api}/ready"));
+        assert_eq!(ready["role"], "standby", "{ready}");
+        if ready["confirmed"].as_u64().is_some_and(|c| c < head) {
+            ahead += 1;
+        }
+        // Shallow reorgs in the hot window, and one deeper than the confirmations (4): the
+        // leader rolls its commits back and the standby follows.
+        if round % 2 == 1 {
+            let depth = if round == 7 {
+                // Once the standby has seen the leader's commits: they are orphaned too.
+                std::thread::sleep(Duration::from_millis(600));
+                10
+            } else {
+                rng.gen_range(1..=3)
+            };
+            orphaned.extend(top_hashes(&net, depth));
+            reorg(&net, depth, &mut rng);
+            wait_synced(&api, &net);
+        }
+    }
+    assert!(
+        ahead >= 8,
+        "the standby was at the head above the leader's checkpoint {ahead} times of 10"
+    );
+    let deep = metric(&api, "tidewater_deep_reorgs_total").unwrap_or(0.0);
+    assert!(deep >= 1.0, "the standby did not follow the leader's rollback: {deep}");
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&rx, &mut events);
+    // Every orphaned block the standby's clients saw as pending was reverted, and the stream
+    // folds into the standby's state, which is the contracts'.
+    let status_of =
+        |events: &[crate::serve::SseEvent], st: &str| -> std::collections::BTreeSet<String> {
+            events
+                .iter()
+                .filter(|e| e.event == st)
+                .map(|e| e.data["block"]["hash"].as_str().unwrap().to_string())
+                .collect()
+        };
+    let (pending, reverted) = (status_of(&events, "pending"), status_of(&events, "reverted"));
+    let seen: Vec<_> = orphaned.iter().filter(|h| pending.contains(*h)).collect();
+    assert!(seen.len() >= 5, "too few orphaned blocks seen: {}", seen.len());
+    for h in &seen {
+        assert!(
+            reverted.contains(*h),
+            "orphaned block {h} was never reverted on the standby's stream"
+        );
+    }
+    let mut view = View::default();
+    for e in &events {
+        view.fold(e);
+    }
+    assert_eq!(view, View::from_api(&api), "the folded stream differs from the standby's state");
+    let head = wait_synced(&api, &net);
+    crate::serve::check_against_contracts(&api, &net, head);
+
+    // The leader dies: the standby takes over; its clients' streams end, and a reconnect with
+    // the cursor gets the rest (the hot blocks it held reverted and applied again by the new
+    // writer), with no gap in the ids.
+    let mut logs = kill9(&mut inst[l].child);
+    wait_for_within("the standby to take over", Duration::from_secs(30), || leads(&inst[1 - l]));
+    drop(sock);
+    drain(&rx, &mut events);
+    let last = events.iter().rev().find_map(|e| e.id).unwrap();
+    swap(&net, &mut rng);
+    wait_synced(&api, &net);
+    let (rx, sock) = listen(&api, Some(last));
+    random_op(&net, &api, &mut rng);
+    let head = wait_synced(&api, &net);
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&rx, &mut events);
+    drop(sock);
+    assert_eq!(events[0].event, "snapshot");
+    let ids: Vec<u64> = events[1..].iter().map(|e| e.id.unwrap()).collect();
+    for w in ids.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "stream ids jump from {} to {}", w[0], w[1]);
+    }
+    let mut view = View::default();
+    for e in &events {
+        view.fold(e);
+    }
+    assert_eq!(view, View::from_api(&api), "the stream across the takeover differs from the state");
+    crate::serve::check_against_contracts(&api, &net, head);
+    let [a, b] = inst;
+    let survivor = if l == 0 { b } else { a };
+    logs.push_str(&stop(survivor.child).1);
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
 #[test]
 fn a_takeover_republishes_to_the_broker_without_loss_or_duplicate() {
     let net = Devnet::small();

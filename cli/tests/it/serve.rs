@@ -145,7 +145,7 @@ fn transfer(net: &Devnet, id: &str) {
 }
 
 /// One random state change: a swap, a mint, a partial decrease or a transfer.
-fn random_op(net: &Devnet, api: &str, rng: &mut impl Rng) {
+pub(crate) fn random_op(net: &Devnet, api: &str, rng: &mut impl Rng) {
     match rng.gen_range(0..6) {
         0 | 1 => mint(net, rng),
         2 => {
@@ -164,7 +164,7 @@ fn random_op(net: &Devnet, api: &str, rng: &mut impl Rng) {
 }
 
 /// Waits until the API's head is the node's head and it says it is ready.
-fn wait_synced(api: &str, net: &Devnet) -> u64 {
+pub(crate) fn wait_synced(api: &str, net: &Devnet) -> u64 {
     let start = Instant::now();
     loop {
         let head = net.head();
@@ -423,10 +423,10 @@ struct SseClient {
 }
 
 #[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<u64>,
+    pub(crate) event: String,
+    pub(crate) data: Value,
 }
 
 impl SseClient {
@@ -482,7 +482,10 @@ impl SseClient {
 }
 
 /// Reads events on a thread until the socket is shut down.
-fn listen(api: &str, last_id: Option<u64>) -> (std::sync::mpsc::Receiver<SseEvent>, TcpStream) {
+pub(crate) fn listen(
+    api: &str,
+    last_id: Option<u64>,
+) -> (std::sync::mpsc::Receiver<SseEvent>, TcpStream) {
     let (mut c, handle) = SseClient::connect(api, last_id);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -497,7 +500,7 @@ fn listen(api: &str, last_id: Option<u64>) -> (std::sync::mpsc::Receiver<SseEven
 
 /// A client's view: pools (scalars), ticks and positions, folded from the stream.
 #[derive(Debug, Default, PartialEq)]
-struct View {
+pub(crate) struct View {
     pools: BTreeMap<String, Value>,
     ticks: BTreeMap<(String, i64), (String, String)>,
     positions: BTreeMap<String, Value>,
@@ -517,7 +520,7 @@ fn scalars(p: &Value) -> Value {
 }
 
 impl View {
-    fn fold(&mut self, e: &SseEvent) {
+    pub(crate) fn fold(&mut self, e: &SseEvent) {
         let d = &e.data;
         if e.event == "snapshot" {
             for p in d["pools"].as_array().unwrap() {
@@ -564,7 +567,7 @@ impl View {
         }
     }
 
-    fn from_api(api: &str) -> Self {
+    pub(crate) fn from_api(api: &str) -> Self {
         let mut v = Self::default();
         let (_, pools) = get_json(&format!("{api}/v1/pools"));
         for p in pools["pools"].as_array().unwrap() {
@@ -588,7 +591,7 @@ impl View {
     }
 }
 
-fn drain(rx: &std::sync::mpsc::Receiver<SseEvent>, into: &mut Vec<SseEvent>) {
+pub(crate) fn drain(rx: &std::sync::mpsc::Receiver<SseEvent>, into: &mut Vec<SseEvent>) {
     while let Ok(e) = rx.try_recv() {
         into.push(e);
     }
