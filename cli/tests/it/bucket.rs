@@ -803,3 +803,61 @@ fn a_misbehaving_store_loses_and_duplicates_nothing() {
     assert!(injected.load(Ordering::Relaxed) >= 10, "too few faults to mean anything");
     eprintln!("faults injected: {}, backfill reruns: {runs}", injected.load(Ordering::Relaxed));
 }
+
+/// Credentials, region and endpoint from an AWS profile alone (no `AWS_*` keys in the
+/// environment), as the AWS CLI reads them; a named profile that is not there is bad input,
+/// said without a secret.
+#[test]
+fn an_aws_profile_alone_reaches_the_store_and_a_missing_one_is_bad_input() {
+    let net = Devnet::small();
+    let s3 = S3::moto();
+    let t = TestCommand::new();
+    let secret = "pr0file-secret-never-printed";
+    let (credentials, config) = (t.path("aws-credentials"), t.path("aws-config"));
+    std::fs::write(
+        &credentials,
+        format!("[default]\naws_access_key_id = wrong\n[tw]\naws_access_key_id = {}\naws_secret_access_key = {secret}\n", s3.key.0),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!("[profile tw]\nregion = {}\nendpoint_url = {}\n", s3.region, s3.endpoint()),
+    )
+    .unwrap();
+    let url = format!("s3://{BUCKET}/profile");
+    let run = |profile: &str, args: &[String]| {
+        let mut c = t.cmd();
+        for v in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT",
+            "AWS_ENDPOINT_URL",
+            "TIDEWATER_COORDINATOR",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("AWS_PROFILE", profile)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("TIDEWATER_CACHE_DIR", t.path(&format!("cache-{profile}")))
+            .args(args);
+        c.output().unwrap()
+    };
+    let to = net.head();
+    let mut args = s(&["backfill", "--data", &url, "--to", &to.to_string()]);
+    args.extend(net.uniswap_flags());
+    succeeded(&args, run("tw", &args));
+    let status = s(&["status", "--data", &url, "--json"]);
+    let out = succeeded(&status, run("tw", &status));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["checkpoint"]["block_number"].as_u64(), Some(to), "{v}");
+    let out = run("missing", &status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("AWS profile \"missing\""), "{err}");
+    assert!(!err.contains(secret) && !String::from_utf8_lossy(&out.stdout).contains(secret));
+}

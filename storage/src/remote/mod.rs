@@ -24,6 +24,7 @@
 pub(crate) mod cas;
 pub use cas::Version;
 pub(crate) mod log;
+mod profile;
 
 use crate::error::{Error, Result};
 use crate::manifest::{ChunkEntry, Manifest};
@@ -105,7 +106,8 @@ fn retry_config() -> object_store::RetryConfig {
 impl Remote {
     /// Opens `url` (credentials and endpoint from the usual environment variables:
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
-    /// `AWS_ALLOW_HTTP`; `GOOGLE_*`; `AZURE_*`), replicated into `cache`. `coordinator`:
+    /// `AWS_ALLOW_HTTP`, and the profile of `AWS_PROFILE` in `~/.aws/credentials` and
+    /// `~/.aws/config` for what they leave unset; `GOOGLE_*`; `AZURE_*`), replicated into `cache`. `coordinator`:
     /// `etcd://host:port` (or `http://`), where the log and lease live when the store has no
     /// conditional puts. Probes the store, so a bad URL or credentials fail here.
     pub fn open(url: &str, cache: &Path, coordinator: Option<&str>) -> Result<Self> {
@@ -129,11 +131,11 @@ impl Remote {
         let timeouts = [(Timeout, "10s"), (ConnectTimeout, "3s")];
         // One builder per cloud, each from its environment variables.
         macro_rules! build {
-            ($builder:ty, $key:path) => {
+            ($builder:expr, $key:path) => {
                 Arc::new(
                     timeouts
                         .into_iter()
-                        .fold(<$builder>::from_env(), |b, (k, v)| b.with_config($key(k), v))
+                        .fold($builder, |b, (k, v)| b.with_config($key(k), v))
                         .with_url(url)
                         .with_retry(retry_config())
                         .build()
@@ -143,17 +145,22 @@ impl Remote {
         }
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "s3" | "s3a" => {
-                build!(
-                    object_store::aws::AmazonS3Builder,
-                    object_store::aws::AmazonS3ConfigKey::Client
-                )
+                // The AWS profile's settings (AWS_PROFILE, ~/.aws/…) where the environment
+                // has none.
+                let profile = profile::aws_profile(&|k| std::env::var(k).ok()).map_err(bad)?;
+                let from_env = profile
+                    .into_iter()
+                    .fold(object_store::aws::AmazonS3Builder::from_env(), |b, (k, v)| {
+                        b.with_config(k, v)
+                    });
+                build!(from_env, object_store::aws::AmazonS3ConfigKey::Client)
             }
             "gs" => build!(
-                object_store::gcp::GoogleCloudStorageBuilder,
+                object_store::gcp::GoogleCloudStorageBuilder::from_env(),
                 object_store::gcp::GoogleConfigKey::Client
             ),
             "az" | "abfs" => build!(
-                object_store::azure::MicrosoftAzureBuilder,
+                object_store::azure::MicrosoftAzureBuilder::from_env(),
                 object_store::azure::AzureConfigKey::Client
             ),
             s => return Err(bad(format!("unknown scheme {s}:// (s3, gs, az)"))),
