@@ -6,7 +6,7 @@
 use crate::tail::*;
 use crate::util::*;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -395,6 +395,18 @@ fn start_run(
     cache: &str,
     extra: &[&str],
 ) -> Instance {
+    start_run_in(b, t, net, (port, cache), extra, |c| c)
+}
+
+/// [`start_run`], its command wrapped by `wrap` (to run it in another environment).
+fn start_run_in(
+    b: &Bucket<'_>,
+    t: &TestCommand,
+    net: &Devnet,
+    (port, cache): (u16, &str),
+    extra: &[&str],
+    wrap: impl FnOnce(Command) -> Command,
+) -> Instance {
     let listen = format!("127.0.0.1:{port}");
     let mut args = s(&[
         "run",
@@ -409,8 +421,7 @@ fn start_run(
     ]);
     args.extend(s(extra));
     args.extend(net.uniswap_flags());
-    let child = b
-        .cmd(t, cache, &args)
+    let child = wrap(b.cmd(t, cache, &args))
         .env("TIDEWATER_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -860,4 +871,86 @@ fn an_aws_profile_alone_reaches_the_store_and_a_missing_one_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("AWS profile \"missing\""), "{err}");
     assert!(!err.contains(secret) && !String::from_utf8_lossy(&out.stdout).contains(secret));
+}
+
+/// `cmd` run with its replica (`cache`) on a 64 MiB tmpfs of its own mount namespace, which a
+/// helper in that namespace fills to the last byte once the file `fill` appears: a full disk on
+/// that host only.
+fn on_a_disk_that_fills(cmd: &Command, cache: &Path, fill: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    // Root mounts in a mount namespace; anyone else in a user namespace of their own.
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    c.arg(if root { "-m" } else { "-rm" });
+    c.args([
+        "sh",
+        "-c",
+        r#"set -e
+mkdir -p "$TW_CACHE" && mount -t tmpfs -o size=64m tmpfs "$TW_CACHE"
+( i=0; while [ ! -e "$TW_FILL" ] && [ $i -lt 1800 ]; do sleep 0.05; i=$((i+1)); done
+  [ -e "$TW_FILL" ] && cat /dev/zero > "$TW_CACHE/filler" 2>/dev/null; : ) &
+exec "$@""#,
+        "sh",
+    ]);
+    c.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c.env("TW_CACHE", cache).env("TW_FILL", fill);
+    c
+}
+
+/// The leader's disk fills up (its replica's): its commit fails, it says why, gives the lease
+/// up and exits non-zero; the standby takes over, and the bucket ends equal to a fresh
+/// backfill with the survivor's API equal to the contracts.
+#[test]
+fn a_leader_whose_disk_fills_up_hands_over_and_nothing_is_lost() {
+    let net = Devnet::small();
+    let s3 = S3::moto();
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/full"), coordinator: None };
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let fill = t.path("fill");
+    // The instance on the small disk starts alone, so it leads.
+    let cache = t.path("cache-full");
+    let full = start_run_in(&b, &t, &net, (free_port(), "cache-full"), &crate::ha::HA_FLAGS, |c| {
+        on_a_disk_that_fills(&c, &cache, &fill)
+    });
+    wait_for_within("the first instance to lead", Duration::from_secs(60), || leads(&full));
+    let mut full = full.child;
+    let other = start(&b, &t, &net, free_port(), "cache-b");
+    wait_for_within("the second to stand by", Duration::from_secs(60), || stands_by(&other));
+    warm_up(&net, &mut rng);
+    traffic(&net, &mut rng, 3..6, 100);
+    std::fs::write(&fill, b"").unwrap();
+    // Blocks to commit on a full disk.
+    for _ in 0..6 {
+        swap(&net, &mut rng);
+    }
+    wait_for_within("the standby to take over", Duration::from_secs(30), || leads(&other));
+    let started = Instant::now();
+    while full.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = full.kill();
+    let out = full.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the leader on a full disk did not exit 1:\n{err}");
+    assert!(err.contains("No space left on device"), "it did not say why:\n{err}");
+    traffic(&net, &mut rng, 3..6, 100);
+    mine(&net, 8);
+    let head = net.head();
+    wait_bucket_checkpoint(&b, &t, head - 4);
+    wait_for("the survivor at the head", || {
+        metric(&other.api, "tidewater_state_head_block") == Some(head as f64)
+    });
+    crate::serve::check_against_contracts(&other.api, &net, head);
+    let (_, e) = stop(other.child);
+    assert!(!e.contains("panicked") && !err.contains("panicked"), "{err}\n{e}");
+    assert_bucket_equals_fresh_backfill(&b, &t, &net);
 }
