@@ -175,12 +175,23 @@ pub async fn run(
         tokio::pin!(pipeline);
         // A signal may come before the pipeline listens for it (it is starting): stop it here.
         let mut signalled = false;
+        // Once the lease is lost the pipeline stops as on SIGTERM; one stuck on a node or a
+        // store that does not answer (a lost network) is dropped after a ttl: whatever it
+        // still tries to commit is refused by the lease and the log.
+        let mut abandon_at: Option<tokio::time::Instant> = None;
         let r = loop {
             tokio::select! {
                 r = &mut pipeline => break r,
                 _ = signals.recv(), if !signalled => {
                     signalled = true;
                     stop_writer.cancel();
+                }
+                _ = lost.cancelled(), if abandon_at.is_none() && !signalled => {
+                    abandon_at = Some(tokio::time::Instant::now() + ttl);
+                }
+                _ = tokio::time::sleep_until(abandon_at.unwrap_or_else(tokio::time::Instant::now)), if abandon_at.is_some() => {
+                    tracing::warn!(epoch = lease.epoch(), "the writer did not stop within the lease's ttl after losing it; abandoning it");
+                    break Ok(());
                 }
             }
         };
@@ -195,24 +206,37 @@ pub async fn run(
     }
 }
 
-/// Renews the lease every ttl / 3; cancels `lost` and `stop` once it is refused.
+/// Renews the lease every ttl / 3; cancels `lost` and `stop` once it is refused, or once it
+/// ran out while a renewal hangs (the store or the coordinator is unreachable: a lost network).
 async fn renew(lease: Arc<Lease>, lost: CancellationToken, stop: CancellationToken) {
     let mut tick = tokio::time::interval(lease.ttl() / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let give_up = |why: &str| {
+        tracing::error!(epoch = lease.epoch(), "{why}");
+        lost.cancel();
+        stop.cancel();
+    };
+    let mut pending: Option<tokio::task::JoinHandle<tidewater_storage::Result<()>>> = None;
     loop {
         tick.tick().await;
-        let l = lease.clone();
-        match tokio::task::spawn_blocking(move || l.renew()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e @ tidewater_storage::Error::Fenced { .. })) => {
-                tracing::error!(error = %e, "the writer lease was taken over");
-                lost.cancel();
-                stop.cancel();
-                return;
+        if let Some(h) = pending.take_if(|h| h.is_finished()) {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ tidewater_storage::Error::Fenced { .. })) => {
+                    return give_up(&format!("the writer lease was taken over: {e}"));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the writer lease; retrying"),
+                Err(e) => tracing::warn!(error = %e, "renewing the writer lease; retrying"),
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "renewing the writer lease; retrying"),
-            Err(e) => tracing::warn!(error = %e, "renewing the writer lease; retrying"),
         }
+        if pending.is_some() {
+            if lease.expired() {
+                return give_up("the writer lease ran out while its renewal hangs (the store or the coordinator is unreachable)");
+            }
+            continue;
+        }
+        let l = lease.clone();
+        pending = Some(tokio::task::spawn_blocking(move || l.renew()));
     }
 }
 
@@ -288,6 +312,21 @@ impl Standby<'_> {
                     return Ok(None);
                 }
             }
+            // Serve first, from the replica as it is: a store that hangs (a lost network) must
+            // not keep the API down.
+            if cold.is_none()
+                && following.is_none()
+                && !self.tail.no_serve
+                && tidewater_storage::read_identity(&plan.data).ok().flatten().is_some()
+            {
+                let state = crate::load(&plan.data, &self.api(), readers.clone()).await?;
+                let r = state.reader();
+                if let (Some(l), None) = (self.listener, &server) {
+                    server = Some(self.serve(r.clone(), l, cancel.clone())?);
+                }
+                readers = Some(r);
+                cold = Some(Arc::new(std::sync::Mutex::new(state)));
+            }
             let (root, holder) = (plan.data.clone(), self.me.to_string());
             let got = tokio::task::spawn_blocking(move || Lease::try_acquire(&root, &holder, ttl))
                 .await
@@ -324,27 +363,8 @@ impl Standby<'_> {
                     Err(e) => tracing::warn!(error = %e, "following the store; retrying"),
                 }
             }
-            // Without the API there is nothing to serve: wait for the lease.
-            if self.tail.no_serve
-                || tidewater_storage::read_identity(&plan.data).ok().flatten().is_none()
-            {
-                continue;
-            }
-            let state = match &cold {
-                Some(s) => s.clone(),
-                None => {
-                    let state = crate::load(&plan.data, &self.api(), readers.clone()).await?;
-                    let r = state.reader();
-                    if let (Some(l), None) = (self.listener, &server) {
-                        server = Some(self.serve(r.clone(), l, cancel.clone())?);
-                    }
-                    readers = Some(r);
-                    let s = Arc::new(std::sync::Mutex::new(state));
-                    cold = Some(s.clone());
-                    s
-                }
-            };
-            let s = state.clone();
+            // Without the API (or before there is a dataset) there is nothing to serve.
+            let Some(s) = cold.clone() else { continue };
             let r = tokio::task::spawn_blocking(move || {
                 let mut s = s.lock().map_err(|_| eyre!("the live state failed"))?;
                 s.catch_up_with_cold().map_err(|e| eyre!(e))?;

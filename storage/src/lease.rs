@@ -225,6 +225,13 @@ impl Lease {
         self.ttl
     }
 
+    /// Whether this holder's lease ran out by its own clock (no renewal went through within
+    /// the ttl): another instance may hold it now.
+    pub fn expired(&self) -> bool {
+        Instant::now()
+            >= *self.valid_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check(&self) -> Result<()> {
         let mine = *self.valid_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let r = read_record(&self.root);

@@ -8,7 +8,7 @@ use crate::util::*;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -892,17 +892,22 @@ exec "$@""#,
         "sh",
     ]);
     c.arg(cmd.get_program()).args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
+    same_env(&mut c, cmd);
+    c.env("TW_CACHE", cache).env("TW_FILL", fill);
+    c
+}
+
+/// `c` gets `like`'s environment and directory.
+fn same_env(c: &mut Command, like: &Command) {
+    for (k, v) in like.get_envs() {
         match v {
             Some(v) => c.env(k, v),
             None => c.env_remove(k),
         };
     }
-    if let Some(d) = cmd.get_current_dir() {
+    if let Some(d) = like.get_current_dir() {
         c.current_dir(d);
     }
-    c.env("TW_CACHE", cache).env("TW_FILL", fill);
-    c
 }
 
 /// The leader's disk fills up (its replica's): its commit fails, it says why, gives the lease
@@ -952,5 +957,112 @@ fn a_leader_whose_disk_fills_up_hands_over_and_nothing_is_lost() {
     crate::serve::check_against_contracts(&other.api, &net, head);
     let (_, e) = stop(other.child);
     assert!(!e.contains("panicked") && !err.contains("panicked"), "{err}\n{e}");
+    assert_bucket_equals_fresh_backfill(&b, &t, &net);
+}
+
+/// A TCP forwarder to `upstream` whose traffic stalls while `cut` is set, as over a lost
+/// network: nothing is refused, nothing answers; open connections and new ones go on once it
+/// is cleared.
+fn forwarder(upstream: u16, cut: Arc<AtomicBool>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stall = move |cut: &AtomicBool| {
+        while cut.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let cut = cut.clone();
+            std::thread::spawn(move || {
+                stall(&cut);
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let pump = move |mut from: std::net::TcpStream,
+                                 mut to: std::net::TcpStream,
+                                 cut: Arc<AtomicBool>| {
+                    use std::io::{Read as _, Write as _};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        stall(&cut);
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            Ok(n) => {
+                                stall(&cut);
+                                if to.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                };
+                let (c2, s2, cut2) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), cut.clone());
+                std::thread::spawn(move || pump(c2, s2, cut2));
+                pump(server, client, cut);
+            });
+        }
+    });
+    port
+}
+
+/// The leader loses the network (its store and its node stall, its API stays reachable): the
+/// standby takes over; the cut-off leader sees its lease run out by its own clock while its
+/// renewal hangs, and stands by; when the network is back it stays a standby, follows the head
+/// again, and the bucket equals a fresh backfill.
+#[test]
+fn a_leader_that_loses_the_network_stands_by_and_its_successor_goes_on() {
+    let net = Devnet::small();
+    let s3 = S3::moto();
+    let b = Bucket { s3: &s3, url: format!("s3://{BUCKET}/cut"), coordinator: None };
+    let t = TestCommand::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(44);
+    let cut = Arc::new(AtomicBool::new(false));
+    let store = forwarder(s3.port, cut.clone());
+    let node: u16 = net.url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    let rpc = format!("http://127.0.0.1:{}", forwarder(node, cut.clone()));
+    let a = start_run_in(&b, &t, &net, (free_port(), "cache-a"), &crate::ha::HA_FLAGS, |c| {
+        // Its node and its store through the forwarders.
+        let mut args: Vec<std::ffi::OsString> = c.get_args().map(Into::into).collect();
+        let i = args.iter().position(|a| a == "--rpc").unwrap();
+        args[i + 1] = rpc.clone().into();
+        let mut via = Command::new(c.get_program());
+        via.args(args);
+        same_env(&mut via, &c);
+        via.env("AWS_ENDPOINT", format!("http://127.0.0.1:{store}"));
+        via
+    });
+    wait_for_within("the first instance to lead", Duration::from_secs(60), || leads(&a));
+    let other = start(&b, &t, &net, free_port(), "cache-b");
+    wait_for_within("the second to stand by", Duration::from_secs(60), || stands_by(&other));
+    warm_up(&net, &mut rng);
+    traffic(&net, &mut rng, 3..6, 100);
+    cut.store(true, Ordering::Relaxed);
+    swap(&net, &mut rng);
+    wait_for_within("the standby to take over", Duration::from_secs(30), || leads(&other));
+    wait_for_within("the cut-off leader to stand by", Duration::from_secs(30), || stands_by(&a));
+    traffic(&net, &mut rng, 3..6, 100);
+    cut.store(false, Ordering::Relaxed);
+    traffic(&net, &mut rng, 2..4, 100);
+    mine(&net, 8);
+    let head = net.head();
+    wait_bucket_checkpoint(&b, &t, head - 4);
+    crate::serve::wait_synced(&a.api, &net);
+    assert!(stands_by(&a) && leads(&other), "the roles changed after the network came back");
+    for api in [&other.api, &a.api] {
+        let head = crate::serve::wait_synced(api, &net);
+        crate::serve::check_against_contracts(api, &net, head);
+    }
+    let (_, ea) = stop(a.child);
+    let (_, eo) = stop(other.child);
+    assert!(
+        ea.contains("ran out while its renewal hangs") || ea.contains("lost the writer lease"),
+        "{ea}"
+    );
+    assert!(!ea.contains("panicked") && !eo.contains("panicked"), "{ea}\n{eo}");
     assert_bucket_equals_fresh_backfill(&b, &t, &net);
 }
