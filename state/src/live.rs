@@ -928,7 +928,13 @@ impl LiveState {
 /// Writes a snapshot (blocking), logging rather than failing: snapshots only speed up lookups.
 pub fn write_pending(s: &PendingSnapshot) {
     match crate::pool_state::write_snapshot(&s.root, &s.state) {
-        Ok(()) => tracing::debug!(block = s.state.block, "state snapshot written"),
+        Ok(true) => tracing::debug!(block = s.state.block, "state snapshot written"),
+        Ok(false) => {
+            tracing::debug!(
+                block = s.state.block,
+                "state snapshot skipped: its block was rolled back"
+            )
+        }
         Err(e) => tracing::warn!(block = s.state.block, error = %e, "writing a state snapshot"),
     }
 }

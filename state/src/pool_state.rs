@@ -747,7 +747,7 @@ pub fn cold_state_at(
         if let Some(h) = cold_block_hash(ds, m)? {
             let mut st = f.state().clone();
             st.block_hash = h;
-            write_snapshot(ds.root(), &st)?;
+            write_snapshot_in(ds.root(), Some(ds), &st)?;
         }
         Ok(())
     })?;
@@ -846,10 +846,40 @@ fn snapshot_batches(st: &UniswapState) -> [(&'static str, RecordBatch); 3] {
 }
 
 /// Writes `st` as the snapshot at `st.block` into the data directory `root` (blocking I/O).
-pub fn write_snapshot(root: &std::path::Path, st: &UniswapState) -> tidewater_storage::Result<()> {
-    let batches = snapshot_batches(st);
-    tidewater_storage::write_snapshot(root, st.block, &st.block_hash.to_string(), &batches)?;
-    Ok(())
+///
+/// Written only while its block is committed with its hash, checked under the snapshot lock
+/// (a rollback removes snapshots under the same lock): a snapshot of a state computed before a
+/// rollback is not written back after it. `false`: not written for that reason.
+pub fn write_snapshot(
+    root: &std::path::Path,
+    st: &UniswapState,
+) -> tidewater_storage::Result<bool> {
+    write_snapshot_in(root, None, st)
+}
+
+/// [`write_snapshot`], checking against `ds` when given (a fold's own view of the dataset: one
+/// manifest read per fold, not per snapshot) rather than the dataset as it is now.
+fn write_snapshot_in(
+    root: &std::path::Path,
+    ds: Option<&Dataset>,
+    st: &UniswapState,
+) -> tidewater_storage::Result<bool> {
+    tidewater_storage::with_snapshot_lock(root, || {
+        let opened;
+        let ds = match ds {
+            Some(ds) => ds,
+            None => {
+                opened = Dataset::open(root)?;
+                &opened
+            }
+        };
+        if cold_block_hash(ds, st.block)? != Some(st.block_hash) {
+            return Ok(false);
+        }
+        let batches = snapshot_batches(st);
+        tidewater_storage::write_snapshot(root, st.block, &st.block_hash.to_string(), &batches)?;
+        Ok(true)
+    })
 }
 
 fn corrupt(ds: &Dataset, what: String) -> tidewater_storage::Error {
@@ -1389,5 +1419,19 @@ mod tests {
         t.insert(0, TickLiquidity { liquidity_gross: 3, liquidity_net: 3 });
         t.insert(10, TickLiquidity { liquidity_gross: 8, liquidity_net: -8 });
         assert_eq!(intervals(Some(&t)), vec![(-10, 0, 5), (0, 10, 8)]);
+    }
+
+    #[test]
+    fn a_snapshot_of_a_block_not_committed_with_its_hash_is_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = tidewater_storage::Identity::new(1, "0x00".into(), serde_json::json!({}), vec![]);
+        drop(
+            tidewater_storage::DatasetWriter::open(dir.path(), &id, &Default::default(), None)
+                .expect("dataset"),
+        );
+        // Block 5 is not committed (a rollback took it, or it never was): no snapshot of it.
+        let st = UniswapState { block: 5, block_hash: B256::repeat_byte(7), ..Default::default() };
+        assert!(!write_snapshot(dir.path(), &st).expect("checked"));
+        assert!(tidewater_storage::list_snapshots(dir.path()).expect("list").is_empty());
     }
 }

@@ -55,5 +55,6 @@ pub use parquet_io::{
 pub use remote::{attach, attached, is_remote, Remote};
 pub use replay::{cold_blocks, column, fixed};
 pub use snapshot::{
-    list_snapshots, remove_snapshots_after, write_snapshot, Snapshot, SNAPSHOT_DIR,
+    list_snapshots, remove_snapshots_after, with_snapshot_lock, write_snapshot, Snapshot,
+    SNAPSHOT_DIR,
 };

@@ -50,7 +50,23 @@ impl Snapshot {
     }
 }
 
-/// Writes a snapshot of `tables` as of `block_number` (files first, then the marker).
+/// Lock file (in the data directory) of every change to its snapshots.
+const SNAPSHOT_LOCK: &str = ".lock.snapshots";
+
+/// Runs `f` holding the lock of `root`'s snapshots: every writer (the live state's thread,
+/// folds of `run` and `serve`) and every rollback, in this process or another, takes it, so a
+/// snapshot is never written by two at once, and a writer that checks its block against the
+/// committed chunks under it cannot write back a snapshot a rollback just removed.
+pub fn with_snapshot_lock<T>(root: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let (file, p) = crate::files::open_lock_file(root, SNAPSHOT_LOCK)?;
+    file.lock().map_err(Error::io("locking", &p))?;
+    let r = f();
+    let _ = file.unlock();
+    r
+}
+
+/// Writes a snapshot of `tables` as of `block_number` (files first, then the marker). Call it
+/// under [`with_snapshot_lock`], after checking the block is still committed with that hash.
 pub fn write_snapshot(
     root: &Path,
     block_number: u64,
@@ -96,8 +112,16 @@ pub fn list_snapshots(root: &Path) -> Result<Vec<Snapshot>> {
     Ok(out)
 }
 
-/// Removes the snapshots above `keep_through` (`None`: all), marker first.
+/// Removes the snapshots above `keep_through` (`None`: all), marker first, under
+/// [`with_snapshot_lock`].
 pub fn remove_snapshots_after(root: &Path, keep_through: Option<u64>) -> Result<usize> {
+    if !root.join(SNAPSHOT_DIR).exists() {
+        return Ok(0);
+    }
+    with_snapshot_lock(root, || remove_unlocked(root, keep_through))
+}
+
+fn remove_unlocked(root: &Path, keep_through: Option<u64>) -> Result<usize> {
     let mut removed = 0;
     for s in list_snapshots(root)? {
         if keep_through.is_some_and(|k| s.block_number <= k) {
