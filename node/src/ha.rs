@@ -319,13 +319,14 @@ impl Standby<'_> {
                 && !self.tail.no_serve
                 && tidewater_storage::read_identity(&plan.data).ok().flatten().is_some()
             {
-                let state = crate::load(&plan.data, &self.api(), readers.clone()).await?;
-                let r = state.reader();
-                if let (Some(l), None) = (self.listener, &server) {
-                    server = Some(self.serve(r.clone(), l, cancel.clone())?);
+                if let Some(state) = self.load_or_retry(readers.clone()).await? {
+                    let r = state.reader();
+                    if let (Some(l), None) = (self.listener, &server) {
+                        server = Some(self.serve(r.clone(), l, cancel.clone())?);
+                    }
+                    readers = Some(r);
+                    cold = Some(Arc::new(std::sync::Mutex::new(state)));
                 }
-                readers = Some(r);
-                cold = Some(Arc::new(std::sync::Mutex::new(state)));
             }
             let (root, holder) = (plan.data.clone(), self.me.to_string());
             let got = tokio::task::spawn_blocking(move || Lease::try_acquire(&root, &holder, ttl))
@@ -348,8 +349,11 @@ impl Standby<'_> {
                     "the standby's head follower stopped; following the leader's commits"
                 );
                 if let Some(r) = &readers {
-                    let state = crate::load(&plan.data, &self.api(), Some(r.clone())).await?;
-                    cold = Some(Arc::new(std::sync::Mutex::new(state)));
+                    cold = self
+                        .load_or_retry(Some(r.clone()))
+                        .await?
+                        .map(std::sync::Mutex::new)
+                        .map(Arc::new);
                 }
             }
             if following.is_some() {
@@ -389,10 +393,27 @@ impl Standby<'_> {
                     continue;
                 }
             }
+            let Some(f) = self.start_following(readers.clone(), &cancel).await? else { continue };
             cold = None;
-            let f = self.start_following(readers.clone(), &cancel).await?;
             tracing::info!(checkpoint, "standby: following the head");
             following = Some(f);
+        }
+    }
+
+    /// Loads the state from the replica for a standby. A runtime failure (a read that raced the
+    /// leader's merge, a file not synced yet) is said and retried at the next look; bad input
+    /// (a dataset of another chain) ends the run.
+    async fn load_or_retry(
+        &self,
+        readers: Option<LiveReader>,
+    ) -> Result<Option<LiveState>, Failure> {
+        match crate::load(&self.plan.data, &self.api(), readers).await {
+            Ok(state) => Ok(Some(state)),
+            Err(Failure::Runtime(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "standby: loading the state; retrying");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -420,14 +441,14 @@ impl Standby<'_> {
         &self,
         readers: Option<LiveReader>,
         cancel: &CancellationToken,
-    ) -> Result<Following, Failure> {
+    ) -> Result<Option<Following>, Failure> {
         let f = self.follow;
         let tail = Arc::new(
             Tail::new(f.rpc.clone(), self.plan.sources.clone(), f.chain_id, f.cfg.clone())
                 .map_err(crate::usage)?
                 .with_stats(f.stats.clone()),
         );
-        let state = crate::load(&self.plan.data, &self.api(), readers).await?;
+        let Some(state) = self.load_or_retry(readers).await? else { return Ok(None) };
         let consumer = tidewater_state::live::spawn_consumer(state, tail.subscribe())
             .wrap_err("starting the live state")?;
         let root = self.plan.data.clone();
@@ -447,7 +468,7 @@ impl Standby<'_> {
             }
             r
         });
-        Ok(Following { task, cancel: stop, consumer })
+        Ok(Some(Following { task, cancel: stop, consumer }))
     }
 
     /// Starts the API of a standby.

@@ -204,8 +204,14 @@ fn a_standby_follows_the_head_and_its_stream_survives_the_takeover() {
         // leader rolls its commits back and the standby follows.
         if round % 2 == 1 {
             let depth = if round == 7 {
-                // Once the standby has seen the leader's commits: they are orphaned too.
-                std::thread::sleep(Duration::from_millis(600));
+                // Once the standby has confirmed the leader's commits near the head: the reorg
+                // orphans them too.
+                let head = net.head();
+                wait_for("the standby to confirm the leader's commits", || {
+                    get_json(&format!("{api}/ready")).1["confirmed"]
+                        .as_u64()
+                        .is_some_and(|c| c + 6 >= head)
+                });
                 10
             } else {
                 rng.gen_range(1..=3)
