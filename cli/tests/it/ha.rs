@@ -141,7 +141,18 @@ fn a_leader_paused_past_its_lease_commits_nothing_and_stands_by() {
     let before = checkpoint(&t);
     signal("-CONT");
     // The old leader wakes with blocks to commit: refused, it notices and stands by.
-    wait_for_within("the old leader to stand by", Duration::from_secs(30), || stands_by(old));
+    let woke = Instant::now();
+    while !stands_by(old) {
+        if woke.elapsed() > Duration::from_secs(30) {
+            // What the old leader did instead is in its log: show it.
+            let (mut old, mut new) = if a_leads { (a, b) } else { (b, a) };
+            let (e_old, e_new) = (kill9(&mut old.child), kill9(&mut new.child));
+            panic!(
+                "the old leader did not stand by within 30 s\n--- old:\n{e_old}\n--- new:\n{e_new}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(leads(new));
     mine(&net, 8);
     wait_for_checkpoint(&t, net.head() - 4);
