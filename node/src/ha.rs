@@ -112,15 +112,13 @@ pub async fn run(
         ),
         None => None,
     };
-    let follow = Follow {
-        rpc: tidewater_chain::RpcClient::new(crate::pipeline::rpc_config(&plan))
-            .wrap_err("building the HTTP client")?,
-        cfg: crate::pipeline::tail_config(&tail, &plan, from, ws),
-        chain_id,
-        stats: Arc::default(),
-    };
-    // Checked now: the follower would find it only once the leader has committed.
-    tidewater_chain::EventCatalog::new(&plan.sources).map_err(crate::usage)?;
+    let rpc = tidewater_chain::RpcClient::new(crate::pipeline::rpc_config(&plan))
+        .wrap_err("building the HTTP client")?;
+    let cfg = crate::pipeline::tail_config(&tail, &plan, from, ws);
+    // Bad sources are said now: the follower would find them only once the leader committed.
+    let probe = Tail::new(rpc.clone(), plan.sources.clone(), chain_id, cfg.clone())
+        .map_err(crate::usage)?;
+    let follow = Follow { probe, rpc, cfg, chain_id, stats: Arc::default() };
     let listener = if tail.no_serve {
         None
     } else {
@@ -242,6 +240,8 @@ async fn renew(lease: Arc<Lease>, lost: CancellationToken, stop: CancellationTok
 
 /// What a standby follows the head with: its own client, tail settings and counters.
 struct Follow {
+    /// A tail that only computes the watermark (built once: its catalog is not free).
+    probe: Tail,
     rpc: tidewater_chain::RpcClient,
     cfg: TailConfig,
     chain_id: u64,
@@ -429,9 +429,8 @@ impl Standby<'_> {
     /// Whether the leader's checkpoint is within [`FOLLOW_MAX_LAG`] of the watermark.
     async fn near_head(&self, checkpoint: u64) -> eyre::Result<bool> {
         let f = self.follow;
-        let tail = Tail::new(f.rpc.clone(), self.plan.sources.clone(), f.chain_id, f.cfg.clone())?;
         let head = f.rpc.block_number().await?;
-        let watermark = tail.watermark(head).await?;
+        let watermark = f.probe.watermark(head).await?;
         Ok(checkpoint + FOLLOW_MAX_LAG >= watermark)
     }
 

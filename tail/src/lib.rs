@@ -231,6 +231,16 @@ impl Default for TailStats {
     }
 }
 
+impl TailStats {
+    /// A deep reorg invalidated `checkpoint` and rolled `blocks` cold blocks back.
+    fn record_deep_reorg(&self, checkpoint: u64, blocks: u64) {
+        self.deep_reorgs.fetch_add(1, Ordering::Relaxed);
+        self.last_deep_reorg_checkpoint.store(checkpoint, Ordering::Relaxed);
+        self.last_deep_reorg_blocks.store(blocks, Ordering::Relaxed);
+        self.last_deep_reorg_time.store(unix_now() as u64, Ordering::Relaxed);
+    }
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -390,7 +400,7 @@ enum Cold {
     Follow {
         committed: CommittedFn,
         /// When the leader's commits were last read.
-        checked: Option<Instant>,
+        checked: Instant,
         /// Headers of the blocks confirmed here lately, oldest first: what a rollback of the
         /// leader's reverts (it dropped their files).
         recent: std::collections::VecDeque<Header>,
@@ -504,11 +514,7 @@ impl Tail {
         let checkpoint = tokio::task::spawn_blocking(move || c()).await??;
         self.stats.checkpoint.store(checkpoint.map_or(0, |c| c.0), Ordering::Relaxed);
         let st = State {
-            cold: Cold::Follow {
-                committed,
-                checked: Some(Instant::now()),
-                recent: Default::default(),
-            },
+            cold: Cold::Follow { committed, checked: Instant::now(), recent: Default::default() },
             hot: HotBuffer::default(),
             pools: PoolSet::default(),
             checkpoint,
@@ -830,11 +836,8 @@ impl Tail {
             self.publish(ChainUpdate::Reverted(Arc::new(HotBlock { header, logs, events })));
         }
         st.pools.forget_after(st.checkpoint.map_or(0, |c| c.0));
-        self.stats.deep_reorgs.fetch_add(1, Ordering::Relaxed);
         let rolled = cp - st.checkpoint.map_or(self.cfg.start_block.saturating_sub(1), |c| c.0);
-        self.stats.last_deep_reorg_checkpoint.store(cp, Ordering::Relaxed);
-        self.stats.last_deep_reorg_blocks.store(rolled, Ordering::Relaxed);
-        self.stats.last_deep_reorg_time.store(unix_now() as u64, Ordering::Relaxed);
+        self.stats.record_deep_reorg(cp, rolled);
         tracing::error!(
             checkpoint = cp,
             new_checkpoint = ?st.checkpoint.map(|c| c.0),
@@ -886,10 +889,10 @@ impl Tail {
         let Cold::Follow { committed, checked, recent } = &mut st.cold else { return Ok(()) };
         let waiting = st.hot.iter().next().is_none_or(|b| b.header.number <= watermark);
         let every = self.cfg.poll_interval.max(FOLLOW_CHECK_INTERVAL);
-        if !waiting || checked.is_some_and(|t| t.elapsed() < every) {
+        if !waiting || checked.elapsed() < every {
             return Ok(());
         }
-        *checked = Some(Instant::now());
+        *checked = Instant::now();
         let c = committed.clone();
         let cp = tokio::task::spawn_blocking(move || c()).await??;
         let ours = st.checkpoint;
@@ -976,10 +979,7 @@ impl Tail {
             }
             let dropped = o.saturating_sub(kept);
             depth += dropped;
-            self.stats.deep_reorgs.fetch_add(1, Ordering::Relaxed);
-            self.stats.last_deep_reorg_checkpoint.store(o, Ordering::Relaxed);
-            self.stats.last_deep_reorg_blocks.store(dropped, Ordering::Relaxed);
-            self.stats.last_deep_reorg_time.store(unix_now() as u64, Ordering::Relaxed);
+            self.stats.record_deep_reorg(o, dropped);
         }
         st.checkpoint = cp;
         st.pools = self.discover(st).await?;

@@ -187,7 +187,7 @@ fn top_hashes(net: &Devnet, depth: u64) -> Vec<String> {
 /// when it takes over, a client that reconnects with its cursor misses nothing.
 #[test]
 fn a_standby_follows_the_head_and_its_stream_survives_the_takeover() {
-    use crate::serve::{drain, listen, random_op, wait_synced, View};
+    use crate::serve::{drain, hashes_with, listen, random_op, wait_synced, View};
     let net = Devnet::small();
     let t = TestCommand::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(35);
@@ -242,15 +242,7 @@ fn a_standby_follows_the_head_and_its_stream_survives_the_takeover() {
     drain(&rx, &mut events);
     // Every orphaned block the standby's clients saw as pending was reverted, and the stream
     // folds into the standby's state, which is the contracts'.
-    let status_of =
-        |events: &[crate::serve::SseEvent], st: &str| -> std::collections::BTreeSet<String> {
-            events
-                .iter()
-                .filter(|e| e.event == st)
-                .map(|e| e.data["block"]["hash"].as_str().unwrap().to_string())
-                .collect()
-        };
-    let (pending, reverted) = (status_of(&events, "pending"), status_of(&events, "reverted"));
+    let (pending, reverted) = (hashes_with(&events, "pending"), hashes_with(&events, "reverted"));
     let seen: Vec<_> = orphaned.iter().filter(|h| pending.contains(*h)).collect();
     assert!(seen.len() >= 5, "too few orphaned blocks seen: {}", seen.len());
     for h in &seen {

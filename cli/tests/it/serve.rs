@@ -591,6 +591,15 @@ impl View {
     }
 }
 
+/// The block hashes of the stream events of kind `event` (`pending`, `reverted`).
+pub(crate) fn hashes_with(events: &[SseEvent], event: &str) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|e| e.event == event)
+        .map(|e| e.data["block"]["hash"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub(crate) fn drain(rx: &std::sync::mpsc::Receiver<SseEvent>, into: &mut Vec<SseEvent>) {
     while let Ok(e) = rx.try_recv() {
         into.push(e);
@@ -658,14 +667,7 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
     }
     assert_eq!(ids[0], events[0].id.unwrap() + 1);
     // Every orphaned block the client saw as pending was reverted, newest first per reorg.
-    let status_of = |st: &str| -> BTreeSet<String> {
-        events
-            .iter()
-            .filter(|e| e.event == st)
-            .map(|e| e.data["block"]["hash"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let (pending, reverted) = (status_of("pending"), status_of("reverted"));
+    let (pending, reverted) = (hashes_with(&events, "pending"), hashes_with(&events, "reverted"));
     let seen_orphans: Vec<_> = orphaned.iter().filter(|h| pending.contains(*h)).collect();
     assert!(seen_orphans.len() >= 10, "too few orphaned blocks seen: {}", seen_orphans.len());
     for h in &seen_orphans {
