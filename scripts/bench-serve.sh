@@ -10,6 +10,7 @@
 #     BENCH_SQL_NICE=N repeats the heavy-SQL phase with --sql-nice N);
 #  3. large devnet (507k logs): past-block state (`/v1/pools/{pool}?block=N` and `/ticks`) at
 #     distinct random confirmed blocks: p50/p99 latency (snapshot + fold, no cache).
+# BENCH_BIN=<binary> measures a given build (default: this checkout, built in release).
 # BENCH_SKIP_LARGE=1 skips 3 (it loads a 5 GB anvil state), BENCH_SKIP_SMALL=1 skips 1 and 2.
 # Prints one report.
 set -euo pipefail
@@ -17,8 +18,9 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install.sh
 command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null || sudo apt-get install -y -q wrk >/dev/null; }
-cargo build --release -q -p tidewater
-bin="$CARGO_TARGET_DIR/release/tidewater"
+# BENCH_BIN=<binary> measures that build instead of building this checkout.
+if [ -z "${BENCH_BIN:-}" ]; then cargo build --release -q -p tidewater; fi
+bin="${BENCH_BIN:-$CARGO_TARGET_DIR/release/tidewater}"
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT

@@ -1,14 +1,16 @@
 //! # tidewater-state
 //!
 //! Owns the Uniswap V3 state derived from the events: the model (pools, initialized ticks,
-//! position manager positions), its exact integer fold with an undo journal per block
-//! ([`pool_state`]), the state at a confirmed block from the newest snapshot plus a short fold
+//! position manager positions), its exact integer fold of typed events ([`events`]) with an undo
+//! journal per block ([`pool_state`]), the state at a confirmed block from the newest snapshot plus a short fold
 //! of the cold tier, and the live state kept from the tail's update bus with the stream of
 //! changes that clients follow ([`live`]). It does not own HTTP or SQL engines.
 //!
 //! ```text
 //!   cold Parquet ──snapshot + fold──▶ LiveState (one writer thread) ◀── ChainUpdate bus
-//!                                        │  head state + undo journal per hot block
+//!   (raw logs, decoded once here)        │  head state + undo journal    (hot blocks carry their
+//!                                        │  per hot block                 events decoded: folded
+//!                                        │                                as they are)
 //!                                        ▼  publishes after every update
 //!                                     View (immutable, Arc-swapped) ──▶ readers, no lock
 //!                                     StreamEvent history + channel  ──▶ SSE subscribers
@@ -19,6 +21,7 @@
 //! a reader never waits for the writer.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod events;
 pub mod live;
 pub mod pool_state;
 

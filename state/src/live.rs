@@ -23,8 +23,8 @@
 //! it.
 
 use crate::pool_state::{
-    cold_block_hash, cold_state_at, Folder, Journal, PoolState, Position, RawLog, TickLiquidity,
-    UniswapState,
+    cold_block_hash, cold_state_at, FoldError, Folder, Journal, PoolState, Position, RawLog,
+    TickLiquidity, UniswapState,
 };
 use alloy_primitives::{Address, B256, U256};
 use arc_swap::ArcSwap;
@@ -743,15 +743,24 @@ impl LiveState {
 
     /// Folds a block. An event the state cannot take leaves the state as it was before the
     /// block and marks it degraded (`/ready` says 503): a wrong number is never served.
-    fn apply_block(&mut self, b: &Arc<HotBlock>) -> Result<(), crate::pool_state::FoldError> {
+    fn apply_block(&mut self, b: &Arc<HotBlock>) -> Result<(), FoldError> {
         let mut j = Journal::default();
-        for l in &b.logs {
-            if let Err(e) = self.folder.apply(&RawLog::from(l), Some(&mut j)) {
-                j.undo(self.folder.state_mut());
-                self.degraded = true;
-                tracing::error!(error = %e, "live state: an event the state cannot take; marking it degraded");
-                return Err(e);
-            }
+        // A block from the bus carries its events decoded (the tail's tables): fold those. A
+        // block read back from the cold tier (`catch_up_with_cold`) has its raw logs only.
+        let folded = if b.events.is_empty() {
+            b.logs.iter().try_for_each(|l| self.folder.apply(&RawLog::from(l), Some(&mut j)))
+        } else {
+            crate::events::from_batches(&b.events)
+                .map_err(|e| FoldError { block: b.header.number, what: e.to_string() })
+                .and_then(|events| {
+                    events.iter().try_for_each(|e| self.folder.apply_event(e, Some(&mut j)))
+                })
+        };
+        if let Err(e) = folded {
+            j.undo(self.folder.state_mut());
+            self.degraded = true;
+            tracing::error!(error = %e, "live state: an event the state cannot take; marking it degraded");
+            return Err(e);
         }
         self.folder.end_block(b.header.number, b.header.hash);
         let ev = self.changes(

@@ -1,5 +1,6 @@
-//! Uniswap V3 state folded from the raw `logs` table in (block_number, log_index) order, exactly
-//! (integers only): per pool price, tick, liquidity and initialized ticks; per position manager
+//! Uniswap V3 state folded from typed events ([`crate::events`]: the hot blocks' decoded batches,
+//! or the raw `logs` table of the cold tier decoded here) in (block_number, log_index) order,
+//! exactly (integers only): per pool price, tick, liquidity and initialized ticks; per position manager
 //! token its owner, pool, range and liquidity.
 //!
 //! The rules: `Initialize` sets price and tick; `Swap` carries the post-swap sqrtPriceX96,
@@ -9,8 +10,8 @@
 //! range from the pool `Mint` it made in the same transaction; `Transfer` moves ownership and a
 //! transfer to the zero address burns the token.
 
+use crate::events::{PoolEvent, Source, TypedEvent};
 use alloy_primitives::{Address, B256, U256};
-use alloy_sol_types::{sol, SolEvent};
 use arrow::array::{Array, BinaryArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use imbl::OrdMap;
@@ -22,17 +23,6 @@ use tidewater_chain::UniswapV3;
 use tidewater_primitives::schema;
 use tidewater_storage::Dataset;
 use tidewater_storage::{column, fixed};
-
-sol! {
-    event PoolCreated(address indexed token0, address indexed token1, uint24 indexed fee, int24 tickSpacing, address pool);
-    event Initialize(uint160 sqrtPriceX96, int24 tick);
-    event Swap(address indexed sender, address indexed recipient, int256 amount0, int256 amount1, uint160 sqrtPriceX96, uint128 liquidity, int24 tick);
-    event Mint(address sender, address indexed owner, int24 indexed tickLower, int24 indexed tickUpper, uint128 amount, uint256 amount0, uint256 amount1);
-    event Burn(address indexed owner, int24 indexed tickLower, int24 indexed tickUpper, uint128 amount, uint256 amount0, uint256 amount1);
-    event IncreaseLiquidity(uint256 indexed tokenId, uint128 liquidity, uint256 amount0, uint256 amount1);
-    event DecreaseLiquidity(uint256 indexed tokenId, uint128 liquidity, uint256 amount0, uint256 amount1);
-    event Transfer(address indexed from, address indexed to, uint256 indexed tokenId);
-}
 
 /// Serializes an integer as an exact decimal string, written without an intermediate `String`
 /// (JSON numbers lose precision above 2^53 in most clients).
@@ -332,146 +322,164 @@ impl Folder {
         self.last_npm_mint = None;
     }
 
-    /// Applies one log (logs must come in chain order), recording prior values in `journal`.
-    /// An event that is impossible given the state (liquidity below zero or past its type) is
-    /// an error, never a wrapped or clamped number: the caller marks its state degraded.
-    pub fn apply(&mut self, l: &RawLog<'_>, mut journal: Option<&mut Journal>) -> FoldResult {
+    /// Applies one raw log (logs must come in chain order), recording prior values in
+    /// `journal`: decodes it as what its emitter is to this deployment (the factory, a pool the
+    /// state knows, the position manager) and applies the event ([`Folder::apply_event`]).
+    pub fn apply(&mut self, l: &RawLog<'_>, journal: Option<&mut Journal>) -> FoldResult {
         self.state.block = self.state.block.max(l.block_number);
-        let Some(t0) = l.topics.first() else { return Ok(()) };
-        let topics = l.topics.iter().copied();
-        if l.address == self.factory {
-            if *t0 == PoolCreated::SIGNATURE_HASH {
-                if let Ok(e) = PoolCreated::decode_raw_log(topics, l.data) {
-                    if let Some(j) = journal.as_deref_mut() {
-                        j.pool(&self.state, e.pool);
-                    }
-                    self.state.pools.insert(
-                        e.pool,
-                        PoolState {
-                            address: e.pool,
-                            token0: e.token0,
-                            token1: e.token1,
-                            fee: e.fee.to::<u32>(),
-                            tick_spacing: e.tickSpacing.as_i32(),
-                            sqrt_price_x96: U256::ZERO,
-                            tick: 0,
-                            liquidity: 0,
-                        },
-                    );
-                }
-            }
+        let source = if l.address == self.factory {
+            Source::Factory
+        } else if Some(l.address) == self.position_manager {
+            Source::PositionManager
+        } else if self.state.pools.contains_key(&l.address) {
+            Source::Pool
+        } else {
             return Ok(());
-        }
-        if Some(l.address) == self.position_manager {
-            return self.apply_position(l, t0, journal);
-        }
-        if !self.state.pools.contains_key(&l.address) {
-            return Ok(());
-        }
-        if let Some(j) = journal.as_deref_mut() {
-            j.pool(&self.state, l.address);
-        }
-        let npm = self.position_manager;
-        let Some(pool) = self.state.pools.get_mut(&l.address) else { return Ok(()) };
-        if *t0 == Swap::SIGNATURE_HASH {
-            if let Ok(e) = Swap::decode_raw_log(topics, l.data) {
-                pool.sqrt_price_x96 = U256::from(e.sqrtPriceX96);
-                pool.liquidity = e.liquidity;
-                pool.tick = e.tick.as_i32();
-            }
-        } else if *t0 == Initialize::SIGNATURE_HASH {
-            if let Ok(e) = Initialize::decode_raw_log(topics, l.data) {
-                pool.sqrt_price_x96 = U256::from(e.sqrtPriceX96);
-                pool.tick = e.tick.as_i32();
-            }
-        } else if *t0 == Mint::SIGNATURE_HASH {
-            if let Ok(e) = Mint::decode_raw_log(topics, l.data) {
-                let (lo, hi) = (e.tickLower.as_i32(), e.tickUpper.as_i32());
-                let delta = signed(e.amount, l.block_number, "Mint amount")?;
-                self.update_ticks(l.address, lo, hi, delta, l.block_number, journal)?;
-                if Some(e.owner) == npm {
-                    self.last_npm_mint = Some((
-                        B256::try_from(l.transaction_hash).unwrap_or_default(),
-                        l.address,
-                        lo,
-                        hi,
-                    ));
-                }
-            }
-        } else if *t0 == Burn::SIGNATURE_HASH {
-            if let Ok(e) = Burn::decode_raw_log(topics, l.data) {
-                let (lo, hi) = (e.tickLower.as_i32(), e.tickUpper.as_i32());
-                let delta = -signed(e.amount, l.block_number, "Burn amount")?;
-                self.update_ticks(l.address, lo, hi, delta, l.block_number, journal)?;
-            }
-        }
-        Ok(())
+        };
+        let Some(event) = PoolEvent::decode(source, l.topics, l.data) else { return Ok(()) };
+        let e = TypedEvent {
+            block_number: l.block_number,
+            log_index: 0,
+            transaction_hash: B256::try_from(l.transaction_hash).unwrap_or_default(),
+            address: l.address,
+            event,
+        };
+        self.apply_event(&e, journal)
     }
 
-    fn apply_position(
-        &mut self,
-        l: &RawLog<'_>,
-        t0: &B256,
-        journal: Option<&mut Journal>,
-    ) -> FoldResult {
-        let topics = l.topics.iter().copied();
-        let id = if *t0 == Transfer::SIGNATURE_HASH {
-            Transfer::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
-        } else if *t0 == IncreaseLiquidity::SIGNATURE_HASH {
-            IncreaseLiquidity::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
-        } else if *t0 == DecreaseLiquidity::SIGNATURE_HASH {
-            DecreaseLiquidity::decode_raw_log(topics.clone(), l.data).ok().map(|e| e.tokenId)
-        } else {
-            None
+    /// Applies one typed event (events must come in chain order), recording prior values in
+    /// `journal`. An event is taken only from its emitter: `PoolCreated` from the factory, pool
+    /// events from a pool the state knows, position events from the position manager. An
+    /// event that is impossible given the state (liquidity below zero or past its type) is an
+    /// error, never a wrapped or clamped number: the caller marks its state degraded.
+    pub fn apply_event(&mut self, e: &TypedEvent, mut journal: Option<&mut Journal>) -> FoldResult {
+        self.state.block = self.state.block.max(e.block_number);
+        let (address, block) = (e.address, e.block_number);
+        match e.event {
+            PoolEvent::PoolCreated { token0, token1, fee, tick_spacing, pool } => {
+                if address != self.factory {
+                    return Ok(());
+                }
+                if let Some(j) = journal.as_deref_mut() {
+                    j.pool(&self.state, pool);
+                }
+                self.state.pools.insert(
+                    pool,
+                    PoolState {
+                        address: pool,
+                        token0,
+                        token1,
+                        fee,
+                        tick_spacing,
+                        sqrt_price_x96: U256::ZERO,
+                        tick: 0,
+                        liquidity: 0,
+                    },
+                );
+                Ok(())
+            }
+            PoolEvent::PositionTransfer { .. }
+            | PoolEvent::PositionIncrease { .. }
+            | PoolEvent::PositionDecrease { .. } => {
+                if Some(address) != self.position_manager {
+                    return Ok(());
+                }
+                self.apply_position(e, journal)
+            }
+            PoolEvent::Initialize { .. }
+            | PoolEvent::Swap { .. }
+            | PoolEvent::Mint { .. }
+            | PoolEvent::Burn { .. } => {
+                if !self.state.pools.contains_key(&address) {
+                    return Ok(());
+                }
+                if let Some(j) = journal.as_deref_mut() {
+                    j.pool(&self.state, address);
+                }
+                let npm = self.position_manager;
+                let Some(pool) = self.state.pools.get_mut(&address) else { return Ok(()) };
+                match e.event {
+                    PoolEvent::Swap { sqrt_price_x96, liquidity, tick } => {
+                        (pool.sqrt_price_x96, pool.liquidity, pool.tick) =
+                            (sqrt_price_x96, liquidity, tick);
+                    }
+                    PoolEvent::Initialize { sqrt_price_x96, tick } => {
+                        (pool.sqrt_price_x96, pool.tick) = (sqrt_price_x96, tick);
+                    }
+                    PoolEvent::Mint { owner, tick_lower: lo, tick_upper: hi, amount } => {
+                        let delta = signed(amount, block, "Mint amount")?;
+                        self.update_ticks(address, lo, hi, delta, block, journal)?;
+                        if Some(owner) == npm {
+                            self.last_npm_mint = Some((e.transaction_hash, address, lo, hi));
+                        }
+                    }
+                    PoolEvent::Burn { tick_lower: lo, tick_upper: hi, amount } => {
+                        let delta = -signed(amount, block, "Burn amount")?;
+                        self.update_ticks(address, lo, hi, delta, block, journal)?;
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_position(&mut self, e: &TypedEvent, journal: Option<&mut Journal>) -> FoldResult {
+        let id = match e.event {
+            PoolEvent::PositionTransfer { token_id, .. }
+            | PoolEvent::PositionIncrease { token_id, .. }
+            | PoolEvent::PositionDecrease { token_id, .. } => token_id,
+            _ => return Ok(()),
         };
-        let Some(id) = id else { return Ok(()) };
         if let Some(j) = journal {
             j.position(&self.state, id);
         }
         let positions = &mut self.state.positions;
-        if *t0 == Transfer::SIGNATURE_HASH {
-            let Ok(e) = Transfer::decode_raw_log(topics, l.data) else { return Ok(()) };
-            if e.to == Address::ZERO {
-                positions.remove(&e.tokenId);
-            } else {
-                positions
-                    .entry(e.tokenId)
-                    .or_insert(Position {
-                        token_id: e.tokenId,
-                        owner: e.to,
-                        pool: None,
-                        tick_lower: 0,
-                        tick_upper: 0,
-                        liquidity: 0,
-                    })
-                    .owner = e.to;
+        match e.event {
+            PoolEvent::PositionTransfer { to, token_id } => {
+                if to == Address::ZERO {
+                    positions.remove(&token_id);
+                } else {
+                    positions
+                        .entry(token_id)
+                        .or_insert(Position {
+                            token_id,
+                            owner: to,
+                            pool: None,
+                            tick_lower: 0,
+                            tick_upper: 0,
+                            liquidity: 0,
+                        })
+                        .owner = to;
+                }
             }
-        } else if *t0 == IncreaseLiquidity::SIGNATURE_HASH {
-            let Ok(e) = IncreaseLiquidity::decode_raw_log(topics, l.data) else { return Ok(()) };
-            if let Some(p) = positions.get_mut(&e.tokenId) {
-                if p.pool.is_none() {
-                    if let Some((tx, pool, lo, hi)) = &self.last_npm_mint {
-                        if tx.as_slice() == l.transaction_hash {
-                            (p.pool, p.tick_lower, p.tick_upper) = (Some(*pool), *lo, *hi);
+            PoolEvent::PositionIncrease { token_id, liquidity } => {
+                if let Some(p) = positions.get_mut(&token_id) {
+                    if p.pool.is_none() {
+                        if let Some((tx, pool, lo, hi)) = &self.last_npm_mint {
+                            if *tx == e.transaction_hash {
+                                (p.pool, p.tick_lower, p.tick_upper) = (Some(*pool), *lo, *hi);
+                            }
                         }
                     }
+                    p.liquidity = p.liquidity.checked_add(liquidity).ok_or_else(|| FoldError {
+                        block: e.block_number,
+                        what: format!("position {token_id} liquidity overflows uint128"),
+                    })?;
                 }
-                p.liquidity = p.liquidity.checked_add(e.liquidity).ok_or_else(|| FoldError {
-                    block: l.block_number,
-                    what: format!("position {} liquidity overflows uint128", e.tokenId),
-                })?;
             }
-        } else if *t0 == DecreaseLiquidity::SIGNATURE_HASH {
-            let Ok(e) = DecreaseLiquidity::decode_raw_log(topics, l.data) else { return Ok(()) };
-            if let Some(p) = positions.get_mut(&e.tokenId) {
-                p.liquidity = p.liquidity.checked_sub(e.liquidity).ok_or_else(|| FoldError {
-                    block: l.block_number,
-                    what: format!(
-                        "position {} decreases by {} but holds {} (was it minted before the dataset's first block?)",
-                        e.tokenId, e.liquidity, p.liquidity
-                    ),
-                })?;
+            PoolEvent::PositionDecrease { token_id, liquidity } => {
+                if let Some(p) = positions.get_mut(&token_id) {
+                    p.liquidity = p.liquidity.checked_sub(liquidity).ok_or_else(|| FoldError {
+                        block: e.block_number,
+                        what: format!(
+                            "position {token_id} decreases by {liquidity} but holds {} (was it minted before the dataset's first block?)",
+                            p.liquidity
+                        ),
+                    })?;
+                }
             }
+            _ => {}
         }
         Ok(())
     }
@@ -1011,7 +1019,11 @@ pub fn check_invariants(p: &PoolState, ticks: Option<&Ticks>) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{
+        Burn, DecreaseLiquidity, IncreaseLiquidity, Initialize, Mint, PoolCreated, Swap, Transfer,
+    };
     use alloy_primitives::aliases::{I24, U160, U24};
+    use alloy_sol_types::SolEvent;
     use proptest::prelude::*;
 
     const FACTORY: Address = Address::repeat_byte(0xfa);
@@ -1396,6 +1408,70 @@ mod tests {
                     }
                 }
                 f.end_block(block, B256::with_last_byte(block as u8));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The live state folds the typed events a hot block carries (decoded once by the
+        /// tail's decoder into the cold tables' batches); the cold fold decodes raw logs. Over
+        /// arbitrary blocks of events (garbage, spoofed emitters and impossible ones included),
+        /// both give the same state after every block, and the same error where one fails.
+        #[test]
+        fn typed_events_from_the_bus_fold_as_the_raw_logs_do(blocks in prop::collection::vec(
+            prop::collection::vec(
+                (0u8..8, -30i32..30, 1i32..30, prop_oneof![0u128..1_000_000, any::<u128>()],
+                 0u64..6, prop::collection::vec(any::<u8>(), 0..200)),
+                0..6,
+            ),
+            1..12,
+        )) {
+            let catalog = tidewater_chain::EventCatalog::new(&tidewater_chain::Sources {
+                uniswap_v3: Some(u()),
+                contracts: vec![],
+            })
+            .unwrap();
+            let (mut raw, mut typed) = (genesis(), genesis());
+            for (n, ops) in blocks.iter().enumerate() {
+                let block = 2 + n as u64;
+                let logs: Vec<tidewater_chain::Log> = ops
+                    .iter()
+                    .enumerate()
+                    .map(|(i, op)| {
+                        let e = any_event(op);
+                        // A spoofer: pool events from an address the factory never created.
+                        let address = if op.4 == 5 { Address::repeat_byte(0x55) } else { e.address };
+                        tidewater_chain::Log {
+                            address,
+                            topics: e.topics,
+                            data: e.data.into(),
+                            block_number: block,
+                            block_hash: B256::with_last_byte(block as u8),
+                            transaction_hash: e.tx,
+                            transaction_index: i as u64,
+                            log_index: i as u64,
+                            removed: false,
+                            block_timestamp: None,
+                        }
+                    })
+                    .collect();
+                let by_raw = logs.iter().try_for_each(|l| raw.apply(&RawLog::from(l), None));
+                let batches = tidewater_chain::encode::decode_batches(&catalog, &logs, |a, _| a == POOL)
+                    .unwrap()
+                    .batches;
+                let events = crate::events::from_batches(&batches).unwrap();
+                let by_typed = events.iter().try_for_each(|e| typed.apply_event(e, None));
+                prop_assert_eq!(&by_raw, &by_typed);
+                // (Mid-block, `block` may differ: a raw log that does not decode still moves
+                // it; the block's end sets it for both.)
+                raw.end_block(block, B256::with_last_byte(block as u8));
+                typed.end_block(block, B256::with_last_byte(block as u8));
+                prop_assert_eq!(raw.state(), typed.state());
+                if by_raw.is_err() {
+                    break;
+                }
             }
         }
     }

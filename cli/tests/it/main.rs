@@ -18,6 +18,7 @@ mod page;
 mod proxy;
 mod serve;
 mod snapshots;
+mod sqllogic;
 mod state;
 mod tail;
 mod util;

@@ -10,8 +10,6 @@ use alloy_sol_types::{sol, SolCall};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -416,12 +414,6 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
     child.stop();
 }
 
-/// A minimal SSE client over a raw socket (HTTP/1.1, chunked).
-struct SseClient {
-    r: BufReader<TcpStream>,
-    pending: String,
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct SseEvent {
     pub(crate) id: Option<u64>,
@@ -429,73 +421,91 @@ pub(crate) struct SseEvent {
     pub(crate) data: Value,
 }
 
-impl SseClient {
-    fn connect(api: &str, last_id: Option<u64>) -> (Self, TcpStream) {
-        let addr = api.trim_start_matches("http://");
-        let mut s = TcpStream::connect(addr).unwrap();
-        let cursor = last_id.map(|i| format!("Last-Event-ID: {i}\r\n")).unwrap_or_default();
-        write!(
-            s,
-            "GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{cursor}\r\n"
-        )
-        .unwrap();
-        let handle = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let (first, _) = read_head(&mut r).unwrap();
-        assert!(first.contains("200"), "{first}");
-        (Self { r, pending: String::new() }, handle)
+impl SseEvent {
+    /// Parses one event block (the lines before a blank line); None for a keep-alive comment.
+    fn parse(block: &str) -> Option<Self> {
+        let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        if data.is_empty() {
+            return None;
+        }
+        Some(Self { id, event, data: serde_json::from_str(&data).unwrap() })
     }
+}
 
-    /// The next event, or None when the connection ends.
-    fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(i) = self.pending.find("\n\n") {
-                let block: String = self.pending.drain(..i + 2).collect();
-                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if data.is_empty() {
-                    continue; // keep-alive comment
-                }
-                return Some(SseEvent { id, event, data: serde_json::from_str(&data).unwrap() });
-            }
-            let mut size = String::new();
-            if self.r.read_line(&mut size).ok()? == 0 {
-                return None;
-            }
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                return None;
-            }
-            let mut buf = vec![0; n + 2];
-            self.r.read_exact(&mut buf).ok()?;
-            self.pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+/// An open `/v1/stream` subscription; dropping it (or [`SseConn::shutdown`]) closes it.
+pub(crate) struct SseConn(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl SseConn {
+    /// Closes the connection, as a client that goes away does.
+    pub(crate) fn shutdown(mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
         }
     }
 }
 
-/// Reads events on a thread until the socket is shut down.
+impl Drop for SseConn {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Subscribes to `/v1/stream` (with `Last-Event-ID: last_id`) and reads its events on a thread
+/// (reqwest) into the receiver until the stream ends or the connection is shut down.
 pub(crate) fn listen(
     api: &str,
     last_id: Option<u64>,
-) -> (std::sync::mpsc::Receiver<SseEvent>, TcpStream) {
-    let (mut c, handle) = SseClient::connect(api, last_id);
+) -> (std::sync::mpsc::Receiver<SseEvent>, SseConn) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (opened, open) = std::sync::mpsc::channel();
+    let url = format!("{api}/v1/stream");
     std::thread::spawn(move || {
-        while let Some(e) = c.next() {
-            if tx.send(e).is_err() {
-                return;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut req = reqwest::Client::new().get(&url).header("Accept", "text/event-stream");
+            if let Some(id) = last_id {
+                req = req.header("Last-Event-ID", id.to_string());
             }
-        }
+            let mut resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return drop(opened.send(Err(e.to_string()))),
+            };
+            let _ = opened.send(Ok(resp.status().as_u16()));
+            let mut pending = Vec::new();
+            loop {
+                let chunk = tokio::select! {
+                    c = resp.chunk() => c,
+                    _ = &mut stopped => return,
+                };
+                let Ok(Some(chunk)) = chunk else { return };
+                pending.extend_from_slice(&chunk);
+                while let Some(i) = pending.windows(2).position(|w| w == b"\n\n") {
+                    let block: Vec<u8> = pending.drain(..i + 2).collect();
+                    let Some(e) = SseEvent::parse(&String::from_utf8_lossy(&block)) else {
+                        continue;
+                    };
+                    if tx.send(e).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     });
-    (rx, handle)
+    let status = open.recv().unwrap().unwrap_or_else(|e| panic!("GET {api}/v1/stream: {e}"));
+    assert_eq!(status, 200, "GET {api}/v1/stream");
+    (rx, SseConn(Some(stop)))
 }
 
 /// A client's view: pools (scalars), ticks and positions, folded from the stream.
@@ -643,7 +653,7 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
             // Disconnect, miss a swap and a reorg, reconnect with the cursor.
             std::thread::sleep(Duration::from_millis(200));
             drain(&rx, &mut events);
-            sock.shutdown(std::net::Shutdown::Both).unwrap();
+            sock.shutdown();
             let last = events.iter().rev().find_map(|e| e.id).unwrap();
             swap(&net, &mut rng);
             let head = wait_synced(&api, &net);
@@ -657,7 +667,7 @@ fn the_stream_carries_reverts_and_a_reconnect_loses_nothing() {
     wait_synced(&api, &net);
     std::thread::sleep(Duration::from_millis(300));
     drain(&rx, &mut events);
-    sock.shutdown(std::net::Shutdown::Both).unwrap();
+    sock.shutdown();
 
     // One snapshot first, then ids without a gap or a repeat, across the reconnect.
     assert_eq!(events[0].event, "snapshot");
@@ -1081,7 +1091,7 @@ fn random_http_inputs_get_clear_errors_and_never_crash_the_server() {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let sent = body;
         let (status, body) =
-            http(method, &url, &h, &sent).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            raw_http(method, &url, &h, &sent).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         *seen.entry(status).or_insert(0) += 1;
         assert!(
             status < 500 || status == 503 || status == 408,
@@ -1108,24 +1118,14 @@ fn random_http_inputs_get_clear_errors_and_never_crash_the_server() {
 
 /// Sends a GET and reads the status and, for a non-200, the body; a 200 (a stream) is left
 /// open and dropped.
-fn http_head_only(url: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, Vec<u8>)> {
-    use std::io::{Read as _, Write as _};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut c = std::net::TcpStream::connect(host)?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+fn http_head_only(url: &str, headers: &[(&str, &str)]) -> reqwest::Result<(u16, Vec<u8>)> {
+    let mut req =
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build()?.get(url);
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    c.write_all(req.as_bytes())?;
-    let mut r = std::io::BufReader::new(c);
-    let (line, _) = read_head(&mut r)?;
-    let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut body = Vec::new();
-    if status != 200 {
-        let _ = r.read_to_end(&mut body);
-    }
+    let r = req.send()?;
+    let status = r.status().as_u16();
+    let body = if status == 200 { vec![] } else { r.bytes()?.to_vec() };
     Ok((status, body))
 }
