@@ -177,7 +177,7 @@ echo "$chunks chunks ($n of one block, blocks $from..$head):"
 # The baseline gets its copy before anything is served (a first `serve` writes state snapshots).
 if [ -n "${BENCH_BASELINE:-}" ]; then
   cp -r "$work/many" "$work/many-old"
-  rm -f "$work/many-old/_manifest/_checkpoint.json" "$work/many-old/_manifest/_vacuum.json"
+  rm -f "$work/many-old/_manifest/_checkpoint.json" "$work/many-old/_manifest/_checkpoint.bin" "$work/many-old/_manifest/_vacuum.json"
 fi
 measure "$tw" "$work/many" "this build"
 if [ -n "${BENCH_BASELINE:-}" ]; then

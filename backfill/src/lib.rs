@@ -56,6 +56,44 @@ use tokio_util::sync::CancellationToken;
 /// Chunks fetched or encoding at once. Four keeps the RPC semaphore busy while a chunk encodes
 /// and bounds memory to four chunks' logs.
 pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
+/// Watched logs a chunk aims to hold: a planned chunk denser than this is cut into pieces of
+/// about this many logs (from the density of the chunk committed last), so memory is bounded
+/// by logs in flight (chunks in flight × this), not by blocks, however dense the range. 50,000
+/// logs are ~25 MB of decoded logs and well under a second of encoding.
+pub const DEFAULT_CHUNK_LOGS: u64 = 50_000;
+/// Until a first piece is committed the density is unknown: pieces are this fraction of a chunk.
+const PROBE_FRACTION: u64 = 8;
+
+/// Watched logs per 1,000 blocks of the piece committed last ([`u64::MAX`]: none yet).
+#[derive(Debug)]
+struct Density(AtomicU64);
+
+impl Density {
+    fn unknown() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+
+    fn observe(&self, range: BlockRange, logs: u64) {
+        self.0.store(logs.saturating_mul(1_000) / range.len().max(1), Ordering::Relaxed);
+    }
+
+    /// Blocks of the next piece of `rest`: about `target_logs` at the last density, the whole
+    /// rest when that leaves less than a quarter piece behind.
+    fn next_piece(&self, rest: BlockRange, chunk_size: u64, target_logs: u64) -> u64 {
+        let per_kblock = self.0.load(Ordering::Relaxed);
+        let blocks = if per_kblock == u64::MAX {
+            chunk_size / PROBE_FRACTION
+        } else {
+            target_logs.saturating_mul(1_000) / per_kblock.max(1)
+        }
+        .max(1);
+        if rest.len() <= blocks.saturating_add(blocks / 4) {
+            rest.len()
+        } else {
+            blocks
+        }
+    }
+}
 /// Blocks this close to the head are fetched with a header per block ([`Checks::Blocks`]);
 /// older ones with a header per `eth_getLogs` answer ([`Checks::Spans`]). Lagging nodes behind
 /// load balancers miss blocks near the head, not blocks hours old.
@@ -78,6 +116,8 @@ pub struct BackfillConfig {
     pub log_range: u64,
     /// Largest `eth_getLogs` span.
     pub max_log_range: u64,
+    /// Watched logs a chunk aims to hold ([`DEFAULT_CHUNK_LOGS`]).
+    pub chunk_logs: u64,
     /// How the factory's pools are asked for.
     pub filter_mode: FilterMode,
     /// Chunks ending before this block are checked with [`Checks::Spans`], the others with
@@ -96,6 +136,7 @@ impl BackfillConfig {
             shard: None,
             log_range: DEFAULT_LOG_RANGE,
             max_log_range: DEFAULT_MAX_LOG_RANGE,
+            chunk_logs: DEFAULT_CHUNK_LOGS,
             filter_mode: FilterMode::Auto,
             spans_below: 0,
         }
@@ -254,7 +295,27 @@ impl Backfill {
         let known = read_pools(&pools).len();
         tracing::info!(chunks = plan.len(), pools = known, range = %self.cfg.range, "backfill planned");
 
-        let mut encoded = stream::iter(plan)
+        // Each planned chunk is cut, piece by piece as the pipeline asks for the next one,
+        // to about `chunk_logs` at the density seen last.
+        let density = Arc::new(Density::unknown());
+        let pieces = {
+            let (density, progress) = (density.clone(), self.progress.clone());
+            let (size, logs) = (self.cfg.chunk_size.max(1), self.cfg.chunk_logs.max(1));
+            stream::iter(plan).flat_map(move |chunk| {
+                let (density, progress) = (density.clone(), progress.clone());
+                let mut rest = Some(chunk);
+                stream::iter(std::iter::from_fn(move || {
+                    let r = rest?;
+                    let (piece, tail) = r.split_at_len(density.next_piece(r, size, logs));
+                    if tail.is_some() {
+                        progress.chunks_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    rest = tail;
+                    Some(piece)
+                }))
+            })
+        };
+        let mut encoded = pieces
             .map(|chunk| {
                 let (shared, pools) = (self.shared.clone(), pools.clone());
                 async move {
@@ -283,6 +344,7 @@ impl Backfill {
             .map_err(Error::CommitTask)?;
             writer = w;
             committed.map_err(|source| Error::Storage { range, source })?;
+            density.observe(range, e.logs);
             summary.chunks_committed += 1;
             summary.blocks += range.len();
             summary.logs += e.logs;
@@ -303,6 +365,9 @@ impl Backfill {
             }
         }
         drop(encoded);
+        // Pieces of planned chunks count as planned chunks.
+        summary.chunks_planned =
+            summary.chunks_planned.max(self.progress.chunks_total.load(Ordering::Relaxed));
         summary.pools = read_pools(&pools).len();
         if summary.undecodable_logs > 0 {
             tracing::warn!(
@@ -462,6 +527,48 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Pieces cut from a chunk tile it exactly, and once the density is known no piece is
+        /// (much) over the log target unless one block alone is.
+        #[test]
+        fn pieces_tile_the_chunk_and_hold_about_the_target(
+            start in 0u64..1_000_000, len in 1u64..5_000, size in 1u64..2_000,
+            target in 1u64..100_000, densities in proptest::collection::vec(0u64..2_000, 1..20),
+        ) {
+            let d = Density::unknown();
+            let chunk = BlockRange::new(start, start + len - 1);
+            let (mut rest, mut next, mut i) = (Some(chunk), start, 0);
+            while let Some(r) = rest {
+                let known = d.0.load(Ordering::Relaxed) != u64::MAX;
+                let (piece, tail) = r.split_at_len(d.next_piece(r, size, target));
+                proptest::prop_assert_eq!(piece.start, next);
+                next = piece.end + 1;
+                let per_block = densities[i % densities.len()];
+                if known && piece.len() > 1 && tail.is_some() {
+                    proptest::prop_assert!(
+                        piece.len() * d.0.load(Ordering::Relaxed) <= target * 1_000 * 5 / 4 + 1_000,
+                        "piece {piece:?} over the target"
+                    );
+                }
+                d.observe(piece, per_block * piece.len());
+                rest = tail;
+                i += 1;
+            }
+            proptest::prop_assert_eq!(next, chunk.end + 1);
+        }
+    }
+
+    #[test]
+    fn a_dense_chunk_is_cut_and_a_sparse_one_is_not() {
+        let d = Density::unknown();
+        let chunk = BlockRange::new(0, 499);
+        assert_eq!(d.next_piece(chunk, 500, 50_000), 500 / PROBE_FRACTION, "unknown: a probe");
+        d.observe(BlockRange::new(0, 61), 62 * 300);
+        assert_eq!(d.next_piece(chunk, 500, 50_000), 166, "300 logs a block: ~50,000 a piece");
+        d.observe(BlockRange::new(0, 99), 100 * 10);
+        assert_eq!(d.next_piece(chunk, 500, 50_000), 500, "10 logs a block: the whole chunk");
+    }
 
     #[test]
     fn plan_splits_the_discovery_range() {

@@ -150,6 +150,10 @@ pub(crate) struct BackfillArgs {
     /// Chunks fetched and encoded at once [default: 4]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) chunks_in_flight: Option<usize>,
+    /// Watched logs a chunk aims to hold: denser chunks are cut into pieces of about this many
+    /// (memory is bounded by logs in flight, not blocks) [default: 50000]
+    #[arg(long, help_heading = "Tuning")]
+    pub(crate) chunk_logs: Option<u64>,
     /// First eth_getLogs span in blocks; adapts to the provider [default: 2000]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) log_range: Option<u64>,

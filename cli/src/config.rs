@@ -68,6 +68,7 @@ pub(crate) struct TuningConfig {
     pub(crate) rpc_timeout_ms: Option<u64>,
     pub(crate) chunk_size: Option<u64>,
     pub(crate) chunks_in_flight: Option<usize>,
+    pub(crate) chunk_logs: Option<u64>,
     pub(crate) log_range: Option<u64>,
     pub(crate) max_log_range: Option<u64>,
     pub(crate) filter_mode: Option<tidewater_chain::FilterMode>,

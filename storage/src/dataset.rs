@@ -735,7 +735,7 @@ mod tests {
         // A checkpoint cut short (kill -9 cannot do it, a full disk might): ignored.
         w.commit(one_block(n, 2)).unwrap();
         drop(w);
-        std::fs::write(&cp, b"{\"format\": 1, \"entr").unwrap();
+        std::fs::write(&cp, b"TWCKPT02\x05\x00\x00").unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap().chunks().len() as u64, n + 1);
         // A checkpoint that disagrees with the entries is found by verify.
         let mut bad = Manifest::load(dir.path()).unwrap();

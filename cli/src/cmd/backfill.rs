@@ -84,6 +84,7 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     cfg.chunk_size = a.chunk_size.or(t.chunk_size).unwrap_or(cfg.chunk_size);
     cfg.chunks_in_flight =
         a.chunks_in_flight.or(t.chunks_in_flight).unwrap_or(cfg.chunks_in_flight);
+    cfg.chunk_logs = a.chunk_logs.or(t.chunk_logs).unwrap_or(cfg.chunk_logs);
     cfg.log_range = a.log_range.or(t.log_range).unwrap_or(cfg.log_range);
     cfg.max_log_range = a.max_log_range.or(t.max_log_range).unwrap_or(cfg.max_log_range);
     cfg.shard = a.shard.map(|(index, count)| Shard { index, count });
@@ -98,6 +99,7 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     for (name, v) in [
         ("--chunk-size", cfg.chunk_size),
         ("--chunks-in-flight", cfg.chunks_in_flight as u64),
+        ("--chunk-logs", cfg.chunk_logs),
         ("--log-range", cfg.log_range),
         ("--max-log-range", cfg.max_log_range),
     ] {

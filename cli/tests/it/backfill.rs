@@ -135,3 +135,41 @@ fn shards_split_the_range_without_overlap() {
     }
     assert_same_dataset(&clean.path("data"), &t.path("data"));
 }
+
+#[test]
+fn a_dense_range_is_cut_into_pieces_of_about_chunk_logs_and_loses_nothing() {
+    let net = Devnet::small();
+    let clean = clean_run(&net, "100");
+    let t = TestCommand::new();
+    // The small devnet holds ~10 watched logs a block: 60 logs a piece cuts its 100-block
+    // chunks into pieces of a few blocks once the first (probe) pieces told the density.
+    let mut args =
+        s(&["backfill", "--data", "data", "--chunk-size", "100", "--chunk-logs", "60", "--json"]);
+    args.extend(net.uniswap_flags());
+    let summary: serde_json::Value = serde_json::from_str(&t.ok(&args)).unwrap();
+    assert_same_dataset(&clean.path("data"), &t.path("data"));
+    assert_ordered_unique(&table(&t.path("data"), "logs"));
+    t.ok(&s(&["verify", "--data", "data"]));
+    // Per committed chunk: blocks and watched logs (the manifest's row counts).
+    let status: serde_json::Value =
+        serde_json::from_str(&t.ok(&s(&["status", "--data", "data", "--json"]))).unwrap();
+    let chunks = status["chunks"].as_u64().unwrap();
+    let plain = net.head().div_ceil(100);
+    assert!(chunks > 2 * plain, "{chunks} chunks: the dense chunks were not cut ({summary})");
+    assert_eq!(summary["chunks_committed"], summary["chunks_planned"], "{summary}");
+    // Watched logs per committed chunk, from the manifest entries: about the target (the
+    // density of the piece before is only an estimate of the next one's).
+    let mut logs: Vec<u64> = std::fs::read_dir(t.path("data/_manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('0'))
+        .map(|p| {
+            let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            assert!(e["end"].as_u64().unwrap() - e["start"].as_u64().unwrap() < 100, "{e}");
+            e["tables"]["logs"]["rows"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    logs.sort_unstable();
+    let median = logs[logs.len() / 2];
+    assert!((20..=180).contains(&median), "median {median} logs a chunk: {logs:?}");
+}

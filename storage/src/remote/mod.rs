@@ -543,8 +543,8 @@ impl Remote {
         }
         if changed > 0 {
             // The replica's checkpoint may hold entries the log replaced.
-            let cp = dir.join(crate::CHECKPOINT_FILE);
-            let _ = std::fs::remove_file(cp);
+            let _ = std::fs::remove_file(dir.join(crate::CHECKPOINT_FILE));
+            let _ = std::fs::remove_file(dir.join(crate::manifest::LEGACY_CHECKPOINT_FILE));
         }
         if download {
             self.synced.store(seq, ordering);
