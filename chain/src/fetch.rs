@@ -19,6 +19,12 @@ pub const DEFAULT_MAX_LOG_RANGE: u64 = 10_000;
 const PARTS_IN_FLIGHT: usize = 4;
 /// Fewer logs than this in an answer: the span doubles.
 const SPARSE_ANSWER: usize = 1_000;
+/// More logs than this in an answer: the span shrinks so that the next holds about this many.
+/// Hosted providers refuse larger answers anyway; a node without a cap answers a dense span
+/// with a body of hundreds of MB, built on one thread and held whole here: on a dense chain
+/// answers of ~10,000 logs are faster (the node serves several at once) and bound the memory
+/// of a fetch (`scripts/bench-backfill.sh` with `BENCH_PRESET=dense`).
+const DENSE_ANSWER: usize = 10_000;
 
 /// Adapts the `eth_getLogs` span: shrinks to what the provider accepts, grows back by a quarter
 /// after each success at full span.
@@ -41,8 +47,14 @@ impl RangeSizer {
     }
 
     /// A span of `used` blocks succeeded with `logs` logs. A sparse answer doubles the span
-    /// (a dense stretch that shrank it is over); a fuller one grows it by a quarter.
+    /// (a dense stretch that shrank it is over); a fuller one grows it by a quarter; one over
+    /// 10,000 logs shrinks it to hold about that many.
     pub fn on_success(&self, used: u64, logs: usize) {
+        if logs > DENSE_ANSWER {
+            let fits = (u128::from(used) * DENSE_ANSWER as u128 / logs as u128) as u64;
+            self.size.fetch_min(fits.max(1), Ordering::Relaxed);
+            return;
+        }
         let cur = self.current();
         if used >= cur {
             let grown = if logs < SPARSE_ANSWER { cur * 2 } else { cur + cur / 4 + 1 };
@@ -482,5 +494,11 @@ mod tests {
             s.on_success(s.current(), 5_000);
         }
         assert_eq!(s.current(), 2000);
+        // 90,000 logs in 2,000 blocks: the next span holds about 10,000.
+        s.on_success(2000, 90_000);
+        assert_eq!(s.current(), 222, "a dense answer shrinks the span");
+        // Even from a part shorter than the span, and never to zero.
+        s.on_success(10, 1_000_000);
+        assert_eq!(s.current(), 1);
     }
 }
