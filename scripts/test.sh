@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 scripts/install.sh
+# The target directory outlives checkouts (scripts/env.sh): every build leaves a new test
+# binary (~0.5 GB each for the integration tests) and incremental caches behind. Drop those not
+# touched for two days, so a machine that runs the suite every day does not fill its disk.
+if [ -d "$CARGO_TARGET_DIR/debug" ]; then
+  find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null || true
+  find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -mtime +1 \
+    \( -name 'it-*' -o -name 'tidewater*' \) ! -name '*.so' -delete 2>/dev/null || true
+fi
 export TIDEWATER_DEVNET_SMALL="$(scripts/devnet.sh build small)"
 export TIDEWATER_DEVNET_MAINNET_SHAPE_MINI="$(scripts/devnet.sh build mainnet-shape-mini)"
 
