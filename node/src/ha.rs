@@ -194,7 +194,25 @@ pub async fn run(
             }
         };
         drop(renew);
-        if !signalled && (lost.is_cancelled() || is_fenced(&r)) {
+        // A writer resumed after a pause past its ttl may fail before its renewal says so: its
+        // successor swept its staged files, so a rename fails. Ask the lease before calling
+        // that error fatal.
+        let lost_meanwhile =
+            !signalled && r.is_err() && !lost.is_cancelled() && !is_fenced(&r) && {
+                let l = lease.clone();
+                let renewed = tokio::task::spawn_blocking(move || l.renew()).await;
+                lease.expired()
+                    || matches!(renewed, Ok(Err(tidewater_storage::Error::Fenced { .. })))
+            };
+        if lost_meanwhile {
+            if let Err(Failure::Runtime(e) | Failure::Usage(e)) = &r {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the writer failed after losing its lease"
+                );
+            }
+        }
+        if !signalled && (lost.is_cancelled() || is_fenced(&r) || lost_meanwhile) {
             tracing::warn!(epoch = lease.epoch(), "lost the writer lease; standing by");
             continue;
         }
