@@ -123,6 +123,36 @@ impl LogFilter {
         out
     }
 
+    /// The filter as the requests it is sent as, one filter each: address groups of at most
+    /// [`MAX_ADDRESSES_PER_REQUEST`], then the selectors from any contract. Each is answered on
+    /// its own, so each can come back empty on its own (a load balancer's lagging backend). A
+    /// log of one of `addresses` with one of `open_topic0s` is in two of them.
+    pub fn parts(&self) -> Vec<Self> {
+        let by_address = |addresses: Vec<Address>| Self {
+            addresses,
+            topic0s: self.topic0s.clone(),
+            open_topic0s: Vec::new(),
+        };
+        let mut out: Vec<Self> = if !self.addresses.is_empty() {
+            self.addresses
+                .chunks(MAX_ADDRESSES_PER_REQUEST)
+                .map(|g| by_address(g.to_vec()))
+                .collect()
+        } else if self.open_topic0s.is_empty() {
+            vec![by_address(Vec::new())]
+        } else {
+            Vec::new()
+        };
+        if !self.open_topic0s.is_empty() {
+            out.push(Self {
+                addresses: Vec::new(),
+                topic0s: Vec::new(),
+                open_topic0s: self.open_topic0s.clone(),
+            });
+        }
+        out
+    }
+
     /// Whether the filter selects `log` (what a node's answer to it may hold).
     pub fn matches(&self, log: &crate::Log) -> bool {
         let t0 = log.topic0();
@@ -153,6 +183,58 @@ impl LogFilter {
                 .any(|t| bloom.contains_input(alloy_primitives::BloomInput::Raw(t.as_slice())));
         addr && topic
     }
+
+    /// What `bloom` says about a block for which this filter's answer came back empty.
+    /// `pools` are the emitters kept client-side when the filter asks by selector
+    /// (`open_topic0s`): a selector in the bloom says nothing about who emitted it, so "maybe"
+    /// also needs one of them (or of `addresses`) in the bloom.
+    ///
+    /// A bloom is 2048 bits and each input sets 3 of them: when a fraction `f` is set, an input
+    /// that is not in the block still "may" be with chance about `f³`, and one of `k` inputs
+    /// with chance `1 - (1 - f³)^k`. At one half or more the "maybe" is [`BloomSays::Noise`]
+    /// (busy mainnet blocks have ~90% of their bits set: a thousand pools "may" be in nearly
+    /// every block); below it, [`BloomSays::Likely`].
+    pub fn bloom_says(&self, bloom: &Bloom, pools: &[Address]) -> BloomSays {
+        if *bloom == Bloom::ZERO || !self.may_match(bloom) {
+            return BloomSays::Nothing;
+        }
+        let has = |b: &[u8]| bloom.contains_input(alloy_primitives::BloomInput::Raw(b));
+        let inputs = if !self.open_topic0s.is_empty() {
+            let emitters = self.addresses.iter().chain(pools);
+            if !emitters.clone().any(|a| has(a.as_slice())) {
+                return BloomSays::Nothing;
+            }
+            self.addresses.len() + pools.len()
+        } else if !self.addresses.is_empty() {
+            self.addresses.len()
+        } else if !self.topic0s.is_empty() {
+            self.topic0s.len()
+        } else {
+            // Every log is selected and the bloom holds one: the answer cannot be empty.
+            return BloomSays::Likely;
+        };
+        let set: u32 = bloom.as_slice().iter().map(|b| b.count_ones()).sum();
+        let one = (f64::from(set) / 2048.0).powi(3);
+        let chance = 1.0 - (1.0 - one).powi(i32::try_from(inputs).unwrap_or(i32::MAX));
+        if chance >= 0.5 {
+            BloomSays::Noise
+        } else {
+            BloomSays::Likely
+        }
+    }
+}
+
+/// What a block's bloom says about an empty answer for it (see [`LogFilter::bloom_says`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BloomSays {
+    /// No watched log can be in the block: the empty answer stands.
+    Nothing,
+    /// A watched log may be in the block, and the bloom is sparse enough that this "maybe" is
+    /// unlikely by chance: worth asking again now.
+    Likely,
+    /// The bloom is so full that it says "maybe" for this many inputs by chance: asking again
+    /// for every such block would be a request per block.
+    Noise,
 }
 
 #[cfg(test)]
@@ -163,6 +245,88 @@ mod tests {
         let mut a = [0u8; 20];
         a[18..].copy_from_slice(&i.to_be_bytes());
         Address::new(a)
+    }
+
+    /// A log of `address` with topic0 `t`.
+    fn log(address: Address, t: B256) -> crate::Log {
+        crate::Log {
+            address,
+            topics: vec![t],
+            data: Default::default(),
+            block_number: 1,
+            block_hash: B256::ZERO,
+            transaction_hash: B256::ZERO,
+            transaction_index: 0,
+            log_index: 0,
+            removed: false,
+            block_timestamp: None,
+        }
+    }
+
+    /// A bloom holding `n` random inputs (`seed` varies them).
+    fn bloom_of(n: u32, seed: u32) -> Bloom {
+        let mut b = Bloom::ZERO;
+        for i in 0..n {
+            let input = [seed.to_be_bytes(), i.to_be_bytes()].concat();
+            b.accrue(alloy_primitives::BloomInput::Raw(&input));
+        }
+        b
+    }
+
+    #[test]
+    fn a_full_bloom_is_noise_a_sparse_one_likely_and_an_absent_emitter_nothing() {
+        let topics = [B256::repeat_byte(7)];
+        let pools: Vec<Address> = (1..2_000).map(addr).collect();
+        let by_address = FilterMode::Addresses.filter(vec![addr(0)], pools.clone(), &topics);
+        let by_topic = FilterMode::Topics.filter(vec![addr(0)], pools.clone(), &topics);
+        // A sparse bloom holding one pool's address and the selector: a real "maybe".
+        let mut sparse = bloom_of(20, 1);
+        sparse.accrue(alloy_primitives::BloomInput::Raw(addr(5).as_slice()));
+        sparse.accrue(alloy_primitives::BloomInput::Raw(topics[0].as_slice()));
+        assert_eq!(by_address.bloom_says(&sparse, &[]), BloomSays::Likely);
+        assert_eq!(by_topic.bloom_says(&sparse, &pools), BloomSays::Likely);
+        // The selector alone (another contract emitted it): no watched emitter is there.
+        let mut fork = bloom_of(20, 2);
+        fork.accrue(alloy_primitives::BloomInput::Raw(topics[0].as_slice()));
+        assert_eq!(by_topic.bloom_says(&fork, &pools), BloomSays::Nothing);
+        // A bloom as full as a busy mainnet block's: "maybe" for 2,000 pools by chance.
+        let mut full = bloom_of(2_000, 3);
+        full.accrue(alloy_primitives::BloomInput::Raw(topics[0].as_slice()));
+        let set: u32 = full.as_slice().iter().map(|b| b.count_ones()).sum();
+        assert!(set > 1_500, "{set}");
+        assert_eq!(by_address.bloom_says(&full, &[]), BloomSays::Noise);
+        assert_eq!(by_topic.bloom_says(&full, &pools), BloomSays::Noise);
+        // One watched address is not noise even in a full bloom (f³ < 1/2 until f > 0.79).
+        let one = FilterMode::Addresses.filter(vec![addr(0)], vec![], &topics);
+        assert_eq!(one.bloom_says(&bloom_of(300, 4), &[]), BloomSays::Nothing);
+        assert_eq!(one.bloom_says(&Bloom::ZERO, &[]), BloomSays::Nothing);
+    }
+
+    #[test]
+    fn each_part_is_one_request_and_together_they_select_what_the_filter_does() {
+        let topics = [B256::repeat_byte(7)];
+        for (mode, pools) in [
+            (FilterMode::Addresses, 1_200u16),
+            (FilterMode::Topics, 1_200),
+            (FilterMode::Auto, 3),
+            (FilterMode::Addresses, 0),
+        ] {
+            let f = mode.filter(vec![addr(0)], (1..=pools).map(addr).collect(), &topics);
+            let parts = f.parts();
+            assert_eq!(parts.len(), f.to_json(1, 2).len(), "{mode:?} {pools}");
+            for p in &parts {
+                assert_eq!(p.to_json(1, 2).len(), 1);
+            }
+            for a in [0, 5, 1_100, 2_000] {
+                for t in [topics[0], B256::repeat_byte(8)] {
+                    let log = log(addr(a), t);
+                    let n = parts.iter().filter(|p| p.matches(&log)).count();
+                    // A watched contract's log with a selector asked from any contract is in
+                    // two answers: callers drop the second copy.
+                    assert_eq!(n > 0, f.matches(&log), "{mode:?} {pools} {a} {t}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -191,21 +355,10 @@ mod tests {
             topic0s: vec![],
             open_topic0s: vec![B256::repeat_byte(7)],
         };
-        let log = |a: Address, t: u8| crate::Log {
-            address: a,
-            topics: vec![B256::repeat_byte(t)],
-            data: Default::default(),
-            block_number: 1,
-            block_hash: B256::ZERO,
-            transaction_hash: B256::ZERO,
-            transaction_index: 0,
-            log_index: 0,
-            removed: false,
-            block_timestamp: None,
-        };
-        assert!(f.matches(&log(addr(1), 1)));
-        assert!(f.matches(&log(addr(9), 7)));
-        assert!(!f.matches(&log(addr(9), 1)));
-        assert!(LogFilter::default().matches(&log(addr(9), 1)));
+        let t = B256::repeat_byte;
+        assert!(f.matches(&log(addr(1), t(1))));
+        assert!(f.matches(&log(addr(9), t(7))));
+        assert!(!f.matches(&log(addr(9), t(1))));
+        assert!(LogFilter::default().matches(&log(addr(9), t(1))));
     }
 }

@@ -49,7 +49,7 @@ pub use fetch::{
     next_span, Checks, RangeData, RangeSizer, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
     INCONSISTENT_RETRIES,
 };
-pub use filter::{FilterMode, LogFilter, MAX_ADDRESSES_PER_REQUEST};
+pub use filter::{BloomSays, FilterMode, LogFilter, MAX_ADDRESSES_PER_REQUEST};
 pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};
 pub use provider_url::{redact, BadProviderUrl, ProviderUrl};
 pub use range::BlockRange;

@@ -206,6 +206,14 @@ pub(crate) struct DataArgs {
     pub(crate) json: bool,
 }
 
+/// `--empty-checks` (see [`tidewater_tail::EmptyChecks`]).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum EmptyChecksArg {
+    Auto,
+    AtOnce,
+    Deferred,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
     /// WebSocket URL for newHeads notifications (polling stays on as the fallback)
@@ -226,6 +234,11 @@ pub(crate) struct TailArgs {
     /// Merge cold chunks per this many blocks (one file per table per cell, as a backfill writes)
     #[arg(long, default_value = "500", help_heading = "Following the head")]
     pub(crate) merge_blocks: u64,
+    /// When an empty answer for a block whose bloom may hold a watched log is asked again: at
+    /// once, at compaction (one ranged request per run of such blocks), or auto (at compaction
+    /// when the bloom is so full it says maybe by chance)
+    #[arg(long, value_enum, default_value = "auto", help_heading = "Following the head")]
+    pub(crate) empty_checks: EmptyChecksArg,
     /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout
     #[arg(long, help_heading = "Following the head")]
     pub(crate) print_updates: bool,
@@ -360,6 +373,11 @@ impl TailArgs {
             compact_blocks: self.compact_blocks,
             compact_interval_secs: self.compact_interval_secs,
             merge_blocks: self.merge_blocks,
+            empty_checks: match self.empty_checks {
+                EmptyChecksArg::Auto => tidewater_tail::EmptyChecks::Auto,
+                EmptyChecksArg::AtOnce => tidewater_tail::EmptyChecks::AtOnce,
+                EmptyChecksArg::Deferred => tidewater_tail::EmptyChecks::Deferred,
+            },
             print_updates: self.print_updates,
             no_serve: self.no_serve,
             api: self.api.options(),

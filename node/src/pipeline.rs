@@ -40,6 +40,8 @@ pub struct TailOptions {
     pub compact_interval_secs: u64,
     /// Blocks per merged cold file.
     pub merge_blocks: u64,
+    /// When empty answers for blocks whose bloom may match are asked again.
+    pub empty_checks: tidewater_tail::EmptyChecks,
     /// Whether the observer gets every bus update.
     pub print_updates: bool,
     /// No API (and no live state).
@@ -132,6 +134,7 @@ pub(crate) fn tail_config(
         merge_blocks: t.merge_blocks.max(1),
         ws,
         filter_mode: plan.cfg.filter_mode,
+        empty_checks: t.empty_checks,
     }
 }
 

@@ -38,8 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidewater_chain::metrics::{Histogram, DELAY_BUCKETS, DEPTH_BUCKETS};
 use tidewater_chain::{
-    discover_pools_checked, BlockRange, Checks, EventCatalog, Header, PoolSet, RangeData,
-    RangeSizer, RpcClient, Sources, B256, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    discover_pools_checked, BlockRange, BloomSays, Checks, EventCatalog, Header, Log, LogFilter,
+    PoolSet, RangeData, RangeSizer, RpcClient, Sources, B256, DEFAULT_LOG_RANGE,
+    DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, DatasetWriter};
 use tokio::sync::broadcast;
@@ -65,6 +66,10 @@ pub const FOLLOW_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Headers of confirmed blocks a follower keeps, to revert them if the leader rolls back.
 const FOLLOW_RECENT: usize = 4096;
+
+/// Deferred empty answers ([`EmptyChecks`]) are checked with one ranged request across the
+/// blocks between two of them while those hold at most this many logs (fetched again).
+const RECHECK_GAP_LOGS: usize = 2_000;
 
 /// Longest wait between polls while the node is unavailable.
 const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -131,6 +136,26 @@ pub struct TailConfig {
     pub ws: Option<tidewater_chain::ProviderUrl>,
     /// How the factory's pools are asked for.
     pub filter_mode: tidewater_chain::FilterMode,
+    /// When an empty answer for a block whose bloom may match is asked again.
+    pub empty_checks: EmptyChecks,
+}
+
+/// When an empty by-hash answer for a block whose bloom may hold a watched log is checked
+/// (a lagging node answers `[]` for blocks it has not indexed yet). See
+/// `docs/design/mainnet-shape.md`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmptyChecks {
+    /// At once when the bloom's "maybe" is likely real, at compaction when the bloom is so
+    /// full that it says "maybe" by chance ([`tidewater_chain::BloomSays`]).
+    #[default]
+    Auto,
+    /// At once, always: the block is asked again by hash, then its receipts decide (up to two
+    /// requests per such block, one of them `eth_getBlockReceipts`).
+    AtOnce,
+    /// At compaction, always: one ranged `eth_getLogs` per run of such blocks; a block found to
+    /// have missed logs is reverted and applied again with them.
+    Deferred,
 }
 
 impl Default for TailConfig {
@@ -144,6 +169,7 @@ impl Default for TailConfig {
             merge_blocks: DEFAULT_MERGE_BLOCKS,
             ws: None,
             filter_mode: tidewater_chain::FilterMode::Auto,
+            empty_checks: EmptyChecks::Auto,
         }
     }
 }
@@ -199,6 +225,10 @@ pub struct TailStats {
     pub store_unavailable: std::sync::Mutex<Option<String>>,
     /// Commits that failed for a transient store error (and were retried).
     pub store_errors: AtomicU64,
+    /// Blocks whose empty answer was left to the check at compaction ([`EmptyChecks`]).
+    pub empty_deferred: AtomicU64,
+    /// Blocks the check at compaction found short of logs (reverted and applied again).
+    pub blocks_repaired: AtomicU64,
 }
 
 impl Default for TailStats {
@@ -223,6 +253,8 @@ impl Default for TailStats {
             caught_up: Default::default(),
             store_unavailable: Default::default(),
             store_errors: AtomicU64::new(0),
+            empty_deferred: AtomicU64::new(0),
+            blocks_repaired: AtomicU64::new(0),
             detect_delay: Histogram::new(DELAY_BUCKETS),
             persist_delay: Histogram::new(DELAY_BUCKETS),
             reorg_depth: Histogram::new(DEPTH_BUCKETS),
@@ -239,6 +271,42 @@ impl TailStats {
         self.last_deep_reorg_blocks.store(blocks, Ordering::Relaxed);
         self.last_deep_reorg_time.store(unix_now() as u64, Ordering::Relaxed);
     }
+}
+
+/// The ranges [`Tail::recheck`] asks for one part of the filter, as indexes into the
+/// consecutive `blocks` (lo, hi) and whether a block holding logs of `part` follows the run
+/// (`hi` is that block): runs of deferred blocks (`due`), merged while the blocks between hold
+/// at most [`RECHECK_GAP_LOGS`] logs of the part, each reaching to the nearest blocks holding
+/// logs of it on either side.
+fn recheck_runs(
+    blocks: &[Arc<HotBlock>],
+    due: &[u64],
+    part: &LogFilter,
+) -> Vec<(usize, usize, bool)> {
+    let Some(first) = blocks.first().map(|b| b.header.number) else { return Vec::new() };
+    let held = |b: &HotBlock| b.logs.iter().filter(|l| part.matches(l)).count();
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for i in due.iter().filter_map(|n| n.checked_sub(first)).map(|i| i as usize) {
+        if i >= blocks.len() {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((_, end))
+                if blocks[*end + 1..i].iter().map(|b| held(b)).sum::<usize>()
+                    <= RECHECK_GAP_LOGS =>
+            {
+                *end = i
+            }
+            _ => runs.push((i, i)),
+        }
+    }
+    runs.into_iter()
+        .map(|(a, b)| {
+            let before = blocks[..a].iter().rposition(|x| held(x) > 0);
+            let after = blocks[b + 1..].iter().position(|x| held(x) > 0).map(|k| b + 1 + k);
+            (before.unwrap_or(a), after.unwrap_or(b), after.is_some())
+        })
+        .collect()
 }
 
 fn unix_now() -> f64 {
@@ -357,6 +425,18 @@ impl tidewater_chain::metrics::Collector for TailStats {
             "Blocks applied to the hot buffer.",
             n(&self.blocks_applied),
         )?;
+        counter(
+            e,
+            "tidewater_empty_answers_deferred",
+            "Empty answers for blocks whose full bloom said maybe, checked at compaction instead of at once.",
+            n(&self.empty_deferred),
+        )?;
+        counter(
+            e,
+            "tidewater_blocks_repaired",
+            "Blocks whose empty answer the check at compaction found short of logs (reverted and applied again).",
+            n(&self.blocks_repaired),
+        )?;
         self.reorg_depth.encode(e, "tidewater_reorg_depth_blocks", "Depth of reorgs.")?;
         let mut stages = vec![
             (vec![("stage", "detected".to_string())], &self.detect_delay),
@@ -415,6 +495,10 @@ struct State {
     /// Last cold block (number, hash), if any.
     checkpoint: Option<(u64, B256)>,
     last_compaction: Instant,
+    /// Hot blocks whose empty answer is checked at compaction: number → hash.
+    unchecked: std::collections::BTreeMap<u64, B256>,
+    /// Logs found for blocks the check at compaction reverted, used when they are applied again.
+    repaired: std::collections::HashMap<B256, Vec<Log>>,
 }
 
 impl Tail {
@@ -501,6 +585,8 @@ impl Tail {
             pools: PoolSet::default(),
             checkpoint,
             last_compaction: Instant::now(),
+            unchecked: Default::default(),
+            repaired: Default::default(),
         };
         self.drive(st, cancel).await
     }
@@ -519,6 +605,8 @@ impl Tail {
             pools: PoolSet::default(),
             checkpoint,
             last_compaction: Instant::now(),
+            unchecked: Default::default(),
+            repaired: Default::default(),
         };
         self.drive(st, cancel).await
     }
@@ -690,19 +778,21 @@ impl Tail {
     /// Fetches a block's watched logs by hash, with the completeness checks of a range fetch.
     async fn fetch_block(&self, st: &mut State, header: Header) -> Result<HotBlock> {
         let n = header.number;
+        // Logs the check at compaction found for this block (it was reverted to apply them).
+        let found = st.repaired.remove(&header.hash);
         loop {
             let filter = self.cfg.filter_mode.filter(
                 self.catalog.contracts(),
                 st.pools.created_by(n),
                 self.catalog.pool_topic0s(),
             );
-            let mut logs = self.rpc.get_logs_by_hash(&filter, header.hash).await?;
+            let mut logs = match &found {
+                Some(l) => l.clone(),
+                None => self.fetch_parts(st, &filter, &header).await?,
+            };
             logs.sort_unstable_by_key(|l| l.log_index);
-            if logs.is_empty() && filter.may_match(&header.logs_bloom) {
-                // The bloom says maybe: an empty answer is not believed twice from the same
-                // source (another provider, then the block's receipts decide).
-                logs = tidewater_chain::confirm_empty_block(&self.rpc, &filter, &header).await?;
-            }
+            // A watched contract's log with a pool selector is in two parts' answers.
+            logs.dedup_by_key(|l| l.log_index);
             if logs.iter().any(|l| l.block_hash != header.hash || l.block_number != n) {
                 return Err(tidewater_chain::Error::Inconsistent {
                     range: BlockRange::new(n, n),
@@ -731,6 +821,203 @@ impl Tail {
                 return Ok(HotBlock { header, logs, events });
             }
         }
+    }
+
+    /// The block's logs for `filter`, one request per part ([`LogFilter::parts`]). A part that
+    /// comes back empty while the bloom says its logs may be there is asked again at once, or
+    /// left to the check at compaction ([`Tail::empty_check`]): each part is answered on its
+    /// own, so one can be a lagging backend's `[]` while the others are complete.
+    async fn fetch_parts(
+        &self,
+        st: &mut State,
+        filter: &LogFilter,
+        header: &Header,
+    ) -> Result<Vec<Log>> {
+        let mut logs = Vec::new();
+        for part in filter.parts() {
+            let mut got = self.rpc.get_logs_by_hash(&part, header.hash).await?;
+            if got.is_empty() {
+                match self.empty_check(st, &part, header) {
+                    BloomSays::Nothing => {}
+                    // The bloom says maybe: an empty answer is not believed twice from the same
+                    // source (another provider, then the block's receipts decide).
+                    BloomSays::Likely => {
+                        got =
+                            tidewater_chain::confirm_empty_block(&self.rpc, &part, header).await?;
+                    }
+                    // A full bloom says maybe for nearly every block: checked at compaction,
+                    // with one ranged request for a run of such blocks (`recheck`).
+                    BloomSays::Noise => {
+                        if st.unchecked.insert(header.number, header.hash).is_none() {
+                            self.stats.empty_deferred.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            logs.append(&mut got);
+        }
+        Ok(logs)
+    }
+
+    /// What to do about an empty answer for `header`'s block ([`EmptyChecks`]): nothing, ask
+    /// again at once ([`BloomSays::Likely`]), or at compaction ([`BloomSays::Noise`]). A
+    /// standby asks at once: it does not compact, the leader's commits confirm its blocks.
+    fn empty_check(&self, st: &State, filter: &LogFilter, header: &Header) -> BloomSays {
+        let pools = if filter.open_topic0s.is_empty() {
+            Vec::new()
+        } else {
+            st.pools.created_by(header.number)
+        };
+        let says = filter.bloom_says(&header.logs_bloom, &pools);
+        let follower = matches!(st.cold, Cold::Follow { .. });
+        match (says, self.cfg.empty_checks) {
+            (BloomSays::Nothing, _) => BloomSays::Nothing,
+            _ if follower => BloomSays::Likely,
+            (_, EmptyChecks::AtOnce) => BloomSays::Likely,
+            (_, EmptyChecks::Deferred) => BloomSays::Noise,
+            (says, EmptyChecks::Auto) => says,
+        }
+    }
+
+    /// Checks the empty answers left for compaction ([`EmptyChecks`]) of hot blocks through
+    /// `through`, part by part of the filter: one ranged `eth_getLogs` per run of such blocks,
+    /// reaching to the nearest held blocks with logs of that part on either side (an answer
+    /// holding their logs is not a lagging node's `[]`; with none after the run, its last block
+    /// is asked by hash, then its receipts). Returns `false` when a block missed logs: the hot
+    /// buffer is reverted to below it, the logs found are kept for when it is applied again,
+    /// and nothing is compacted this round.
+    async fn recheck(&self, st: &mut State, through: u64) -> Result<bool> {
+        let next = self.next_block(st);
+        st.repaired.retain(|_, logs| logs.first().is_some_and(|l| l.block_number >= next));
+        let held: std::collections::HashMap<u64, B256> =
+            st.hot.iter().map(|b| (b.header.number, b.header.hash)).collect();
+        st.unchecked.retain(|n, h| held.get(n) == Some(h));
+        let due: Vec<u64> = st.unchecked.range(..=through).map(|(n, _)| *n).collect();
+        let blocks: Vec<Arc<HotBlock>> =
+            st.hot.iter().take_while(|b| b.header.number <= through).cloned().collect();
+        if due.is_empty() || blocks.is_empty() {
+            return Ok(true);
+        }
+        let filter = self.cfg.filter_mode.filter(
+            self.catalog.contracts(),
+            st.pools.created_by(through),
+            self.catalog.pool_topic0s(),
+        );
+        let mut repairs: std::collections::BTreeMap<u64, (B256, Vec<Log>)> = Default::default();
+        for part in filter.parts() {
+            for (lo, hi, anchored) in recheck_runs(&blocks, &due, &part) {
+                let range = BlockRange::new(blocks[lo].header.number, blocks[hi].header.number);
+                let mut attempt = 0;
+                let found = loop {
+                    let got =
+                        self.recheck_range(st, &filter, &part, &blocks[lo..=hi], anchored).await;
+                    match got {
+                        Err(e @ tidewater_chain::Error::Inconsistent { .. })
+                            if attempt < tidewater_chain::INCONSISTENT_RETRIES =>
+                        {
+                            attempt += 1;
+                            tracing::debug!(error = %e, %range, attempt, "checking deferred empty answers again");
+                            tokio::time::sleep(tidewater_chain::backoff(
+                                attempt,
+                                tidewater_chain::DEFAULT_BACKOFF_BASE,
+                                tidewater_chain::DEFAULT_BACKOFF_MAX,
+                            ))
+                            .await;
+                        }
+                        other => break other?,
+                    }
+                };
+                for (n, hash, logs) in found {
+                    let entry = repairs.entry(n).or_insert_with(|| (hash, Vec::new()));
+                    for l in logs {
+                        if !entry.1.iter().any(|x| x.log_index == l.log_index) {
+                            entry.1.push(l);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(from) = repairs.keys().next().copied() else {
+            st.unchecked.retain(|n, _| *n > through);
+            return Ok(true);
+        };
+        tracing::warn!(
+            block = from,
+            blocks = repairs.len(),
+            "empty answers missed logs (found by the check at compaction); reverting to apply them"
+        );
+        self.stats.blocks_repaired.fetch_add(repairs.len() as u64, Ordering::Relaxed);
+        for (_, (hash, mut logs)) in repairs {
+            logs.sort_unstable_by_key(|l| l.log_index);
+            st.repaired.insert(hash, logs);
+        }
+        while let Some(tip) = st.hot.tip().cloned().filter(|t| t.header.number >= from) {
+            st.hot.pop_tip();
+            self.publish(ChainUpdate::Reverted(tip));
+        }
+        st.pools.forget_after(from.saturating_sub(1));
+        st.unchecked.retain(|n, _| *n < from);
+        self.record_buffer(st);
+        Ok(false)
+    }
+
+    /// One ranged answer of [`Tail::recheck`]: the logs `part` selects in `held` (consecutive
+    /// hot blocks), compared block by block with what they hold. Returns the blocks that missed
+    /// logs, each with all its logs (held and found); a block whose held logs are not all in
+    /// the answer is [`tidewater_chain::Error::Inconsistent`] (the answer is short). With no
+    /// anchor after the run (`anchored` false), its last block is asked by hash, then its
+    /// receipts, when the answer has nothing there.
+    async fn recheck_range(
+        &self,
+        st: &State,
+        filter: &LogFilter,
+        part: &LogFilter,
+        held: &[Arc<HotBlock>],
+        anchored: bool,
+    ) -> tidewater_chain::Result<Vec<(u64, B256, Vec<Log>)>> {
+        let (Some(first), Some(last)) = (held.first(), held.last()) else { return Ok(Vec::new()) };
+        let range = BlockRange::new(first.header.number, last.header.number);
+        let sizer = RangeSizer::new(DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE);
+        let mut logs = tidewater_chain::fetch_logs(&self.rpc, part, range, &sizer).await?;
+        if !anchored && logs.last().is_none_or(|l| l.block_number < range.end) {
+            logs.extend(tidewater_chain::confirm_empty_block(&self.rpc, part, &last.header).await?);
+        }
+        if !part.open_topic0s.is_empty() {
+            st.pools.retain_watched(&mut logs, &filter.addresses);
+        }
+        logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+        logs.dedup_by_key(|l| (l.block_number, l.log_index));
+        let inconsistent = |what: String| tidewater_chain::Error::Inconsistent { range, what };
+        let mut found = logs.into_iter().peekable();
+        let mut short = Vec::new();
+        // Every block asked for, those the answer says nothing about too.
+        for b in held {
+            let n = b.header.number;
+            let mut answer: Vec<Log> = Vec::new();
+            while let Some(l) = found.next_if(|l| l.block_number == n) {
+                answer.push(l);
+            }
+            if answer.iter().any(|l| l.block_hash != b.header.hash) {
+                return Err(inconsistent(format!("a log of block {n} with another hash")));
+            }
+            let have: Vec<u64> =
+                b.logs.iter().filter(|l| part.matches(l)).map(|l| l.log_index).collect();
+            if have.iter().any(|i| !answer.iter().any(|l| l.log_index == *i)) {
+                return Err(inconsistent(format!(
+                    "the answer missed logs of block {n} held in the hot buffer"
+                )));
+            }
+            if answer.len() > have.len() {
+                let mut all = b.logs.clone();
+                all.extend(answer.into_iter().filter(|l| !have.contains(&l.log_index)));
+                short.push((n, b.header.hash, all));
+            }
+        }
+        if let Some(l) = found.next() {
+            let n = l.block_number;
+            return Err(inconsistent(format!("a log of block {n} outside the blocks asked for")));
+        }
+        Ok(short)
     }
 
     /// Walks back to the common ancestor, reverting orphaned blocks newest first. When the
@@ -868,6 +1155,9 @@ impl Tail {
                 && ready < self.cfg.compact_blocks
                 && st.last_compaction.elapsed() < self.cfg.compact_interval)
         {
+            return Ok(());
+        }
+        if !self.recheck(st, watermark).await? {
             return Ok(());
         }
         // Commits never cross a merge cell, so each complete cell can be merged whole.
@@ -1065,4 +1355,69 @@ fn eyre_chain(e: &tidewater_storage::Error) -> String {
 
 fn checkpoint_of(w: &DatasetWriter) -> Option<(u64, B256)> {
     w.manifest().last().map(|c| (c.end, c.last_block_hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidewater_chain::Address;
+
+    /// Consecutive blocks from 100, block i holding `logs[i]` logs of address 1.
+    fn blocks(logs: &[usize]) -> Vec<Arc<HotBlock>> {
+        logs.iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let number = 100 + i as u64;
+                let header = Header {
+                    number,
+                    hash: B256::with_last_byte(i as u8),
+                    parent_hash: B256::ZERO,
+                    timestamp: 0,
+                    logs_bloom: Default::default(),
+                };
+                let logs = (0..*n as u64)
+                    .map(|k| Log {
+                        address: Address::with_last_byte(1),
+                        topics: vec![],
+                        data: Default::default(),
+                        block_number: number,
+                        block_hash: header.hash,
+                        transaction_hash: B256::ZERO,
+                        transaction_index: 0,
+                        log_index: k,
+                        removed: false,
+                        block_timestamp: None,
+                    })
+                    .collect();
+                Arc::new(HotBlock { header, logs, events: Default::default() })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_deferred_blocks_reach_to_anchors_and_merge_across_quiet_gaps() {
+        let part = LogFilter { addresses: vec![Address::with_last_byte(1)], ..Default::default() };
+        let other = LogFilter { addresses: vec![Address::with_last_byte(2)], ..Default::default() };
+        //           100 101 102 103 104 105 106 107 108
+        let b = blocks(&[5, 0, 0, 3, 0, 0, 0, 9, 0]);
+        // 101 and 102: one run from the anchor before (100) to the one after (103).
+        assert_eq!(recheck_runs(&b, &[101, 102], &part), vec![(0, 3, true)]);
+        // 104 and 106 with quiet blocks between: one run, anchored by 103 and 107.
+        assert_eq!(recheck_runs(&b, &[104, 106], &part), vec![(3, 7, true)]);
+        // 108: nothing holds logs after it (its own last block is asked by hash then).
+        assert_eq!(recheck_runs(&b, &[108], &part), vec![(7, 8, false)]);
+        // Blocks not held are ignored.
+        assert_eq!(recheck_runs(&b, &[50, 300], &part), vec![]);
+        // Anchors are blocks holding logs of that part: another part's has none.
+        assert_eq!(recheck_runs(&b, &[101, 108], &other), vec![(1, 8, false)]);
+        // Busy blocks between two deferred ones split the runs once they hold more than
+        // RECHECK_GAP_LOGS logs.
+        let mut logs = vec![0; 5];
+        logs[2] = RECHECK_GAP_LOGS + 1;
+        let b = blocks(&logs);
+        assert_eq!(recheck_runs(&b, &[101, 103], &part), vec![(1, 2, true), (2, 3, false)]);
+        logs[2] = RECHECK_GAP_LOGS;
+        let b = blocks(&logs);
+        assert_eq!(recheck_runs(&b, &[101, 103], &part), vec![(1, 3, false)]);
+    }
 }

@@ -261,3 +261,77 @@ fn issue_10_header_per_answer_checks_still_catch_a_lagging_log_index() {
     assert!(lied > 0 && receipts > 0, "the lagging index was never met");
     crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
 }
+
+/// Issue 10: the tail over blocks whose blooms are mostly set, through a provider that answers
+/// `[]` at random and whose log index lags the head. An empty answer for such a block is not
+/// asked again at once (its full bloom says "maybe" for hundreds of pools by chance): the
+/// check at compaction asks once for each run of them, finds the logs the lies hid, reverts
+/// and applies those blocks again. The dataset equals a fresh backfill from the node, the
+/// live state equals the contracts, and fewer receipts were read than answers deferred.
+#[test]
+fn issue_10_a_tail_over_full_blooms_checks_empty_answers_at_compaction_and_repairs_them() {
+    use crate::proxy::{Lies, Proxy};
+    use std::sync::atomic::Ordering;
+    let net = Devnet::mainnet_shape_mini();
+    let head = net.head();
+    let lies = Lies { empty_logs: 0.15, index_lag: 2, ..Lies::default() };
+    let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
+    let t = TestCommand::new();
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let mut args = s(&[
+        "tail",
+        "--data",
+        "data",
+        "--confirmations",
+        "3",
+        "--compact-blocks",
+        "50",
+        "--compact-interval-secs",
+        "1",
+        "--poll-interval-ms",
+        "30",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    args.extend(net.uniswap_flags_via(&proxy.url));
+    let mut run = Running(Some(
+        t.cmd()
+            .env("TIDEWATER_LOG", "info")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(t.path("tail.stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_within("the tail to reach the head", std::time::Duration::from_secs(600), || {
+        crate::tail::checkpoint(&t).is_some_and(|c| c >= head - 3)
+    });
+    wait_for("the API to be ready", || is_ready(&api));
+    let deferred = metric(&api, "tidewater_empty_answers_deferred_total").unwrap_or(0.0);
+    let repaired = metric(&api, "tidewater_blocks_repaired_total").unwrap_or(0.0);
+    let stderr = std::fs::read_to_string(t.path("tail.stderr")).unwrap();
+    // The tail holds every block's header: so does a backfill checking every block.
+    let fresh = TestCommand::new();
+    let to = crate::tail::checkpoint(&t).unwrap().to_string();
+    let mut args =
+        s(&["backfill", "--data", "data", "--to", &to, "--block-checks-depth", "100000000"]);
+    args.extend(net.uniswap_flags());
+    fresh.ok(&args);
+    assert_same_dataset(&fresh.path("data"), &t.path("data"));
+    crate::serve::check_against_contracts(&api, &net, head);
+    crate::tail::stop(run.0.take().unwrap());
+    let c = &proxy.counters;
+    let (lied, receipts) =
+        (c.lied_empty.load(Ordering::Relaxed), c.receipts.load(Ordering::Relaxed));
+    eprintln!(
+        "{head} blocks: {} requests, {lied} empty lies, {receipts} receipt calls; {deferred} empty answers deferred, {repaired} blocks repaired",
+        c.requests.load(Ordering::Relaxed)
+    );
+    assert!(deferred > 0.0, "no empty answer was left to the compaction check");
+    assert!(repaired > 0.0, "no lie was caught at compaction:\n{stderr}");
+    assert!(
+        (receipts as f64) < deferred,
+        "{receipts} receipt calls for {deferred} deferred answers"
+    );
+}
