@@ -7,7 +7,9 @@
 # addresses by chance; until the checkpoint reaches the head.
 #   --empty-checks at-once     every empty answer whose bloom says maybe: by hash again, then receipts
 #   --empty-checks auto        the default: a full bloom's maybe is checked at compaction, one
-#                              ranged eth_getLogs per run of such blocks
+#                              ranged eth_getLogs per run of such blocks (a sparser one at once)
+#   --empty-checks deferred    every maybe at compaction
+# (BENCH_MODES picks some of them.)
 # Prints requests and compute units per method and per block for each, and the logs each wrote
 # (which must agree).
 set -euo pipefail
@@ -27,7 +29,7 @@ read -r factory router weth <<<"$(python3 -c "import json;d=json.load(open('$cha
 transfer='Transfer(address indexed from, address indexed to, uint256 value)'
 echo "chain: $preset, blocks 0..$head, watching $factory $router $weth" >&2
 
-for mode in at-once auto; do
+for mode in ${BENCH_MODES:-at-once auto deferred}; do
   out="$work/sim.$mode.out"
   "$sim_bin" --upstream "$url" --profile alchemy > "$out" &
   pids+=($!)
@@ -49,13 +51,13 @@ for mode in at-once auto; do
   "$tw" sql --data "$work/$mode" --format json "SELECT count(*) AS n FROM logs" > "$work/$mode.logs"
 done
 
-python3 - "$work" "$head" <<'PY'
+python3 - "$work" "$head" "${BENCH_MODES:-at-once auto deferred}" <<'PY'
 import json, sys
 work, head = sys.argv[1], int(sys.argv[2])
 blocks = head - 2
 print(f"\ntail over blocks 0..{head - 3} ({blocks} blocks), three quiet contracts on full blooms")
 print(f"{'--empty-checks':<16} {'requests':>9} {'CU':>10} {'CU/block':>9} {'receipts':>9} {'getLogs':>8} {'seconds':>8}  logs  counters")
-for mode in ("at-once", "auto"):
+for mode in sys.argv[3].split():
     s = json.load(open(f"{work}/{mode}.stats.json"))["methods"]
     calls = sum(v["calls"] for v in s.values())
     cu = sum(v["compute_units"] for v in s.values())
