@@ -6,9 +6,10 @@
 # exist, the router, WETH): a busy block's bloom is so full that it says "maybe" for their
 # addresses by chance; until the checkpoint reaches the head.
 #   --empty-checks at-once     every empty answer whose bloom says maybe: by hash again, then receipts
-#   --empty-checks auto        the default: a full bloom's maybe is checked at compaction, one
-#                              ranged eth_getLogs per run of such blocks (a sparser one at once)
-#   --empty-checks deferred    every maybe at compaction
+#   --empty-checks auto        the default: at once while a live state folds the hot blocks (as
+#                              here: the API is on to read the tail's metrics), else as deferred
+#                              for a full bloom's maybe and at once for a sparser one
+#   --empty-checks deferred    every maybe at compaction, one ranged eth_getLogs per run of such blocks
 # (BENCH_MODES picks some of them.)
 # Prints requests and compute units per method and per block for each, and the logs each wrote
 # (which must agree).

@@ -235,8 +235,9 @@ pub(crate) struct TailArgs {
     #[arg(long, default_value = "500", help_heading = "Following the head")]
     pub(crate) merge_blocks: u64,
     /// When an empty answer for a block whose bloom may hold a watched log is asked again: at
-    /// once, at compaction (one ranged request per run of such blocks), or auto (at compaction
-    /// when the bloom is so full it says maybe by chance)
+    /// once, at compaction (one ranged request per run of such blocks; until then the live
+    /// state and the stream carry the block as answered), or auto (at compaction when the bloom
+    /// is so full it says maybe by chance and --no-serve, at once otherwise)
     #[arg(long, value_enum, default_value = "auto", help_heading = "Following the head")]
     pub(crate) empty_checks: EmptyChecksArg,
     /// Print every chain update (pending, reverted, confirmed) as a JSON line on stdout

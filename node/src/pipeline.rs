@@ -134,7 +134,13 @@ pub(crate) fn tail_config(
         merge_blocks: t.merge_blocks.max(1),
         ws,
         filter_mode: plan.cfg.filter_mode,
-        empty_checks: t.empty_checks,
+        // A live state folds every hot block as it comes: one applied without the logs a lie
+        // hid could meet an event it cannot take (a burn of liquidity the missing mint added)
+        // and stay degraded until a restart. With it, `auto` checks at once.
+        empty_checks: match t.empty_checks {
+            tidewater_tail::EmptyChecks::Auto if !t.no_serve => tidewater_tail::EmptyChecks::AtOnce,
+            other => other,
+        },
     }
 }
 

@@ -147,7 +147,8 @@ pub struct TailConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum EmptyChecks {
     /// At once when the bloom's "maybe" is likely real, at compaction when the bloom is so
-    /// full that it says "maybe" by chance ([`tidewater_chain::BloomSays`]).
+    /// full that it says "maybe" by chance ([`tidewater_chain::BloomSays`]). (`tidewater run`
+    /// and `tail` check at once when a live state folds the hot blocks.)
     #[default]
     Auto,
     /// At once, always: the block is asked again by hash, then its receipts decide (up to two
@@ -1157,7 +1158,17 @@ impl Tail {
         {
             return Ok(());
         }
-        if !self.recheck(st, watermark).await? {
+        let checked = match self.recheck(st, watermark).await {
+            Ok(checked) => checked,
+            // Stopping while the node is unreachable: the blocks stay out of the cold tier and
+            // are fetched again on the next start (the checkpoint is below them).
+            Err(Error::Chain(e)) if force && e.is_transient() => {
+                tracing::warn!(error = %e, "cannot check deferred empty answers while stopping; their blocks are left for the next start");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if !checked {
             return Ok(());
         }
         // Commits never cross a merge cell, so each complete cell can be merged whole.
