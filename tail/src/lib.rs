@@ -71,6 +71,9 @@ const FOLLOW_RECENT: usize = 4096;
 /// blocks between two of them while those hold at most this many logs (fetched again).
 const RECHECK_GAP_LOGS: usize = 2_000;
 
+/// The fewest blocks a round of the tail applies before it compacts ([`Tail::catch_up_batch`]).
+const MIN_CATCH_UP_BATCH: u64 = 256;
+
 /// Longest wait between polls while the node is unavailable.
 const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -292,6 +295,8 @@ fn recheck_runs(
             continue;
         }
         match runs.last_mut() {
+            // `due` is sorted and distinct; anything else is covered by the run already.
+            Some((_, end)) if i <= *end => {}
             Some((_, end))
                 if blocks[*end + 1..i].iter().map(|b| held(b)).sum::<usize>()
                     <= RECHECK_GAP_LOGS =>
@@ -627,10 +632,15 @@ impl Tail {
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let wait = match self.step(&mut st).await {
-                Ok(()) => {
+                Ok(caught_up) => {
                     failures = 0;
                     self.set_store_unavailable(None);
-                    self.cfg.poll_interval
+                    // Still behind the head: go on at once.
+                    if caught_up {
+                        self.cfg.poll_interval
+                    } else {
+                        Duration::ZERO
+                    }
                 }
                 // The object store (or its coordinator) is down: the blocks stay in the hot
                 // buffer, the commit is retried, nothing is lost.
@@ -701,7 +711,10 @@ impl Tail {
     }
 
     /// One round: catch up to the head (handling reorgs), then compact what is confirmed.
-    async fn step(&self, st: &mut State) -> Result<()> {
+    /// Far behind the head, a round stops after [`Tail::catch_up_batch`] blocks, so the hot
+    /// buffer is compacted (and its deferred empty answers checked) as it goes rather than
+    /// holding the whole way to the head. Returns whether the round reached the head.
+    async fn step(&self, st: &mut State) -> Result<bool> {
         let head = self.rpc.block_number().await?;
         self.stats.head.store(head, Ordering::Relaxed);
         // A reorg that kept the height (or shortened the chain) shows at our tip's height.
@@ -714,9 +727,10 @@ impl Tail {
                 }
             }
         }
+        let mut applied = 0u64;
         loop {
             let next = self.next_block(st);
-            if next > head {
+            if next > head || applied >= self.catch_up_batch() {
                 break;
             }
             let Some(header) = self.rpc.header_at(&format!("{next:#x}")).await? else { break };
@@ -741,18 +755,27 @@ impl Tail {
             };
             let block = Arc::new(block);
             st.hot.push(block.clone()).expect("invariant: the block extends the tip");
+            applied += 1;
             self.stats.blocks_applied.fetch_add(1, Ordering::Relaxed);
             self.record_buffer(st);
             self.stats.detect_delay.observe(unix_now() - block.header.timestamp as f64);
             self.publish(ChainUpdate::Applied(block));
         }
-        if self.next_block(st) > head {
+        let caught_up = self.next_block(st) > head;
+        if caught_up {
             self.stats.caught_up.store(true, Ordering::Relaxed);
         }
         self.record_buffer(st);
         let watermark = self.watermark(head).await?;
         self.stats.watermark.store(watermark, Ordering::Relaxed);
-        self.compact(st, watermark, false).await
+        self.compact(st, watermark, false).await?;
+        Ok(caught_up || applied < self.catch_up_batch())
+    }
+
+    /// Blocks one round applies at most before compacting: twice the compaction batch, and
+    /// at least [`MIN_CATCH_UP_BATCH`] (a round also asks for the head and the watermark).
+    fn catch_up_batch(&self) -> u64 {
+        (2 * self.cfg.compact_blocks).max(MIN_CATCH_UP_BATCH)
     }
 
     /// Publishes the buffer's size and tip (block, timestamp) to the stats.
@@ -781,6 +804,7 @@ impl Tail {
         let n = header.number;
         // Logs the check at compaction found for this block (it was reverted to apply them).
         let found = st.repaired.remove(&header.hash);
+        let mut again = false;
         loop {
             let filter = self.cfg.filter_mode.filter(
                 self.catalog.contracts(),
@@ -788,9 +812,16 @@ impl Tail {
                 self.catalog.pool_topic0s(),
             );
             let mut logs = match &found {
+                // Found without the pools they create: those pools' logs here are asked for.
+                Some(l) if again => {
+                    let mut all = l.clone();
+                    all.extend(self.fetch_parts(st, &filter, &header).await?);
+                    all
+                }
                 Some(l) => l.clone(),
                 None => self.fetch_parts(st, &filter, &header).await?,
             };
+            again = true;
             logs.sort_unstable_by_key(|l| l.log_index);
             // A watched contract's log with a pool selector is in two parts' answers.
             logs.dedup_by_key(|l| l.log_index);
@@ -807,21 +838,25 @@ impl Tail {
                 st.pools.extend_from_logs(u.factory, &logs);
             }
             if st.pools.len() == before {
-                let pools = &st.pools;
                 if !filter.open_topic0s.is_empty() {
-                    pools.retain_watched(&mut logs, &filter.addresses);
+                    st.pools.retain_watched(&mut logs, &filter.addresses);
                 }
-                let events =
-                    tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
-                        pools.is_pool_at(a, b)
-                    })?
-                    .batches
-                    .into_iter()
-                    .filter(|(_, b)| b.num_rows() > 0)
-                    .collect();
-                return Ok(HotBlock { header, logs, events });
+                return self.hot_block(st, header, logs);
             }
         }
+    }
+
+    /// The hot block of `header` with its watched `logs` (sorted), decoded.
+    fn hot_block(&self, st: &State, header: Header, logs: Vec<Log>) -> Result<HotBlock> {
+        let pools = &st.pools;
+        let events = tidewater_chain::encode::decode_batches(&self.catalog, &logs, |a, b| {
+            pools.is_pool_at(a, b)
+        })?
+        .batches
+        .into_iter()
+        .filter(|(_, b)| b.num_rows() > 0)
+        .collect();
+        Ok(HotBlock { header, logs, events })
     }
 
     /// The block's logs for `filter`, one request per part ([`LogFilter::parts`]). A part that
@@ -884,9 +919,11 @@ impl Tail {
     /// `through`, part by part of the filter: one ranged `eth_getLogs` per run of such blocks,
     /// reaching to the nearest held blocks with logs of that part on either side (an answer
     /// holding their logs is not a lagging node's `[]`; with none after the run, its last block
-    /// is asked by hash, then its receipts). Returns `false` when a block missed logs: the hot
-    /// buffer is reverted to below it, the logs found are kept for when it is applied again,
-    /// and nothing is compacted this round.
+    /// is asked by hash, then its receipts). When a block missed logs, the hot buffer is
+    /// reverted to below it (`Reverted` on the bus, as in a reorg) and applied again from what
+    /// it holds, with the logs found. Returns `false` only when a found log created a pool: the
+    /// blocks after it are then fetched again (the logs found are kept for when their blocks
+    /// are applied again) and nothing is compacted this round.
     async fn recheck(&self, st: &mut State, through: u64) -> Result<bool> {
         let next = self.next_block(st);
         st.repaired.retain(|_, logs| logs.first().is_some_and(|l| l.block_number >= next));
@@ -948,18 +985,50 @@ impl Tail {
             "empty answers missed logs (found by the check at compaction); reverting to apply them"
         );
         self.stats.blocks_repaired.fetch_add(repairs.len() as u64, Ordering::Relaxed);
-        for (_, (hash, mut logs)) in repairs {
+        for (_, logs) in repairs.values_mut() {
             logs.sort_unstable_by_key(|l| l.log_index);
-            st.repaired.insert(hash, logs);
         }
+        // A pool created by a log the lie hid: the blocks after it were fetched without that
+        // pool's address, so they are fetched again.
+        let creates_pool = self.sources.uniswap_v3.as_ref().and_then(|u| {
+            let mut pools = st.pools.clone();
+            repairs.iter().find_map(|(n, (_, logs))| {
+                pools.extend_from_logs(u.factory, logs);
+                (pools.len() != st.pools.len()).then_some(*n)
+            })
+        });
+        let mut reverted = Vec::new();
         while let Some(tip) = st.hot.tip().cloned().filter(|t| t.header.number >= from) {
             st.hot.pop_tip();
-            self.publish(ChainUpdate::Reverted(tip));
+            self.publish(ChainUpdate::Reverted(tip.clone()));
+            reverted.push(tip);
         }
-        st.pools.forget_after(from.saturating_sub(1));
-        st.unchecked.retain(|n, _| *n < from);
+        if let Some(creating) = creates_pool {
+            // Logs found after that block were asked for without the new pool: not kept.
+            for (_, (hash, logs)) in repairs.range(..=creating) {
+                st.repaired.insert(*hash, logs.clone());
+            }
+            st.pools.forget_after(from.saturating_sub(1));
+            st.unchecked.retain(|n, _| *n < from);
+            self.record_buffer(st);
+            return Ok(false);
+        }
+        // Otherwise the blocks are applied again from what the buffer holds, the repaired ones
+        // with the logs found: no request, and no new lie can come in between. Every block
+        // through `through` is checked now.
+        for b in reverted.into_iter().rev() {
+            let b = match repairs.remove(&b.header.number) {
+                Some((hash, logs)) if hash == b.header.hash => {
+                    Arc::new(self.hot_block(st, b.header.clone(), logs)?)
+                }
+                _ => b,
+            };
+            st.hot.push(b.clone()).expect("invariant: the block held there extends the tip");
+            self.publish(ChainUpdate::Applied(b));
+        }
+        st.unchecked.retain(|n, _| *n > through);
         self.record_buffer(st);
-        Ok(false)
+        Ok(true)
     }
 
     /// One ranged answer of [`Tail::recheck`]: the logs `part` selects in `held` (consecutive

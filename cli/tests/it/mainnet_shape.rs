@@ -269,7 +269,6 @@ fn issue_10_header_per_answer_checks_still_catch_a_lagging_log_index() {
 /// reverts and applies those blocks again. The dataset equals a fresh backfill from the node, the
 /// live state equals the contracts, and fewer receipts were read than answers deferred.
 #[test]
-#[ignore = "3-5 minutes and not yet reliable within CI's 5-minute limit: run with --run-ignored all"]
 fn issue_10_a_tail_over_full_blooms_checks_empty_answers_at_compaction_and_repairs_them() {
     use crate::proxy::{Lies, Proxy};
     use std::sync::atomic::Ordering;
