@@ -6,12 +6,9 @@
 //! planner, URL tables (`SELECT * FROM '/etc/passwd'`) are off, and each query has a row cap,
 //! a time limit and a memory pool of fixed size.
 
+use crate::chunk_table::{ChunkFile, ChunkTable};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{lit, SQLOptions, SessionConfig, SessionContext};
@@ -175,6 +172,7 @@ pub async fn run_sql(
         .map_err(|e| SqlError::Execution(e.to_string()))??;
     // No spilling: a query gets its memory pool and no disk.
     let runtime = RuntimeEnvBuilder::new()
+        .with_cache_manager(shared_caches())
         .with_memory_limit(limits.memory, 1.0)
         .with_disk_manager_builder(
             datafusion::execution::disk_manager::DiskManagerBuilder::default()
@@ -205,31 +203,24 @@ pub async fn run_sql(
     }
     for table in tables {
         let schema = cold_schema(&ds, &table)?;
-        let files: Vec<String> = match &remote {
-            Some(r) => ds
-                .manifest()
-                .chunks()
-                .iter()
-                .filter_map(|c| c.tables.get(&table))
-                .map(|f| format!("{}/{}", r.url(), f.path))
-                .collect(),
-            None => ds.files(&table).iter().map(|f| f.to_string_lossy().into_owned()).collect(),
-        };
-        let cold: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
-            Arc::new(MemTable::try_new(schema.clone(), vec![vec![]]).map_err(classify)?)
-        } else {
-            let urls = files
-                .iter()
-                .map(ListingTableUrl::parse)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(classify)?;
-            let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            let cfg = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(opts)
-                .with_schema(schema.clone());
-            Arc::new(ListingTable::try_new(cfg).map_err(classify)?)
-        };
+        let files: Vec<ChunkFile> = ds
+            .manifest()
+            .chunks()
+            .iter()
+            .filter_map(|c| c.tables.get(&table).map(|f| (c, f)))
+            .map(|(c, f)| ChunkFile {
+                location: match &remote {
+                    Some(r) => format!("{}/{}", r.url(), f.path),
+                    None => ds.root().join(&f.path).to_string_lossy().into_owned(),
+                },
+                bytes: f.bytes,
+                rows: f.rows,
+                sha256: f.sha256.clone(),
+                blocks: (c.start, c.end),
+            })
+            .collect();
+        let cold: Arc<dyn datafusion::catalog::TableProvider> =
+            Arc::new(ChunkTable::try_new(schema.clone(), &files).map_err(classify)?);
         let mut df = ctx
             .read_table(cold)
             .map_err(classify)?
@@ -304,6 +295,35 @@ fn referenced_tables(ctx: &SessionContext, sql: &str) -> Option<std::collections
     Some(named)
 }
 
+/// Parquet footers and file statistics kept across queries, bytes each: a table of 20,000
+/// chunk files costs a read of 20,000 footers on its first query (seconds) and none after.
+pub const FILE_CACHE_BYTES: usize = 64 << 20;
+
+/// Every query's caches of Parquet footers and file statistics, shared by the process. Entries
+/// are checked against the file's size and modification time before use, and a merge or
+/// rollback writes new files (the manifest lists which are read), so a stale entry is never
+/// used. The listing cache stays per query: a new query sees newly committed files.
+fn shared_caches() -> datafusion::execution::cache::cache_manager::CacheManagerConfig {
+    use datafusion::execution::cache::cache_manager::{
+        CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
+    };
+    use datafusion::execution::cache::file_statistics_cache::DefaultFileStatisticsCache;
+    use datafusion::execution::cache::DefaultFilesMetadataCache;
+    type Shared = (Arc<dyn FileMetadataCache>, Arc<dyn FileStatisticsCache>);
+    static CACHES: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    let (meta, stats) = CACHES.get_or_init(|| {
+        (
+            Arc::new(DefaultFilesMetadataCache::new(FILE_CACHE_BYTES)),
+            Arc::new(DefaultFileStatisticsCache::new(FILE_CACHE_BYTES)),
+        )
+    });
+    CacheManagerConfig::default()
+        .with_file_metadata_cache(Some(meta.clone()))
+        .with_metadata_cache_limit(FILE_CACHE_BYTES)
+        .with_file_statistics_cache(Some(stats.clone()))
+        .with_file_statistics_cache_limit(FILE_CACHE_BYTES)
+}
+
 /// Worker threads of the SQL runtime: two keep a query's partitions busy on a small machine
 /// while the indexer's own runtime keeps its threads.
 pub const SQL_THREADS: usize = 2;
@@ -376,5 +396,77 @@ impl<T> std::future::Future for AbortOnDrop<Result<T, SqlError>> {
             }
             Err(e) => Err(SqlError::Execution(format!("the query task ended: {e}"))),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use tidewater_storage::{ChunkCommit, DatasetWriter, Identity};
+
+    fn schemas() -> BTreeMap<String, SchemaRef> {
+        let s = Arc::new(Schema::new(vec![
+            Field::new("block_number", DataType::UInt64, false),
+            Field::new("v", DataType::UInt64, false),
+        ]));
+        BTreeMap::from([("t".to_string(), s)])
+    }
+
+    /// A chunk of blocks `start..=end`, one row each, whose `v` is the block plus `offset`.
+    fn chunk(start: u64, end: u64, offset: u64) -> ChunkCommit {
+        let b = RecordBatch::try_new(
+            schemas()["t"].clone(),
+            vec![
+                Arc::new(UInt64Array::from_iter_values(start..=end)),
+                Arc::new(UInt64Array::from_iter_values(start + offset..=end + offset)),
+            ],
+        )
+        .unwrap();
+        ChunkCommit {
+            start,
+            end,
+            first_block_hash: tidewater_chain::B256::with_last_byte(start as u8),
+            last_block_hash: tidewater_chain::B256::with_last_byte(end as u8),
+            files: BTreeMap::from([(
+                "t".to_string(),
+                (tidewater_storage::encode_parquet("t", &b).unwrap(), end - start + 1),
+            )]),
+        }
+    }
+
+    async fn sum(root: &std::path::Path, filter: &str) -> Option<u64> {
+        let sql = format!("SELECT sum(v) AS s FROM t {filter}");
+        let out = run_sql(root, BTreeMap::new(), &sql, SqlLimits::default(), None).await.unwrap();
+        let s = out[0].column(0).as_any().downcast_ref::<UInt64Array>().unwrap();
+        (!s.is_null(0)).then(|| s.value(0))
+    }
+
+    /// The footers and statistics cached across queries are never used for a file that
+    /// changed: a range rolled back and committed again with other rows, at the same path and
+    /// of the same size, is read anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_share_file_caches_but_never_read_a_rewritten_file_from_them() {
+        // SAFETY: nextest runs each test in its own process.
+        unsafe { std::env::set_var("TIDEWATER_RETENTION_SECS", "0") };
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::new(1, "g".into(), serde_json::json!({}), vec!["t".into()]);
+        let mut w = DatasetWriter::open(dir.path(), &id, &schemas(), None).unwrap();
+        w.commit(chunk(0, 3, 0)).unwrap();
+        w.commit(chunk(4, 6, 0)).unwrap();
+        assert_eq!(sum(dir.path(), "").await, Some(21));
+        // A second query, its footers from the cache: row groups pruned by their statistics.
+        assert_eq!(sum(dir.path(), "WHERE v >= 100").await, None);
+        // Files of chunks outside a block range are skipped, those inside read.
+        assert_eq!(sum(dir.path(), "WHERE block_number BETWEEN 3 AND 4").await, Some(7));
+        let file = Dataset::open(dir.path()).unwrap().files("t")[1].clone();
+        let before = std::fs::metadata(&file).unwrap().len();
+        w.rollback(Some(3)).unwrap();
+        w.commit(chunk(4, 6, 100)).unwrap();
+        let after = Dataset::open(dir.path()).unwrap().files("t")[1].clone();
+        assert_eq!((&after, std::fs::metadata(&after).unwrap().len()), (&file, before));
+        assert_eq!(sum(dir.path(), "").await, Some(6 + 104 + 105 + 106));
+        assert_eq!(sum(dir.path(), "WHERE v >= 100").await, Some(104 + 105 + 106));
     }
 }

@@ -24,6 +24,7 @@
 //! ```
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod chunk_table;
 pub mod df_sql;
 pub mod read_only;
 

@@ -87,7 +87,7 @@ pub fn read_identity(root: &Path) -> Result<Option<Identity>> {
 pub struct Dataset {
     root: PathBuf,
     identity: Identity,
-    manifest: Manifest,
+    manifest: std::sync::Arc<Manifest>,
 }
 
 impl Dataset {
@@ -95,7 +95,7 @@ impl Dataset {
     pub fn open(root: &Path) -> Result<Self> {
         let identity =
             read_identity(root)?.ok_or_else(|| Error::NotADataset { path: root.to_path_buf() })?;
-        let manifest = Manifest::load(root)?;
+        let manifest = Manifest::load_shared(root)?;
         Ok(Self { root: root.to_path_buf(), identity, manifest })
     }
 

@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use files::{sync_dir, write_atomic};
 pub use manifest::{
     ChunkEntry, FileEntry, Manifest, CHECKPOINT_EVERY, CHECKPOINT_FILE, DEFAULT_RETENTION,
-    MANIFEST_DIR, VACUUM_FILE,
+    MANIFEST_DIR, RACY_STAMP, VACUUM_FILE,
 };
 pub use parquet_io::{
     encode_parquet, read_parquet, read_parquet_columns, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL,

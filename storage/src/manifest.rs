@@ -20,6 +20,9 @@ pub const CHECKPOINT_FILE: &str = "_checkpoint.bin";
 pub(crate) const LEGACY_CHECKPOINT_FILE: &str = "_checkpoint.json";
 /// The first bytes of a checkpoint of this format.
 const CHECKPOINT_MAGIC: &[u8; 8] = b"TWCKPT02";
+/// A manifest folder modified this recently is read again by [`Manifest::load_shared`] rather
+/// than trusted to its modification time.
+pub const RACY_STAMP: std::time::Duration = std::time::Duration::from_secs(2);
 /// Entries committed since the last checkpoint before the writer writes a new one.
 pub const CHECKPOINT_EVERY: usize = 256;
 
@@ -128,6 +131,43 @@ impl Manifest {
     /// Loads every entry under `<root>/_manifest`. Overlapping entries are corruption.
     pub fn load(root: &Path) -> Result<Self> {
         Self::load_with(root, true)
+    }
+
+    /// [`Manifest::load`] for readers, shared within the process: a service opens the same
+    /// dataset for every SQL request, past-block state and poll, and at 20,000 entries a load
+    /// lists and decodes 20,000 of them. The manifest loaded last is reused while the
+    /// folder's modification time is what it was: every change of the manifest creates,
+    /// renames or removes a file in it. A time within [`RACY_STAMP`] of the load is never
+    /// trusted (two changes within the file system's timestamp granularity share one time;
+    /// git's index has the same rule).
+    pub fn load_shared(root: &Path) -> Result<std::sync::Arc<Self>> {
+        type Cache =
+            std::collections::HashMap<PathBuf, (std::time::SystemTime, std::sync::Arc<Manifest>)>;
+        static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+        let stamp = std::fs::metadata(root.join(MANIFEST_DIR)).and_then(|m| m.modified()).ok();
+        let cache = || CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(stamp) = stamp {
+            if let Some((s, m)) = cache().as_ref().and_then(|c| c.get(root)) {
+                if *s == stamp {
+                    return Ok(m.clone());
+                }
+            }
+        }
+        let settled = stamp.filter(|s| {
+            std::time::SystemTime::now().duration_since(*s).is_ok_and(|age| age > RACY_STAMP)
+        });
+        let m = std::sync::Arc::new(Self::load(root)?);
+        let mut c = cache();
+        let c = c.get_or_insert_with(Default::default);
+        match settled {
+            Some(s) => {
+                c.insert(root.to_path_buf(), (s, m.clone()));
+            }
+            None => {
+                c.remove(root);
+            }
+        }
+        Ok(m)
     }
 
     /// [`Manifest::load`] from the entry files alone, ignoring the checkpoint (`verify`).
@@ -570,6 +610,38 @@ mod tests {
         std::fs::write(&legacy, b"{}").unwrap();
         remove_checkpoint(dir.path()).unwrap();
         assert!(!legacy.exists() && !m_dir.join(CHECKPOINT_FILE).exists());
+    }
+
+    /// Writes `c`'s entry file as a commit does, then sets the folder's modification time.
+    fn commit_entry(root: &Path, c: &ChunkEntry, stamp: std::time::SystemTime) {
+        let dir = root.join(MANIFEST_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(".tmp-entry");
+        std::fs::write(&tmp, serde_json::to_vec(c).unwrap()).unwrap();
+        std::fs::rename(&tmp, dir.join(ChunkEntry::file_name(c.start, c.end))).unwrap();
+        std::fs::File::open(&dir).unwrap().set_modified(stamp).unwrap();
+    }
+
+    #[test]
+    fn a_shared_load_is_reused_only_while_the_folder_is_unchanged_and_settled() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        commit_entry(root, &chunk(0, 9), old);
+        let a = Manifest::load_shared(root).unwrap();
+        let b = Manifest::load_shared(root).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "an unchanged, settled folder is read once");
+        // A commit changes the folder's time: read again.
+        commit_entry(root, &chunk(10, 19), old + Duration::from_secs(1));
+        assert_eq!(Manifest::load_shared(root).unwrap().chunks().len(), 2);
+        // A folder changed just now is not trusted to its time: a second change within the
+        // same timestamp (coarse clocks) must still be seen.
+        let now = SystemTime::now();
+        commit_entry(root, &chunk(20, 29), now);
+        assert_eq!(Manifest::load_shared(root).unwrap().chunks().len(), 3);
+        commit_entry(root, &chunk(30, 39), now);
+        assert_eq!(Manifest::load_shared(root).unwrap().chunks().len(), 4);
     }
 
     #[test]
