@@ -162,14 +162,18 @@ def start():
 srv, first = start()
 srv.terminate(); srv.wait()
 srv, startup = start()
-def sql():
-    r = urllib.request.Request(api + "/v1/sql", json.dumps({"sql": "SELECT count(*) AS n FROM logs"}).encode(), {"content-type": "application/json"})
-    urllib.request.urlopen(r, timeout=30).read()
+def sql(q="SELECT count(*) AS n FROM logs"):
+    r = urllib.request.Request(api + "/v1/sql", json.dumps({"sql": q}).encode(), {"content-type": "application/json"})
+    urllib.request.urlopen(r, timeout=60).read()
 def state():
     urllib.request.urlopen(f"{api}/v1/pools/{pool}?block={past}", timeout=30).read()
 q, p = timed(sql), timed(state)
+# Every chunk's file of `blocks`, and the files of a 100-block range.
+qb = timed(lambda: sql("SELECT count(*) AS n FROM blocks"), 3)
+qr = timed(lambda: sql(f"SELECT count(*) AS n FROM blocks WHERE block_number BETWEEN {int(past)} AND {int(past) + 99}"), 3)
 srv.terminate(); srv.wait()
 print(f"{label:<26} status {status:>5.0f} ms   serve ready {first:>5.0f} ms (first) {startup:>5.0f} ms (again)   POST /v1/sql count(*) {q:>5.0f} ms   pool at block {past} {p:>5.0f} ms")
+print(f"{'':<26} POST /v1/sql count(*) over every blocks file {qb:>6.0f} ms, over 100 blocks {qr:>6.0f} ms")
 PY
 }
 echo

@@ -27,7 +27,7 @@ use std::sync::Arc;
 /// One committed file of a table, as the manifest lists it.
 #[derive(Debug, Clone)]
 pub struct ChunkFile {
-    /// Where it is: an absolute local path, or a URL in an object store.
+    /// Where it is: a local path, or a URL in an object store.
     pub location: String,
     /// Its size, bytes.
     pub bytes: u64,
@@ -94,8 +94,10 @@ impl ChunkTable {
 
 /// The store and the path in it of a local path or an object-store URL.
 fn split_location(location: &str) -> datafusion::common::Result<(ObjectStoreUrl, String)> {
-    if location.starts_with('/') {
-        return Ok((ObjectStoreUrl::local_filesystem(), location.to_string()));
+    if !location.contains("://") {
+        // A local path, made absolute (a data directory given as `--data data`).
+        let path = std::path::absolute(location)?;
+        return Ok((ObjectStoreUrl::local_filesystem(), path.to_string_lossy().into_owned()));
     }
     let url = url::Url::parse(location)
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -247,5 +249,18 @@ mod tests {
         assert_eq!(block_bounds(&[b().not_between(lit(5i64), lit(7i64))]), (0, u64::MAX));
         assert_eq!(block_bounds(&[b().eq(lit(1u64)).or(b().eq(lit(9u64)))]), (0, u64::MAX));
         assert_eq!(block_bounds(&[b().lt(lit(-3i64))]), (u64::MAX, 0));
+    }
+
+    #[test]
+    fn local_paths_relative_or_not_and_store_urls_split_into_store_and_path() {
+        let cwd = std::env::current_dir().unwrap();
+        let (store, path) = split_location("data/blocks/x.parquet").unwrap();
+        assert_eq!(store, ObjectStoreUrl::local_filesystem());
+        assert_eq!(std::path::PathBuf::from(path), cwd.join("data/blocks/x.parquet"));
+        let (_, path) = split_location("/d/blocks/x.parquet").unwrap();
+        assert_eq!(path, "/d/blocks/x.parquet");
+        let (store, path) = split_location("s3://bucket/pre/blocks/x.parquet").unwrap();
+        assert_eq!(store, ObjectStoreUrl::parse("s3://bucket").unwrap());
+        assert_eq!(path, "/pre/blocks/x.parquet");
     }
 }

@@ -185,8 +185,8 @@ pub async fn run_sql(
     let mut tables = ds.identity().tables.clone();
     tables.sort();
     tables.dedup();
-    // Only the tables the query names are registered (a table of 20,000 files costs a listing
-    // of each); all of them when it reads the catalog or cannot be parsed here (planning then
+    // Only the tables the query names are registered (a table of 20,000 files costs a file
+    // entry and a schema read each); all of them when it reads the catalog or cannot be parsed here (planning then
     // reports the error).
     if let Some(named) = referenced_tables(&ctx, sql) {
         tables.retain(|t| named.contains(t));
