@@ -73,12 +73,7 @@ impl ChunkTable {
                 c.min_value = Precision::Inexact(ScalarValue::UInt64(Some(f.blocks.0)));
                 c.max_value = Precision::Inexact(ScalarValue::UInt64(Some(f.blocks.1)));
             }
-            let stats = Statistics {
-                num_rows: Precision::Exact(f.rows as usize),
-                total_byte_size: Precision::Inexact(f.bytes as usize),
-                column_statistics: columns,
-            };
-            parts.push(part.with_statistics(Arc::new(stats)));
+            parts.push(part.with_statistics(Arc::new(statistics(f.rows, f.bytes, columns))));
         }
         Ok(Self {
             ranges: files.iter().map(|f| f.blocks).collect(),
@@ -105,6 +100,15 @@ fn split_location(location: &str) -> datafusion::common::Result<(ObjectStoreUrl,
     Ok((ObjectStoreUrl::parse(base)?, url.path().to_string()))
 }
 
+/// Exactly `rows` rows in about `bytes` bytes.
+fn statistics(rows: u64, bytes: u64, columns: Vec<ColumnStatistics>) -> Statistics {
+    Statistics {
+        num_rows: Precision::Exact(usize::try_from(rows).unwrap_or(usize::MAX)),
+        total_byte_size: Precision::Inexact(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        column_statistics: columns,
+    }
+}
+
 /// A stand-in modification time from a file's SHA-256: the same content, the same time.
 fn stamp_of(sha256: &str) -> chrono::DateTime<chrono::Utc> {
     let n = u64::from_str_radix(sha256.get(..15).unwrap_or("0"), 16).unwrap_or(0);
@@ -122,11 +126,8 @@ impl TableProvider for ChunkTable {
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        Some(Statistics {
-            num_rows: Precision::Exact(self.rows as usize),
-            total_byte_size: Precision::Inexact(self.bytes as usize),
-            column_statistics: vec![ColumnStatistics::new_unknown(); self.schema.fields().len()],
-        })
+        let columns = vec![ColumnStatistics::new_unknown(); self.schema.fields().len()];
+        Some(statistics(self.rows, self.bytes, columns))
     }
 
     // Filters are pushed into the Parquet scan by the physical optimizer (row groups and pages

@@ -298,7 +298,12 @@ fn recheck_runs(
             // `due` is sorted and distinct; anything else is covered by the run already.
             Some((_, end)) if i <= *end => {}
             Some((_, end))
-                if blocks[*end + 1..i].iter().map(|b| held(b)).sum::<usize>()
+                if blocks
+                    .get(*end + 1..i)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|b| held(b))
+                    .sum::<usize>()
                     <= RECHECK_GAP_LOGS =>
             {
                 *end = i
@@ -308,8 +313,13 @@ fn recheck_runs(
     }
     runs.into_iter()
         .map(|(a, b)| {
-            let before = blocks[..a].iter().rposition(|x| held(x) > 0);
-            let after = blocks[b + 1..].iter().position(|x| held(x) > 0).map(|k| b + 1 + k);
+            let before = blocks.get(..a).unwrap_or_default().iter().rposition(|x| held(x) > 0);
+            let after = blocks
+                .get(b + 1..)
+                .unwrap_or_default()
+                .iter()
+                .position(|x| held(x) > 0)
+                .map(|k| b + 1 + k);
             (before.unwrap_or(a), after.unwrap_or(b), after.is_some())
         })
         .collect()
@@ -944,11 +954,12 @@ impl Tail {
         let mut repairs: std::collections::BTreeMap<u64, (B256, Vec<Log>)> = Default::default();
         for part in filter.parts() {
             for (lo, hi, anchored) in recheck_runs(&blocks, &due, &part) {
-                let range = BlockRange::new(blocks[lo].header.number, blocks[hi].header.number);
+                let Some(run) = blocks.get(lo..=hi) else { continue };
+                let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
+                let range = BlockRange::new(first.header.number, last.header.number);
                 let mut attempt = 0;
                 let found = loop {
-                    let got =
-                        self.recheck_range(st, &filter, &part, &blocks[lo..=hi], anchored).await;
+                    let got = self.recheck_range(st, &filter, &part, run, anchored).await;
                     match got {
                         Err(e @ tidewater_chain::Error::Inconsistent { .. })
                             if attempt < tidewater_chain::INCONSISTENT_RETRIES =>
