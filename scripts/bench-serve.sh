@@ -25,8 +25,16 @@ work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
+# wrk stands for clients on other machines: where allowed (root), it runs at nice -10 so that
+# its own waits for one of these 2 shared cores are not counted as the server's latency
+# (BENCH_WRK_NICE=0 leaves it at the default priority).
+wrk_nice=()
+if [ "${BENCH_WRK_NICE:-1}" = 1 ] && nice -n -10 true 2>/dev/null && [ "$(nice -n -10 nice)" = -10 ]; then
+  wrk_nice=(nice -n -10)
+fi
+echo "[reads] wrk priority: ${wrk_nice[*]:-default}"
 bench() { # name url extra-args
-  local out; out=$(wrk -t2 -c50 -d"${BENCH_SECONDS:-15}"s --latency "${@:3}" "$2")
+  local out; out=$("${wrk_nice[@]}" wrk -t2 -c50 -d"${BENCH_SECONDS:-15}"s --latency "${@:3}" "$2")
   local rps p99 p50
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")

@@ -46,9 +46,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 use tidewater_chain::encode::SkippedLog;
 use tidewater_chain::{
-    discover_pools, discover_pools_checked, fetch_range_consistent, run_on_rayon, Address,
-    BlockRange, Checks, EventCatalog, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask,
-    DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    discover_pools, discover_pools_checked, fetch_range_consistent, fetch_spans_prefix,
+    run_on_rayon, Address, BlockRange, Checks, EventCatalog, PoolSet, RangeSizer, RpcClient,
+    Sources, SpawnedTask, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
@@ -315,26 +315,42 @@ impl Backfill {
                 }))
             })
         };
+        // A piece holds about `chunk_logs` logs; one whose density estimate proved wrong is
+        // fetched up to a quarter more, and the rest of it after it (see `fetch_checked`).
+        let max_logs = self.cfg.chunk_logs.max(1).saturating_add(self.cfg.chunk_logs / 4);
         let mut encoded = pieces
             .map(|chunk| {
                 let (shared, pools) = (self.shared.clone(), pools.clone());
                 async move {
-                    SpawnedTask::spawn(async move { shared.fetch_and_encode(chunk, &pools).await })
-                        .join()
-                        .await
-                        .map_err(|source| Error::TaskPanicked { range: chunk, source })?
+                    let e = SpawnedTask::spawn(async move {
+                        shared.fetch_and_encode(chunk, &pools, max_logs).await
+                    })
+                    .join()
+                    .await
+                    .map_err(|source| Error::TaskPanicked { range: chunk, source })??;
+                    Ok::<_, Error>((chunk.end, e))
                 }
             })
             .buffered(self.cfg.chunks_in_flight.max(1));
-        while let Some(next) = encoded.next().await {
-            let mut e = next?;
-            let range = e.range;
+        // Each piece, then what is left of it (fetched one after the other: only where a piece
+        // was cut short).
+        let mut left: Option<(u64, Encoded)> = None;
+        loop {
+            let (piece_end, mut e) = match left.take() {
+                Some(l) => l,
+                None => match encoded.next().await {
+                    Some(next) => next?,
+                    None => break,
+                },
+            };
+            let mut range = e.range;
             // Chunks commit in block order, so every chunk before this one has added the pools
             // it found. A chunk fetched before such a pool was known misses its logs: refetch.
             while read_pools(&pools).count_created_by(range.end) > e.pools_used {
                 tracing::warn!(%range, "a pool found by an earlier chunk was not in this chunk's filter; refetching");
                 summary.pool_refetches += 1;
-                e = self.shared.fetch_and_encode(range, &pools).await?;
+                e = self.shared.fetch_and_encode(range, &pools, max_logs).await?;
+                range = e.range;
             }
             let (w, committed) = tokio::task::spawn_blocking(move || {
                 let r = writer.commit(e.commit);
@@ -362,6 +378,13 @@ impl Backfill {
             if cancel.is_cancelled() {
                 summary.cancelled = true;
                 break;
+            }
+            if range.end < piece_end {
+                let rest = BlockRange::new(range.end + 1, piece_end);
+                tracing::debug!(%rest, "a piece denser than estimated was cut short; fetching its rest");
+                self.progress.chunks_total.fetch_add(1, Ordering::Relaxed);
+                left =
+                    Some((piece_end, self.shared.fetch_and_encode(rest, &pools, max_logs).await?));
             }
         }
         drop(encoded);
@@ -437,25 +460,34 @@ fn split_by_plan(all: BlockRange, plan: &[BlockRange]) -> (Vec<BlockRange>, Vec<
 impl Shared {
     /// `chunk`'s logs and headers: the part before `spans_below` with [`Checks::Spans`], the
     /// rest with [`Checks::Blocks`].
+    ///
+    /// A chunk checked by spans alone is fetched until about `max_logs` logs are in: the prefix
+    /// covered comes back with its data, and the caller fetches the rest next. A chunk cut by a
+    /// density estimate that proved wrong (a dense stretch right after an empty one) then holds
+    /// about as many logs as planned instead of hundreds of thousands.
     async fn fetch_checked(
         &self,
         filter: &tidewater_chain::LogFilter,
         chunk: BlockRange,
-    ) -> tidewater_chain::Result<tidewater_chain::RangeData> {
+        max_logs: u64,
+    ) -> tidewater_chain::Result<(BlockRange, tidewater_chain::RangeData)> {
         let fetch = |r: BlockRange| {
             fetch_range_consistent(&self.rpc, filter, r, &self.sizer, self.checks_for(r))
         };
-        if chunk.start >= self.spans_below || chunk.end < self.spans_below {
-            return fetch(chunk).await;
+        if chunk.end < self.spans_below {
+            return fetch_spans_prefix(&self.rpc, filter, chunk, &self.sizer, max_logs).await;
+        }
+        if chunk.start >= self.spans_below {
+            return Ok((chunk, fetch(chunk).await?));
         }
         let (old, new) = chunk.split_at_len(self.spans_below - chunk.start);
-        let Some(new) = new else { return fetch(old).await };
+        let Some(new) = new else { return Ok((chunk, fetch(old).await?)) };
         let (mut a, b) = futures::try_join!(fetch(old), fetch(new))?;
         a.headers.extend(b.headers);
         a.blocks.extend(b.blocks);
         a.logs.extend(b.logs);
         a.bloom_refetches += b.bloom_refetches;
-        Ok(a)
+        Ok((chunk, a))
     }
 
     fn checks_for(&self, range: BlockRange) -> Checks {
@@ -468,7 +500,15 @@ impl Shared {
 
     /// Fetches and encodes `chunk`. When the chunk holds a `PoolCreated` log of a pool not yet
     /// known, the pool is added to `pools` and the chunk is fetched again with it.
-    async fn fetch_and_encode(&self, chunk: BlockRange, pools: &SharedPools) -> Result<Encoded> {
+    ///
+    /// Only a prefix of `chunk` may be done (see [`Shared::fetch_checked`]): the answer's
+    /// `range` says which.
+    async fn fetch_and_encode(
+        &self,
+        chunk: BlockRange,
+        pools: &SharedPools,
+        max_logs: u64,
+    ) -> Result<Encoded> {
         loop {
             let known = read_pools(pools);
             let filter = self.filter_mode.filter(
@@ -476,8 +516,8 @@ impl Shared {
                 known.created_by(chunk.end),
                 self.catalog.pool_topic0s(),
             );
-            let mut data = self
-                .fetch_checked(&filter, chunk)
+            let (chunk, mut data) = self
+                .fetch_checked(&filter, chunk, max_logs)
                 .await
                 .map_err(|source| Error::Fetch { range: chunk, source })?;
             if let Some(u) = &self.sources.uniswap_v3 {

@@ -140,13 +140,27 @@ pub async fn fetch_log_spans(
     range: BlockRange,
     sizer: &RangeSizer,
 ) -> Result<Vec<(BlockRange, Vec<Log>)>> {
+    fetch_log_spans_until(rpc, filter, range, sizer, u64::MAX).await
+}
+
+/// [`fetch_log_spans`] that sends no new part once `max_logs` logs are in, and keeps the
+/// answers that tile a prefix of `range` from its start (never none: the first part is always
+/// sent). Bounds the logs a fetch holds to about `max_logs` plus the parts in flight.
+async fn fetch_log_spans_until(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    sizer: &RangeSizer,
+    max_logs: u64,
+) -> Result<Vec<(BlockRange, Vec<Log>)>> {
     let mut spans = Vec::new();
+    let mut got: u64 = 0;
     let mut in_flight = FuturesUnordered::new();
     // Parts are cut as they are sent, each at the sizer's span of the moment, a few at a time:
     // a span shrunk by a dense stretch grows back within the range, not only in the next one.
     let mut uncut = std::collections::VecDeque::from([range]);
     loop {
-        while in_flight.len() < PARTS_IN_FLIGHT {
+        while in_flight.len() < PARTS_IN_FLIGHT && got < max_logs {
             let Some(r) = uncut.pop_front() else { break };
             let (part, rest) = r.split_at_len(sizer.current().max(1));
             if let Some(rest) = rest {
@@ -156,9 +170,10 @@ pub async fn fetch_log_spans(
         }
         let Some((part, result)) = in_flight.next().await else { break };
         match result {
-            Ok(got) => {
-                sizer.on_success(part.len(), got.len());
-                spans.push((part, got));
+            Ok(logs) => {
+                sizer.on_success(part.len(), logs.len());
+                got = got.saturating_add(logs.len() as u64);
+                spans.push((part, logs));
             }
             Err(Error::RangeTooLarge { hint, message, .. }) => {
                 if part.len() == 1 {
@@ -178,7 +193,43 @@ pub async fn fetch_log_spans(
         }
     }
     spans.sort_unstable_by_key(|(p, _)| p.start);
+    // Stopped early: only the answers that follow one another from the range's start.
+    let mut next = range.start;
+    let tiled = spans
+        .iter()
+        .take_while(|(p, _)| {
+            let follows = p.start == next;
+            next = p.end.saturating_add(1);
+            follows
+        })
+        .count();
+    spans.truncate(tiled);
     Ok(spans)
+}
+
+/// Logs and headers of a prefix of `range` (with [`Checks::Spans`]), fetched until about
+/// `max_logs` logs are in: the prefix covered and its data, checked as [`fetch_range`] checks
+/// (a disagreement is fetched again with [`Checks::Blocks`], as [`fetch_range_consistent`]
+/// does). A caller that cuts ranges by an estimate of their density keeps its memory bounded
+/// when the estimate is wrong (a dense stretch after an empty one): it fetches the rest next.
+pub async fn fetch_spans_prefix(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    sizer: &RangeSizer,
+    max_logs: u64,
+) -> Result<(BlockRange, RangeData)> {
+    let spans = fetch_log_spans_until(rpc, filter, range, sizer, max_logs.max(1)).await?;
+    let end = spans.last().map_or(range.end, |(p, _)| p.end);
+    let covered = BlockRange::new(range.start, end);
+    match check_spans(rpc, filter, covered, spans).await {
+        Err(e @ Error::Inconsistent { .. }) => {
+            tracing::warn!(error = %e, "inconsistent answers, refetching the range");
+            let data = fetch_range_consistent(rpc, filter, covered, sizer, Checks::Blocks).await?;
+            Ok((covered, data))
+        }
+        other => other.map(|data| (covered, data)),
+    }
 }
 
 async fn fetch_one(

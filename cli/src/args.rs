@@ -358,10 +358,15 @@ pub(crate) struct ApiArgs {
     /// POST /v1/sql queries run at once; more wait (within their time limit), then get 429
     #[arg(long, default_value = "2", help_heading = "API")]
     pub(crate) sql_concurrency: usize,
-    /// Scheduling priority (nice, 0-19) of the SQL threads: above 0, head reads preempt heavy
-    /// queries, which may then run into their time limit on a busy machine
-    #[arg(long, default_value = "0", help_heading = "API")]
+    /// Scheduling priority (nice, 0-19) of the SQL threads: the higher, the sooner head reads
+    /// preempt heavy queries, and the longer those take on a busy machine
+    #[arg(long, default_value_t = tidewater_queries::df_sql::DEFAULT_SQL_NICE, help_heading = "API",
+        value_parser = clap::value_parser!(i32).range(0..=19))]
     pub(crate) sql_nice: i32,
+    /// Threads that run POST /v1/sql queries [default: every core but one, at least one]
+    #[arg(long, help_heading = "API",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub(crate) sql_threads: Option<usize>,
 }
 
 impl TailArgs {
@@ -391,6 +396,9 @@ impl ApiArgs {
     /// The API's options, as the node takes them.
     pub(crate) fn options(&self) -> tidewater_node::ApiOptions {
         tidewater_queries::df_sql::set_sql_nice(self.sql_nice);
+        if let Some(n) = self.sql_threads {
+            tidewater_queries::df_sql::set_sql_threads(n);
+        }
         tidewater_node::ApiOptions {
             listen: self.listen,
             snapshot_interval: self.snapshot_interval,

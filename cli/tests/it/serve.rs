@@ -773,6 +773,10 @@ fn serve_follows_a_data_directory_and_rejects_bad_input() {
             "3000",
             "--sql-memory-mib",
             "16",
+            // Its limits are what this tests, at normal priority (the SQL threads' lower one is
+            // df_sql's busy-machine test).
+            "--sql-nice",
+            "0",
         ]))
         .args(api_flags(port))
         .stdout(Stdio::null())
@@ -989,7 +993,17 @@ fn random_http_inputs_get_clear_errors_and_never_crash_the_server() {
     let api = format!("http://127.0.0.1:{port}");
     let server = t
         .cmd()
-        .args(s(&["serve", "--data", "data", "--sql-timeout-ms", "2000", "--sql-max-rows", "20"]))
+        .args(s(&[
+            "serve",
+            "--data",
+            "data",
+            "--sql-timeout-ms",
+            "2000",
+            "--sql-max-rows",
+            "20",
+            "--sql-nice",
+            "0",
+        ]))
         .args(api_flags(port))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -43,7 +43,12 @@ impl Devnet {
         let dir = env_path("TIDEWATER_DEVNET_MAINNET_SHAPE_MINI");
         let deploy: Value =
             serde_json::from_slice(&std::fs::read(dir.join("deploy.json")).unwrap()).unwrap();
-        Self::start(&["--load-state", dir.join("state.json").to_str().unwrap()], deploy)
+        // The chain's rules (devnet.sh's chain_flags: Cancun), as it was built.
+        let rules = std::fs::read_to_string(dir.join("anvil.flags")).unwrap_or_default();
+        let state = dir.join("state.json");
+        let mut args: Vec<&str> = rules.split_whitespace().collect();
+        args.extend(["--load-state", state.to_str().unwrap()]);
+        Self::start(&args, deploy)
     }
 
     /// A fresh, empty anvil: another chain with the same chain id.
