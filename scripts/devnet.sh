@@ -10,7 +10,7 @@
 # Presets: small (tests: ~10 pools, hundreds of positions), large (benchmarks: >= 500k logs),
 # dense (benchmarks: ~300 watched swaps in most blocks, ~350k watched logs in ~1,200 blocks),
 # mainnet-shape (benchmarks: 5,000 pools, 200 noise contracts and a spoofer, saturated blooms,
-# 100,000 empty blocks, 1,000,000 watched logs; ~20 min to build) and mainnet-shape-mini (tests:
+# 100,000 empty blocks, 1,000,000 watched logs; ~40 min to build) and mainnet-shape-mini (tests:
 # the same shape, 600 pools). The mainnet-shaped chains run on the Cancun rules (see
 # chain_flags); a chain's folder holds them in anvil.flags, for whoever starts anvil on it.
 set -euo pipefail
@@ -27,7 +27,7 @@ preset_flags() {
     large) echo "--seed 11 --pools 24 --rounds 6000 --swaps-per-tx 125" ;;
     dense) echo "--seed 13 --pools 24 --rounds 1200 --swaps-per-tx 300" ;;
     mainnet-shape) echo "--seed 5 --pools 5000 --hot 300 --noise 200 --watched-logs 1000000 --logs-per-block 300 --sparse 100000" ;;
-    mainnet-shape-mini) echo "--seed 6 --pools 600 --hot 40 --noise 40 --watched-logs 12000 --logs-per-block 300 --sparse 4000" ;;
+    mainnet-shape-mini) echo "--seed 6 --pools 600 --hot 150 --noise 40 --watched-logs 12000 --logs-per-block 300 --sparse 4000" ;;
     *) echo "devnet: unknown preset '$1' (small, large, dense, mainnet-shape, mainnet-shape-mini)" >&2; exit 2 ;;
   esac
 }
