@@ -46,9 +46,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 use tidewater_chain::encode::SkippedLog;
 use tidewater_chain::{
-    discover_pools, discover_pools_checked, fetch_range_consistent, fetch_spans_prefix,
-    run_on_rayon, Address, BlockRange, Checks, EventCatalog, PoolSet, RangeSizer, RpcClient,
-    Sources, SpawnedTask, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
+    discover_pools, discover_pools_checked, fetch_prefix, run_on_rayon, Address, BlockRange,
+    Checks, EventCatalog, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask, DEFAULT_LOG_RANGE,
+    DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
@@ -461,33 +461,33 @@ impl Shared {
     /// `chunk`'s logs and headers: the part before `spans_below` with [`Checks::Spans`], the
     /// rest with [`Checks::Blocks`].
     ///
-    /// A chunk checked by spans alone is fetched until about `max_logs` logs are in: the prefix
-    /// covered comes back with its data, and the caller fetches the rest next. A chunk cut by a
-    /// density estimate that proved wrong (a dense stretch right after an empty one) then holds
-    /// about as many logs as planned instead of hundreds of thousands.
+    /// A chunk is fetched until about `max_logs` logs are in: the prefix covered comes back
+    /// with its data, and the caller fetches the rest next. A chunk cut by a density estimate
+    /// that proved wrong (a dense stretch right after an empty one) then holds about as many
+    /// logs as planned instead of hundreds of thousands.
     async fn fetch_checked(
         &self,
         filter: &tidewater_chain::LogFilter,
         chunk: BlockRange,
         max_logs: u64,
     ) -> tidewater_chain::Result<(BlockRange, tidewater_chain::RangeData)> {
-        let fetch = |r: BlockRange| {
-            fetch_range_consistent(&self.rpc, filter, r, &self.sizer, self.checks_for(r))
+        let prefix = |r: BlockRange| {
+            fetch_prefix(&self.rpc, filter, r, &self.sizer, self.checks_for(r), max_logs)
         };
-        if chunk.end < self.spans_below {
-            return fetch_spans_prefix(&self.rpc, filter, chunk, &self.sizer, max_logs).await;
+        if chunk.start >= self.spans_below || chunk.end < self.spans_below {
+            return prefix(chunk).await;
         }
-        if chunk.start >= self.spans_below {
-            return Ok((chunk, fetch(chunk).await?));
-        }
+        // Across the line: the part checked by spans, then (when it was not cut short) the
+        // part checked block by block.
         let (old, new) = chunk.split_at_len(self.spans_below - chunk.start);
-        let Some(new) = new else { return Ok((chunk, fetch(old).await?)) };
-        let (mut a, b) = futures::try_join!(fetch(old), fetch(new))?;
+        let (covered, mut a) = prefix(old).await?;
+        let Some(new) = new.filter(|_| covered.end == old.end) else { return Ok((covered, a)) };
+        let (covered, b) = prefix(new).await?;
         a.headers.extend(b.headers);
         a.blocks.extend(b.blocks);
         a.logs.extend(b.logs);
         a.bloom_refetches += b.bloom_refetches;
-        Ok((chunk, a))
+        Ok((BlockRange::new(chunk.start, covered.end), a))
     }
 
     fn checks_for(&self, range: BlockRange) -> Checks {

@@ -207,22 +207,36 @@ async fn fetch_log_spans_until(
     Ok(spans)
 }
 
-/// Logs and headers of a prefix of `range` (with [`Checks::Spans`]), fetched until about
-/// `max_logs` logs are in: the prefix covered and its data, checked as [`fetch_range`] checks
-/// (a disagreement is fetched again with [`Checks::Blocks`], as [`fetch_range_consistent`]
-/// does). A caller that cuts ranges by an estimate of their density keeps its memory bounded
-/// when the estimate is wrong (a dense stretch after an empty one): it fetches the rest next.
-pub async fn fetch_spans_prefix(
+/// Logs and headers of a prefix of `range`, fetched until about `max_logs` logs are in: the
+/// prefix covered and its data, checked as [`fetch_range`] checks with `checks` (the headers
+/// of [`Checks::Blocks`] are fetched for the prefix once its logs are in; a disagreement is
+/// fetched again with [`Checks::Blocks`], as [`fetch_range_consistent`] does). A caller that
+/// cuts ranges by an estimate of their density keeps its memory bounded when the estimate is
+/// wrong (a dense stretch after an empty one): it fetches the rest next.
+pub async fn fetch_prefix(
     rpc: &RpcClient,
     filter: &LogFilter,
     range: BlockRange,
     sizer: &RangeSizer,
+    checks: Checks,
     max_logs: u64,
 ) -> Result<(BlockRange, RangeData)> {
     let spans = fetch_log_spans_until(rpc, filter, range, sizer, max_logs.max(1)).await?;
     let end = spans.last().map_or(range.end, |(p, _)| p.end);
     let covered = BlockRange::new(range.start, end);
-    match check_spans(rpc, filter, covered, spans).await {
+    let checked = match checks {
+        Checks::Spans => check_spans(rpc, filter, covered, spans).await,
+        Checks::Blocks => {
+            let headers = rpc.headers(covered).await?;
+            let mut logs: Vec<Log> = spans.into_iter().flat_map(|(_, l)| l).collect();
+            logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+            check_and_repair(rpc, filter, covered, headers, logs).await.map(|mut data| {
+                data.blocks = data.headers.iter().map(BlockRow::from).collect();
+                data
+            })
+        }
+    };
+    match checked {
         Err(e @ Error::Inconsistent { .. }) => {
             tracing::warn!(error = %e, "inconsistent answers, refetching the range");
             let data = fetch_range_consistent(rpc, filter, covered, sizer, Checks::Blocks).await?;

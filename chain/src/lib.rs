@@ -45,8 +45,8 @@ mod task;
 pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
 pub use fetch::{
-    confirm_empty_block, fetch_log_spans, fetch_logs, fetch_range, fetch_range_consistent,
-    fetch_spans_prefix, next_span, Checks, RangeData, RangeSizer, DEFAULT_LOG_RANGE,
+    confirm_empty_block, fetch_log_spans, fetch_logs, fetch_prefix, fetch_range,
+    fetch_range_consistent, next_span, Checks, RangeData, RangeSizer, DEFAULT_LOG_RANGE,
     DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
 };
 pub use filter::{BloomSays, FilterMode, LogFilter, MAX_ADDRESSES_PER_REQUEST};
