@@ -123,13 +123,14 @@ pub async fn fetch_logs(
     range: BlockRange,
     sizer: &RangeSizer,
 ) -> Result<Vec<Log>> {
-    let mut logs: Vec<Log> = fetch_log_spans(rpc, filter, range, sizer)
-        .await?
-        .into_iter()
-        .flat_map(|(_, l)| l)
-        .collect();
+    Ok(span_logs(fetch_log_spans(rpc, filter, range, sizer).await?))
+}
+
+/// The logs of `spans`, ordered by (block_number, log_index).
+fn span_logs(spans: Vec<(BlockRange, Vec<Log>)>) -> Vec<Log> {
+    let mut logs: Vec<Log> = spans.into_iter().flat_map(|(_, l)| l).collect();
     logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
-    Ok(logs)
+    logs
 }
 
 /// The answers for `range`, split adaptively: each sub-range the node answered, with its logs,
@@ -228,12 +229,7 @@ pub async fn fetch_prefix(
         Checks::Spans => check_spans(rpc, filter, covered, spans).await,
         Checks::Blocks => {
             let headers = rpc.headers(covered).await?;
-            let mut logs: Vec<Log> = spans.into_iter().flat_map(|(_, l)| l).collect();
-            logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
-            check_and_repair(rpc, filter, covered, headers, logs).await.map(|mut data| {
-                data.blocks = data.headers.iter().map(BlockRow::from).collect();
-                data
-            })
+            check_blocks(rpc, filter, covered, headers, span_logs(spans)).await
         }
     };
     match checked {
@@ -272,15 +268,26 @@ pub async fn fetch_range(
         Checks::Blocks => {
             let (headers, logs) =
                 futures::try_join!(rpc.headers(range), fetch_logs(rpc, filter, range, sizer))?;
-            let mut data = check_and_repair(rpc, filter, range, headers, logs).await?;
-            data.blocks = data.headers.iter().map(BlockRow::from).collect();
-            Ok(data)
+            check_blocks(rpc, filter, range, headers, logs).await
         }
         Checks::Spans => {
             let spans = fetch_log_spans(rpc, filter, range, sizer).await?;
             check_spans(rpc, filter, range, spans).await
         }
     }
+}
+
+/// The checks of [`Checks::Blocks`] (see [`check_and_repair`]), and a `blocks` row per header.
+async fn check_blocks(
+    rpc: &RpcClient,
+    filter: &LogFilter,
+    range: BlockRange,
+    headers: Vec<Header>,
+    logs: Vec<Log>,
+) -> Result<RangeData> {
+    let mut data = check_and_repair(rpc, filter, range, headers, logs).await?;
+    data.blocks = data.headers.iter().map(BlockRow::from).collect();
+    Ok(data)
 }
 
 /// The checks of [`Checks::Spans`], and the rows of the `blocks` table.
@@ -322,8 +329,7 @@ async fn check_spans(
             )));
         }
     }
-    let mut logs: Vec<Log> = spans.into_iter().flat_map(|(_, l)| l).collect();
-    logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+    let logs = span_logs(spans);
     // Blocks with logs but no timestamp in them (an older node): their headers, batched.
     let mut untimed: Vec<u64> =
         logs.iter().filter(|l| l.block_timestamp.is_none()).map(|l| l.block_number).collect();
