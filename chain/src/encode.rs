@@ -2,7 +2,7 @@
 //! decoded-event table. CPU-bound: callers run it on rayon.
 
 use crate::error::{Error, Result};
-use crate::events::{ColumnKind, EventCatalog, EventDef};
+use crate::events::{ColumnKind, EventCatalog, EventDef, WordAt, WordPlan, WordType};
 use crate::schema::{blocks_schema, logs_schema, BLOCKS, LOGS};
 use crate::{BlockRow, Log};
 use alloy_dyn_abi::DynSolValue;
@@ -163,6 +163,60 @@ impl ColBuilder {
         }
     }
 
+    /// Appends a word of type `ty` that [`word_fits`]; `kind` is [`ColumnKind::of`] the type.
+    /// Writes what [`ColBuilder::push`] writes for the value the generic decoder makes of it.
+    fn push_word(&mut self, ty: WordType, kind: ColumnKind, w: &[u8; 32]) {
+        use std::fmt::Write as _;
+        let tail = |n: usize| -> [u8; 8] {
+            let mut b = [0u8; 8];
+            b[8 - n..].copy_from_slice(&w[32 - n..]);
+            b
+        };
+        match (self, ty) {
+            (Self::Bool(b), _) => b.append_value(w.iter().any(|x| *x != 0)),
+            (Self::U32(b), _) => b.append_value(u64::from_be_bytes(tail(4)) as u32),
+            (Self::U64(b), _) => b.append_value(u64::from_be_bytes(tail(8))),
+            (Self::I32(b), _) => b.append_value(u64::from_be_bytes(tail(4)) as u32 as i32),
+            (Self::I64(b), _) => b.append_value(u64::from_be_bytes(tail(8)) as i64),
+            (Self::Text(b), WordType::Uint(_)) => {
+                if w[..16].iter().all(|x| *x == 0) {
+                    let v = u128::from_be_bytes(w[16..].try_into().expect("16 bytes"));
+                    let _ = write!(b, "{v}");
+                } else {
+                    let _ = write!(b, "{}", alloy_primitives::U256::from_be_bytes(*w));
+                }
+                b.append_value("");
+            }
+            (Self::Text(b), WordType::Int(_)) => {
+                let v = alloy_primitives::I256::from_raw(alloy_primitives::U256::from_be_bytes(*w));
+                match i128::try_from(v) {
+                    Ok(v) => write!(b, "{v}"),
+                    Err(_) => write!(b, "{v}"),
+                }
+                .unwrap_or(());
+                b.append_value("");
+            }
+            (Self::Binary(b), WordType::Address) => b.append_value(&w[12..]),
+            (Self::Binary(b), WordType::FixedBytes(n)) => b.append_value(&w[..n.min(32)]),
+            (col, _) => {
+                debug_assert!(false, "a word of {ty:?} in a {kind:?} column");
+                col.append_null();
+            }
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Self::Bool(b) => b.append_null(),
+            Self::U32(b) => b.append_null(),
+            Self::I32(b) => b.append_null(),
+            Self::U64(b) => b.append_null(),
+            Self::I64(b) => b.append_null(),
+            Self::Text(b) => b.append_null(),
+            Self::Binary(b) => b.append_null(),
+        }
+    }
+
     fn finish(self) -> ArrayRef {
         match self {
             Self::Bool(mut b) => Arc::new(b.finish()),
@@ -248,21 +302,36 @@ pub fn decode_batches(
     logs: &[Log],
     is_pool: impl Fn(Address, u64) -> bool,
 ) -> Result<Decoded> {
-    let mut builders: BTreeMap<&str, TableBuilder<'_>> = BTreeMap::new();
+    // One builder per table; `slot[i]` is the builder of definition `i`.
+    let mut builders: Vec<TableBuilder<'_>> = Vec::new();
+    let mut slot = Vec::with_capacity(catalog.defs().len());
     for def in catalog.defs() {
-        builders.entry(def.table.as_str()).or_insert_with(|| TableBuilder {
-            def,
-            key: KeyBuilders::new(),
-            cols: def.kinds.iter().map(|k| ColBuilder::new(*k)).collect(),
-        });
+        let at = match builders.iter().position(|b| b.def.table == def.table) {
+            Some(at) => at,
+            None => {
+                builders.push(TableBuilder {
+                    def,
+                    key: KeyBuilders::new(),
+                    cols: def.kinds.iter().map(|k| ColBuilder::new(*k)).collect(),
+                });
+                builders.len() - 1
+            }
+        };
+        slot.push(at);
     }
     let mut skipped = Vec::new();
     for l in logs {
         let Some(topic0) = l.topic0() else { continue };
-        let Some(def) = catalog.lookup(l.address, topic0, is_pool(l.address, l.block_number))
+        let Some(i) =
+            catalog.lookup_index(l.address, topic0, || is_pool(l.address, l.block_number))
         else {
             continue;
         };
+        let def = &catalog.defs()[i];
+        let tb = &mut builders[slot[i]];
+        if def.words.as_ref().is_some_and(|plan| push_words(plan, &def.kinds, l, tb)) {
+            continue;
+        }
         let values = match decode_values(def, l) {
             Ok(v) => v,
             Err(reason) => {
@@ -279,7 +348,6 @@ pub fn decode_batches(
                 continue;
             }
         };
-        let Some(tb) = builders.get_mut(def.table.as_str()) else { continue };
         tb.key.push(l);
         for (v, col) in values.iter().zip(tb.cols.iter_mut()) {
             col.push(v);
@@ -287,15 +355,63 @@ pub fn decode_batches(
     }
     let batches = builders
         .into_iter()
-        .map(|(table, tb)| {
+        .map(|tb| {
+            let table = tb.def.table.clone();
             let mut cols = tb.key.finish();
             cols.extend(tb.cols.into_iter().map(ColBuilder::finish));
             let batch = RecordBatch::try_new(tb.def.schema.clone(), cols)
-                .map_err(|source| Error::Arrow { table: table.to_string(), source })?;
-            Ok((table.to_string(), batch))
+                .map_err(|source| Error::Arrow { table: table.clone(), source })?;
+            Ok((table, batch))
         })
         .collect::<Result<_>>()?;
     Ok(Decoded { batches, skipped })
+}
+
+/// The word of `l` at `at`; the caller has checked the topic count and the data length.
+fn word_at(l: &Log, at: WordAt) -> &[u8; 32] {
+    match at {
+        WordAt::Topic(i) => &l.topics[i].0,
+        WordAt::Data(i) => {
+            l.data[i * 32..i * 32 + 32].try_into().expect("invariant: a 32-byte slice")
+        }
+    }
+}
+
+/// Whether a word fits its type's width (the checks of [`check_value`], on the word).
+fn word_fits(ty: WordType, w: &[u8; 32]) -> bool {
+    match ty {
+        WordType::Uint(bits) if bits < 256 => {
+            // Every bit from `bits` up is zero.
+            let lead = w.iter().take_while(|b| **b == 0).count() * 8;
+            let lead = lead + w.get(lead / 8).map_or(0, |b| b.leading_zeros() as usize);
+            lead >= 256 - bits
+        }
+        WordType::Int(bits) if (1..256).contains(&bits) => {
+            // Every bit from the sign bit up equals the sign.
+            let fill = if w[0] & 0x80 == 0 { 0u8 } else { 0xff };
+            let same = w.iter().take_while(|b| **b == fill).count() * 8;
+            let same = same + w.get(same / 8).map_or(0, |b| (b ^ fill).leading_zeros() as usize);
+            same > 256 - bits
+        }
+        _ => true,
+    }
+}
+
+/// Appends `l`'s row through its event's word layout. False, with nothing appended, when the
+/// layout does not apply (topic count, short data) or a value is wider than its type: the
+/// generic decoder then decides, and says why in the skipped log.
+fn push_words(plan: &WordPlan, kinds: &[ColumnKind], l: &Log, tb: &mut TableBuilder<'_>) -> bool {
+    if l.topics.len() != plan.topics || l.data.len() < plan.data_words * 32 {
+        return false;
+    }
+    if !plan.params.iter().all(|(at, ty)| word_fits(*ty, word_at(l, *at))) {
+        return false;
+    }
+    tb.key.push(l);
+    for (((at, ty), kind), col) in plan.params.iter().zip(kinds).zip(tb.cols.iter_mut()) {
+        col.push_word(*ty, *kind, word_at(l, *at));
+    }
+    true
 }
 
 /// The log's parameters in declaration order, each checked against its column.
@@ -431,6 +547,72 @@ mod tests {
             prop_assert_eq!(sc[0].parse::<U256>().unwrap(), c);
             prop_assert_eq!(d.skipped.len(), 1);
             prop_assert_eq!(d.skipped[0].log_index, 1);
+        }
+
+        /// A log decoded through its event's word layout gives the row the generic ABI decoder
+        /// gives, for any one-word types, indexed or not, and any words (those wider than
+        /// their type are skipped by both, with the generic decoder's reason).
+        #[test]
+        fn word_layout_decodes_as_the_generic_decoder(
+            params in proptest::collection::vec((0usize..9, any::<bool>(), 1usize..33), 1..7),
+            logs in proptest::collection::vec(
+                (proptest::collection::vec((any::<[u8; 32]>(), 0u8..4), 0..8), 0usize..3, 0usize..40),
+                1..12,
+            ),
+        ) {
+            let mut indexed = 0;
+            let sig_params: Vec<String> = params.iter().enumerate().map(|(i, (t, idx, n))| {
+                let ty = match t {
+                    0 => "bool".to_string(),
+                    1 => format!("uint{}", n * 8),
+                    2 => format!("int{}", n * 8),
+                    3 => "address".into(),
+                    4 => format!("bytes{n}"),
+                    5 => "uint256".into(),
+                    6 => "int256".into(),
+                    7 => format!("uint{}", (n * 8).min(64)),
+                    _ => format!("int{}", (n * 8).min(64)),
+                };
+                let idx = *idx && indexed < 3;
+                indexed += usize::from(idx);
+                format!("{ty}{} p{i}", if idx { " indexed" } else { "" })
+            }).collect();
+            let sig = format!("Ev({})", sig_params.join(", "));
+            let fast = EventCatalog::new(&Sources {
+                uniswap_v3: None,
+                contracts: vec![ContractSource { address: EMITTER, events: vec![sig.clone()] }],
+            }).unwrap();
+            prop_assert!(fast.defs()[0].words.is_some(), "{sig}");
+            let generic = fast.without_word_plans();
+            let selector = fast.defs()[0].selector;
+            let ls: Vec<Log> = logs.iter().enumerate().map(|(i, (words, drop_topics, cut))| {
+                // Words as they come, or narrowed to small positive / negative values.
+                let word = |(w, how): &([u8; 32], u8)| {
+                    let mut w = *w;
+                    match how {
+                        0 => {}
+                        1 => w[..28].fill(0),
+                        2 => w[..28].fill(0xff),
+                        _ => w[..31].fill(0),
+                    }
+                    B256::from(w)
+                };
+                let mut ws = words.iter().map(word);
+                let mut topics = vec![selector];
+                topics.extend(ws.by_ref().take(indexed));
+                topics.truncate(topics.len().saturating_sub(*drop_topics % 2));
+                let mut data: Vec<u8> = ws.flat_map(|w| w.0).collect();
+                data.truncate(data.len().saturating_sub(*cut % 33));
+                Log {
+                    address: EMITTER, topics, data: Bytes::from(data), block_number: 1,
+                    block_hash: B256::ZERO, transaction_hash: B256::ZERO, transaction_index: 0,
+                    log_index: i as u64, removed: false, block_timestamp: None,
+                }
+            }).collect();
+            let a = decode_batches(&fast, &ls, |_, _| false).unwrap();
+            let b = decode_batches(&generic, &ls, |_, _| false).unwrap();
+            prop_assert_eq!(&a.skipped, &b.skipped, "{}", sig);
+            prop_assert_eq!(&a.batches, &b.batches, "{}", sig);
         }
 
         /// Arbitrary data under a signature never panics: each log decodes or is skipped.

@@ -147,8 +147,70 @@ pub struct EventDef {
     pub emitter: Emitter,
     /// Column kinds, in ABI order.
     pub(crate) kinds: Vec<ColumnKind>,
+    /// Where each parameter's word is, when every parameter is a one-word value type (as in
+    /// every Uniswap V3 event): such a log decodes without the generic ABI decoder.
+    pub(crate) words: Option<WordPlan>,
     /// Arrow schema of the table.
     pub schema: SchemaRef,
+}
+
+/// A one-word ABI value type, as the word decodes (the generic decoder's rules: a bool is any
+/// non-zero word, an address the word's last 20 bytes, `bytesN` its first N bytes, integers the
+/// whole word, checked against their width before they are stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WordType {
+    Bool,
+    Uint(usize),
+    Int(usize),
+    Address,
+    FixedBytes(usize),
+}
+
+/// Where a parameter's word is in a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WordAt {
+    /// `topics[i]`.
+    Topic(usize),
+    /// The `i`th 32-byte word of `data`.
+    Data(usize),
+}
+
+/// The layout of an event whose parameters are all one-word value types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WordPlan {
+    /// Each parameter, in declaration order.
+    pub(crate) params: Vec<(WordAt, WordType)>,
+    /// Topics a log of this event has (the selector and one per indexed parameter).
+    pub(crate) topics: usize,
+    /// Words of `data` the event's body takes (a longer `data` decodes too, as in the generic
+    /// decoder).
+    pub(crate) data_words: usize,
+}
+
+impl WordPlan {
+    fn new(event: &Event, types: &[DynSolType]) -> Option<Self> {
+        let (mut topic, mut word) = (1, 0);
+        let mut params = Vec::with_capacity(types.len());
+        for (input, ty) in event.inputs.iter().zip(types) {
+            let ty = match ty {
+                DynSolType::Bool => WordType::Bool,
+                DynSolType::Uint(b) => WordType::Uint(*b),
+                DynSolType::Int(b) => WordType::Int(*b),
+                DynSolType::Address => WordType::Address,
+                DynSolType::FixedBytes(n) => WordType::FixedBytes(*n),
+                _ => return None,
+            };
+            let at = if input.indexed {
+                topic += 1;
+                WordAt::Topic(topic - 1)
+            } else {
+                word += 1;
+                WordAt::Data(word - 1)
+            };
+            params.push((at, ty));
+        }
+        Some(Self { params, topics: topic, data_words: word })
+    }
 }
 
 /// Parses a human-readable event signature, with or without the `event` keyword.
@@ -214,6 +276,7 @@ impl EventDef {
             param_types.push(ty);
         }
         let kinds = param_types.iter().map(ColumnKind::of).collect();
+        let words = WordPlan::new(&event, &param_types);
         drop(param_types);
         let decoder = alloy_dyn_abi::Specifier::resolve(&event).map_err(|e| {
             Error::BadEventSignature { signature: signature.into(), reason: e.to_string() }
@@ -225,6 +288,7 @@ impl EventDef {
             event,
             emitter,
             kinds,
+            words,
             schema: Arc::new(Schema::new(fields)),
         })
     }
@@ -234,7 +298,7 @@ impl EventDef {
 #[derive(Debug, Clone, Default)]
 pub struct EventCatalog {
     defs: Vec<EventDef>,
-    by_key: HashMap<(Emitter, B256), usize>,
+    by_key: HashMap<(Emitter, B256), usize, foldhash::fast::RandomState>,
     /// Selectors of every event a factory pool emits, sorted (empty without a factory).
     pool_topic0s: Vec<B256>,
 }
@@ -299,14 +363,34 @@ impl EventCatalog {
     /// The definition matching a log from `address` with `topic0`, where `is_pool` says whether
     /// the factory created `address`.
     pub fn lookup(&self, address: Address, topic0: &B256, is_pool: bool) -> Option<&EventDef> {
-        let i = self.by_key.get(&(Emitter::Contract(address), *topic0)).or_else(|| {
-            if is_pool {
-                self.by_key.get(&(Emitter::FactoryPools, *topic0))
-            } else {
-                None
-            }
-        })?;
-        Some(&self.defs[*i])
+        self.lookup_index(address, topic0, || is_pool).map(|i| &self.defs[i])
+    }
+
+    /// The index in [`EventCatalog::defs`] of the definition matching a log from `address` with
+    /// `topic0`; `is_pool` is asked only when no fixed contract matches.
+    pub(crate) fn lookup_index(
+        &self,
+        address: Address,
+        topic0: &B256,
+        is_pool: impl FnOnce() -> bool,
+    ) -> Option<usize> {
+        if let Some(i) = self.by_key.get(&(Emitter::Contract(address), *topic0)) {
+            return Some(*i);
+        }
+        if self.pool_topic0s.is_empty() || !is_pool() {
+            return None;
+        }
+        self.by_key.get(&(Emitter::FactoryPools, *topic0)).copied()
+    }
+
+    /// The same catalog decoding every log with the generic ABI decoder (tests compare both).
+    #[cfg(test)]
+    pub(crate) fn without_word_plans(&self) -> Self {
+        let mut c = self.clone();
+        for d in &mut c.defs {
+            d.words = None;
+        }
+        c
     }
 
     /// The selectors of every event a factory pool emits (decoded or not); empty without a

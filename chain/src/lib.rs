@@ -35,6 +35,7 @@ mod error;
 pub mod events;
 mod fetch;
 mod filter;
+mod logs_json;
 pub mod metrics;
 mod pools;
 mod provider_url;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 /// Pool address → block of its `PoolCreated`.
 #[derive(Debug, Clone, Default)]
 pub struct PoolSet {
-    created: HashMap<Address, u64>,
+    created: HashMap<Address, u64, foldhash::fast::RandomState>,
 }
 
 impl PoolSet {

@@ -310,13 +310,31 @@ impl RpcClient {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let bytes = self.post(idx, method, &body).await?;
+        self.decode_one(idx, method, &bytes)
+    }
+
+    /// One `eth_getLogs` call: the answer parsed straight from its bytes when it has the plain
+    /// shape of a success, else by serde like any other call.
+    async fn send_logs(&self, idx: usize, params: &Value) -> Result<Vec<Log>> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let method = "eth_getLogs";
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let bytes = self.post(idx, method, &body).await?;
+        match crate::logs_json::parse_logs_answer(&bytes) {
+            Some(logs) => Ok(logs),
+            None => self.decode_one(idx, method, &bytes),
+        }
+    }
+
+    /// The result (or the error) of a single call's answer.
+    fn decode_one<T: DeserializeOwned>(&self, idx: usize, method: &str, bytes: &[u8]) -> Result<T> {
         let url = &self.inner.providers[idx].stats.url;
         let bad = |source| Error::BadResponse {
             provider: url.clone(),
             method: method.to_string(),
             source,
         };
-        let r: Response<T> = serde_json::from_slice(&bytes).map_err(bad)?;
+        let r: Response<T> = serde_json::from_slice(bytes).map_err(bad)?;
         if let Some(e) = r.error {
             return Err(e.into_error(url, method));
         }
@@ -432,7 +450,7 @@ impl RpcClient {
                 .with_retry("eth_getLogs", |idx| {
                     let params = &params;
                     async move {
-                        self.send_one::<Vec<Log>>(idx, "eth_getLogs", params)
+                        self.send_logs(idx, params)
                             .await
                             .map_err(|e| classify_range_error(e, range))
                     }
@@ -459,9 +477,7 @@ impl RpcClient {
         for f in filter.to_json_by_hash(hash) {
             let params = json!([f]);
             let mut logs: Vec<Log> = self
-                .with_retry_on(pinned, "eth_getLogs", |idx| {
-                    self.send_one(idx, "eth_getLogs", &params)
-                })
+                .with_retry_on(pinned, "eth_getLogs", |idx| self.send_logs(idx, &params))
                 .await?;
             out.append(&mut logs);
         }

@@ -50,7 +50,8 @@ pub use manifest::{
     MANIFEST_DIR, RACY_STAMP, VACUUM_FILE,
 };
 pub use parquet_io::{
-    encode_parquet, read_parquet, read_parquet_columns, DEFAULT_ROW_GROUP_ROWS, ZSTD_LEVEL,
+    encode_parquet, read_parquet, read_parquet_columns, writer_properties, DEFAULT_ROW_GROUP_ROWS,
+    ZSTD_LEVEL,
 };
 pub use remote::{attach, attached, is_remote, Remote};
 pub use replay::{cold_blocks, column, fixed};

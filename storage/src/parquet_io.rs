@@ -18,14 +18,45 @@ pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// item (13.7% of its samples at level 3).
 pub const ZSTD_LEVEL: i32 = 1;
 
+/// The writer settings of a table with `schema`:
+/// - byte columns (hashes, addresses, `data`, decimal strings) get no min/max statistics: over
+///   random hashes they prune nothing, and computing them per page was a fifth of the encoding;
+///   integer columns keep theirs (`block_number` prunes row groups and pages);
+/// - `data` and text columns (the decimal strings of wide integers: amounts, prices) get no
+///   dictionary: nearly every value is distinct, so the dictionary is built and thrown away;
+///   hashes and addresses repeat in runs and keep theirs.
+///
+/// Measured with `cargo run --release -p tidewater-storage --example parquet_settings` on the
+/// `dense` devnet's tables (231,039 logs, 228,900 swaps, 50,000-row files): against
+/// dictionaries and statistics everywhere, 67.8 / 70.1 ms instead of 82.5 / 93.7 ms to encode,
+/// 7.27 / 6.68 MB instead of 7.34 / 6.83 MB.
+pub fn writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
+    use arrow::datatypes::DataType;
+    use parquet::file::properties::EnabledStatistics;
+    use parquet::schema::types::ColumnPath;
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(ZSTD_LEVEL).expect("invariant: level 1 is a zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(DEFAULT_ROW_GROUP_ROWS))
+        .set_created_by(concat!("tidewater ", env!("CARGO_PKG_VERSION")).to_string());
+    for f in schema.fields() {
+        let path = || ColumnPath::from(f.name().as_str());
+        let text = matches!(f.data_type(), DataType::Utf8);
+        if text || matches!(f.data_type(), DataType::Binary) {
+            b = b.set_column_statistics_enabled(path(), EnabledStatistics::None);
+        }
+        if text || f.name() == "data" {
+            b = b.set_column_dictionary_enabled(path(), false);
+        }
+    }
+    b.build()
+}
+
 /// Encodes a batch (already sorted by block_number, log_index) as one Parquet file in memory.
 pub fn encode_parquet(table: &str, batch: &RecordBatch) -> Result<Vec<u8>> {
     let err = |source| Error::Parquet { path: PathBuf::from(table), source };
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).map_err(err)?))
-        .set_max_row_group_row_count(Some(DEFAULT_ROW_GROUP_ROWS))
-        .set_created_by(concat!("tidewater ", env!("CARGO_PKG_VERSION")).to_string())
-        .build();
+    let props = writer_properties(&batch.schema());
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).map_err(err)?;
     w.write(batch).map_err(err)?;
