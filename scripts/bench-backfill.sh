@@ -3,8 +3,9 @@
 # chain (>= 500k logs): the RPC ceiling (plain concurrent eth_getLogs, results discarded),
 # cryo (logs only), and tidewater (logs + blocks + every decoded table). Prints logs/s, ratios
 # and peak RSS. Set BENCH_PRESET=small for a quick smoke run, BENCH_PRESET=dense for ~300
-# watched logs a block. The ceiling is also measured with small requests (32-block ranges, 8 in
-# flight): it should not depend on the request shape.
+# watched logs a block. The ceiling is also measured with small requests (32-block ranges 8 in
+# flight, 2-block ranges 16 in flight): anvil serves small answers with much less CPU, so the
+# fastest shape is the ceiling tidewater is held to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -41,6 +42,7 @@ for r in $(seq 1 "${BENCH_ROUNDS:-3}"); do
   /usr/bin/time -v -o "$work/ceiling.$r.time" "$CARGO_TARGET_DIR/release/examples/rpc_ceiling" \
     "$url" 0 "$head" 1000 "$conc" $addrs > "$work/ceiling.$r.json"
   "$CARGO_TARGET_DIR/release/examples/rpc_ceiling" "$url" 0 "$head" 32 8 $addrs > "$work/ceiling_small.$r.json"
+  "$CARGO_TARGET_DIR/release/examples/rpc_ceiling" "$url" 0 "$head" 2 16 $addrs > "$work/ceiling_tiny.$r.json"
   rm -rf "$work/tw"
   /usr/bin/time -v -o "$work/tw.$r.time" "$CARGO_TARGET_DIR/release/tidewater" backfill --rpc "$url" --data "$work/tw" \
     --to "$head" --json --concurrency "$conc" --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/tw.$r.json"
@@ -62,11 +64,15 @@ logs = tw[0]["logs"]
 print(f"{'':<12} {'logs':>9} {'seconds':>8} {'logs/s':>10} {'peak RSS MiB':>13}")
 for name, n, secs, mem in [("rpc ceiling", ceil[0]["logs"], c_secs, c_rss), ("cryo", cryo_logs, cryo_secs, rss("cryo")), ("tidewater", logs, t_secs, t_rss)]:
     print(f"{name:<12} {n:>9} {secs:>8.2f} {n/secs:>10.0f} {mem:>13.0f}")
-small = statistics.median(json.load(open(f"{work}/ceiling_small.{r}.json"))["seconds"] for r in range(1, rounds + 1))
-print(f"rpc ceiling with 32-block ranges, 8 in flight: {small:.2f} s ({small / c_secs:.2f}x the 1000-block ceiling)")
-print("per round (ceiling s / tidewater s / ratio): " + ", ".join(f"{c['seconds']:.2f}/{t['elapsed_secs']:.2f}/{t['elapsed_secs']/c['seconds']:.2f}x" for c, t in zip(ceil, tw)))
+shapes = {}
+for name, label in [("ceiling", "1000-block ranges, --concurrency in flight"), ("ceiling_small", "32-block ranges, 8 in flight"), ("ceiling_tiny", "2-block ranges, 16 in flight")]:
+    shapes[label] = statistics.median(json.load(open(f"{work}/{name}.{r}.json"))["seconds"] for r in range(1, rounds + 1))
+for label, secs in shapes.items():
+    print(f"rpc ceiling, {label}: {secs:.2f} s; tidewater takes {t_secs / secs:.2f}x")
+best = min(shapes.values())
+print("per round (tidewater s): " + ", ".join(f"{t['elapsed_secs']:.2f}" for t in tw))
 print(f"tidewater / cryo logs/s: {(logs/t_secs)/(cryo_logs/cryo_secs):.2f}x (target >= 2.5x)")
-print(f"tidewater time / ceiling time (medians): {t_secs/c_secs:.2f}x (target <= 1.3x)")
+print(f"tidewater time / fastest ceiling (medians): {t_secs/best:.2f}x (target <= 1.3x)")
 print(f"tidewater peak RSS: {t_rss:.0f} MiB (target < 500 MiB)")
 assert all(c["logs"] == cryo_logs == t["logs"] for c, t in zip(ceil, tw)), "log counts differ"
 PY

@@ -47,19 +47,23 @@ start_sim() {
 }
 stats() { curl -s "$sim_url/stats" > "$work/$1.stats.json"; }
 
+# The simulator stands for a hosted provider: tidewater is told to aim at the answers it would
+# choose for a remote one (on 127.0.0.1 it would aim at the smaller answers of a local node).
+remote="--answer-logs 10000"
+
 # BENCH_ONLY_CHUNKS=1 runs part 3 alone.
 if [ "${BENCH_ONLY_CHUNKS:-0}" != 1 ]; then
 # 1. tidewater, no budget, then under the budget.
 start_sim tw
-/usr/bin/time -v -o "$work/tw.time" "$tw" backfill --rpc "$sim_url" --data "$work/tw" --to "$head" --json \
+/usr/bin/time -v -o "$work/tw.time" "$tw" backfill --rpc "$sim_url" --data "$work/tw" --to "$head" --json $remote \
   --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/tw.json"
 stats tw
 start_sim twb "$rps"
-/usr/bin/time -v -o "$work/twb.time" "$tw" backfill --rpc "$sim_url" --data "$work/twb" --to "$head" --json \
+/usr/bin/time -v -o "$work/twb.time" "$tw" backfill --rpc "$sim_url" --data "$work/twb" --to "$head" --json $remote \
   --rps "$rps" --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/twb.json"
 stats twb
 start_sim twa
-/usr/bin/time -v -o "$work/twa.time" "$tw" backfill --rpc "$sim_url" --data "$work/twa" --to "$head" --json \
+/usr/bin/time -v -o "$work/twa.time" "$tw" backfill --rpc "$sim_url" --data "$work/twa" --to "$head" --json $remote \
   --filter-mode addresses --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" > "$work/twa.json"
 stats twa
 

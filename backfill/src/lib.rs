@@ -118,6 +118,9 @@ pub struct BackfillConfig {
     pub max_log_range: u64,
     /// Watched logs a chunk aims to hold ([`DEFAULT_CHUNK_LOGS`]).
     pub chunk_logs: u64,
+    /// Logs an `eth_getLogs` answer aims at ([`tidewater_chain::DEFAULT_ANSWER_LOGS`]; a
+    /// node on this machine serves smaller ones faster: [`tidewater_chain::LOCAL_ANSWER_LOGS`]).
+    pub answer_logs: u64,
     /// How the factory's pools are asked for.
     pub filter_mode: FilterMode,
     /// Chunks ending before this block are checked with [`Checks::Spans`], the others with
@@ -137,6 +140,7 @@ impl BackfillConfig {
             log_range: DEFAULT_LOG_RANGE,
             max_log_range: DEFAULT_MAX_LOG_RANGE,
             chunk_logs: DEFAULT_CHUNK_LOGS,
+            answer_logs: tidewater_chain::DEFAULT_ANSWER_LOGS as u64,
             filter_mode: FilterMode::Auto,
             spans_below: 0,
         }
@@ -243,7 +247,8 @@ impl Backfill {
         cfg: BackfillConfig,
     ) -> tidewater_chain::Result<Self> {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
-        let sizer = RangeSizer::new(cfg.log_range, cfg.max_log_range);
+        let sizer = RangeSizer::new(cfg.log_range, cfg.max_log_range)
+            .with_answer_logs(usize::try_from(cfg.answer_logs).unwrap_or(usize::MAX));
         let shared = Arc::new(Shared {
             rpc,
             sources,

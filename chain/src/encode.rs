@@ -54,14 +54,16 @@ struct KeyBuilders {
 }
 
 impl KeyBuilders {
-    fn new() -> Self {
+    /// Builders sized for `rows` rows (growing them row by row copied every column a few
+    /// times over).
+    fn with_capacity(rows: usize) -> Self {
         Self {
-            block_number: UInt64Builder::new(),
-            block_hash: BinaryBuilder::new(),
-            transaction_index: UInt32Builder::new(),
-            log_index: UInt32Builder::new(),
-            transaction_hash: BinaryBuilder::new(),
-            address: BinaryBuilder::new(),
+            block_number: UInt64Builder::with_capacity(rows),
+            block_hash: BinaryBuilder::with_capacity(rows, rows * 32),
+            transaction_index: UInt32Builder::with_capacity(rows),
+            log_index: UInt32Builder::with_capacity(rows),
+            transaction_hash: BinaryBuilder::with_capacity(rows, rows * 32),
+            address: BinaryBuilder::with_capacity(rows, rows * 20),
         }
     }
 
@@ -88,9 +90,13 @@ impl KeyBuilders {
 
 /// The `logs` batch (logs must already be ordered).
 pub fn logs_batch(logs: &[Log], chain_id: u64) -> Result<RecordBatch> {
-    let mut key = KeyBuilders::new();
-    let mut topics: [BinaryBuilder; 4] = std::array::from_fn(|_| BinaryBuilder::new());
-    let mut data = BinaryBuilder::new();
+    let n = logs.len();
+    let mut key = KeyBuilders::with_capacity(n);
+    let mut topics: [BinaryBuilder; 4] = std::array::from_fn(|i| {
+        let rows = logs.iter().filter(|l| l.topics.len() > i).count();
+        BinaryBuilder::with_capacity(n, rows * 32)
+    });
+    let mut data = BinaryBuilder::with_capacity(n, logs.iter().map(|l| l.data.len()).sum());
     let mut chain = UInt64Builder::with_capacity(logs.len());
     for l in logs {
         key.push(l);
@@ -124,15 +130,18 @@ enum ColBuilder {
 }
 
 impl ColBuilder {
-    fn new(kind: ColumnKind) -> Self {
+    /// A builder sized for `rows` rows (byte columns for a word's worth each).
+    fn with_capacity(kind: ColumnKind, rows: usize) -> Self {
         match kind {
-            ColumnKind::Bool => Self::Bool(BooleanBuilder::new()),
-            ColumnKind::U32 => Self::U32(UInt32Builder::new()),
-            ColumnKind::I32 => Self::I32(Int32Builder::new()),
-            ColumnKind::U64 => Self::U64(UInt64Builder::new()),
-            ColumnKind::I64 => Self::I64(Int64Builder::new()),
-            ColumnKind::BigInt | ColumnKind::Text => Self::Text(StringBuilder::new()),
-            ColumnKind::Binary => Self::Binary(BinaryBuilder::new()),
+            ColumnKind::Bool => Self::Bool(BooleanBuilder::with_capacity(rows)),
+            ColumnKind::U32 => Self::U32(UInt32Builder::with_capacity(rows)),
+            ColumnKind::I32 => Self::I32(Int32Builder::with_capacity(rows)),
+            ColumnKind::U64 => Self::U64(UInt64Builder::with_capacity(rows)),
+            ColumnKind::I64 => Self::I64(Int64Builder::with_capacity(rows)),
+            ColumnKind::BigInt | ColumnKind::Text => {
+                Self::Text(StringBuilder::with_capacity(rows, rows * 32))
+            }
+            ColumnKind::Binary => Self::Binary(BinaryBuilder::with_capacity(rows, rows * 32)),
         }
     }
 
@@ -302,31 +311,38 @@ pub fn decode_batches(
     logs: &[Log],
     is_pool: impl Fn(Address, u64) -> bool,
 ) -> Result<Decoded> {
+    // Each log's definition, first: the builders are then sized for their rows.
+    let matched: Vec<(&Log, usize)> = logs
+        .iter()
+        .filter_map(|l| {
+            let i = catalog
+                .lookup_index(l.address, l.topic0()?, || is_pool(l.address, l.block_number))?;
+            Some((l, i))
+        })
+        .collect();
     // One builder per table; `slot[i]` is the builder of definition `i`.
-    let mut builders: Vec<TableBuilder<'_>> = Vec::new();
+    let mut tables: Vec<(&EventDef, usize)> = Vec::new();
     let mut slot = Vec::with_capacity(catalog.defs().len());
     for def in catalog.defs() {
-        let at = match builders.iter().position(|b| b.def.table == def.table) {
-            Some(at) => at,
-            None => {
-                builders.push(TableBuilder {
-                    def,
-                    key: KeyBuilders::new(),
-                    cols: def.kinds.iter().map(|k| ColBuilder::new(*k)).collect(),
-                });
-                builders.len() - 1
-            }
-        };
+        let at = tables.iter().position(|(d, _)| d.table == def.table).unwrap_or_else(|| {
+            tables.push((def, 0));
+            tables.len() - 1
+        });
         slot.push(at);
     }
+    for (_, i) in &matched {
+        tables[slot[*i]].1 += 1;
+    }
+    let mut builders: Vec<TableBuilder<'_>> = tables
+        .into_iter()
+        .map(|(def, rows)| TableBuilder {
+            def,
+            key: KeyBuilders::with_capacity(rows),
+            cols: def.kinds.iter().map(|k| ColBuilder::with_capacity(*k, rows)).collect(),
+        })
+        .collect();
     let mut skipped = Vec::new();
-    for l in logs {
-        let Some(topic0) = l.topic0() else { continue };
-        let Some(i) =
-            catalog.lookup_index(l.address, topic0, || is_pool(l.address, l.block_number))
-        else {
-            continue;
-        };
+    for (l, i) in matched {
         let def = &catalog.defs()[i];
         let tb = &mut builders[slot[i]];
         if def.words.as_ref().is_some_and(|plan| push_words(plan, &def.kinds, l, tb)) {

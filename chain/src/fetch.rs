@@ -17,14 +17,15 @@ pub const DEFAULT_MAX_LOG_RANGE: u64 = 10_000;
 
 /// `eth_getLogs` calls in flight for one range (more come from ranges fetched side by side).
 const PARTS_IN_FLIGHT: usize = 4;
-/// Fewer logs than this in an answer: the span doubles.
-const SPARSE_ANSWER: usize = 1_000;
-/// More logs than this in an answer: the span shrinks so that the next holds about this many.
-/// Hosted providers refuse larger answers anyway; a node without a cap answers a dense span
-/// with a body of hundreds of MB, built on one thread and held whole here: on a dense chain
-/// answers of ~10,000 logs are faster (the node serves several at once) and bound the memory
-/// of a fetch (`scripts/bench-backfill.sh` with `BENCH_PRESET=dense`).
-const DENSE_ANSWER: usize = 10_000;
+/// Logs an `eth_getLogs` answer aims at, by default: spans shrink when an answer holds more
+/// and grow while answers hold fewer. Hosted providers refuse larger answers anyway and bill
+/// per call, so the largest answer they take is the cheapest; a node without a cap answers a
+/// dense span with a body of hundreds of MB, built on one thread and held whole here.
+pub const DEFAULT_ANSWER_LOGS: usize = 10_000;
+/// Logs an answer aims at from a node on this machine, which bills nothing per call: anvil
+/// serves the `dense` devnet's logs in 0.6 core-seconds as answers of ~1,000 logs and in 1.0 as
+/// answers of ~10,000 (`scripts/bench-backfill.sh` with `BENCH_PRESET=dense`).
+pub const LOCAL_ANSWER_LOGS: usize = 1_000;
 
 /// Adapts the `eth_getLogs` span: shrinks to what the provider accepts, grows back by a quarter
 /// after each success at full span.
@@ -32,13 +33,21 @@ const DENSE_ANSWER: usize = 10_000;
 pub struct RangeSizer {
     size: AtomicU64,
     max: u64,
+    answer_logs: usize,
 }
 
 impl RangeSizer {
-    /// Starts at `initial` blocks, never above `max`.
+    /// Starts at `initial` blocks, never above `max`, aiming at answers of
+    /// [`DEFAULT_ANSWER_LOGS`].
     pub fn new(initial: u64, max: u64) -> Self {
         let max = max.max(1);
-        Self { size: AtomicU64::new(initial.clamp(1, max)), max }
+        Self { size: AtomicU64::new(initial.clamp(1, max)), max, answer_logs: DEFAULT_ANSWER_LOGS }
+    }
+
+    /// The same, aiming at answers of about `logs` logs.
+    pub fn with_answer_logs(mut self, logs: usize) -> Self {
+        self.answer_logs = logs.max(1);
+        self
     }
 
     /// The span to try now.
@@ -46,18 +55,19 @@ impl RangeSizer {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// A span of `used` blocks succeeded with `logs` logs. A sparse answer doubles the span
-    /// (a dense stretch that shrank it is over); a fuller one grows it by a quarter; one over
-    /// 10,000 logs shrinks it to hold about that many.
+    /// A span of `used` blocks succeeded with `logs` logs. A sparse answer (under a tenth of
+    /// the aim) doubles the span (a dense stretch that shrank it is over); a fuller one grows it
+    /// by a quarter; one over the aim shrinks it to hold about that many.
     pub fn on_success(&self, used: u64, logs: usize) {
-        if logs > DENSE_ANSWER {
-            let fits = (u128::from(used) * DENSE_ANSWER as u128 / logs as u128) as u64;
+        let aim = self.answer_logs;
+        if logs > aim {
+            let fits = (u128::from(used) * aim as u128 / logs as u128) as u64;
             self.size.fetch_min(fits.max(1), Ordering::Relaxed);
             return;
         }
         let cur = self.current();
         if used >= cur {
-            let grown = if logs < SPARSE_ANSWER { cur * 2 } else { cur + cur / 4 + 1 };
+            let grown = if logs < aim / 10 { cur * 2 } else { cur + cur / 4 + 1 };
             let grown = grown.min(self.max);
             let _ = self.size.compare_exchange(cur, grown, Ordering::Relaxed, Ordering::Relaxed);
         }
@@ -128,8 +138,19 @@ pub async fn fetch_logs(
 
 /// The logs of `spans`, ordered by (block_number, log_index).
 fn span_logs(spans: Vec<(BlockRange, Vec<Log>)>) -> Vec<Log> {
-    let mut logs: Vec<Log> = spans.into_iter().flat_map(|(_, l)| l).collect();
-    logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+    // Onto the first answer's logs (growing a large vector in place maps more pages onto it;
+    // collecting into a new one wrote every log to fresh memory).
+    let total = spans.iter().map(|(_, l)| l.len()).sum::<usize>();
+    let mut spans = spans.into_iter().map(|(_, l)| l);
+    let mut logs = spans.next().unwrap_or_default();
+    logs.reserve_exact(total - logs.len());
+    for mut more in spans {
+        logs.append(&mut more);
+    }
+    // Nodes answer in order: sort (moving every log) only when one did not.
+    if !logs.is_sorted_by_key(|l| (l.block_number, l.log_index)) {
+        logs.sort_unstable_by_key(|l| (l.block_number, l.log_index));
+    }
     logs
 }
 
@@ -404,7 +425,8 @@ async fn check_and_repair(
             return Err(inconsistent(format!("block {} does not link to its parent", h.number)));
         }
     }
-    let mut per_block: HashMap<u64, usize> = HashMap::new();
+    // Whether each block of the range has logs.
+    let mut with_logs = vec![false; headers.len()];
     for (i, l) in logs.iter().enumerate() {
         if !range.contains(l.block_number) {
             return Err(inconsistent(format!("log at block {} outside the range", l.block_number)));
@@ -427,12 +449,14 @@ async fn check_and_repair(
                 l.log_index, l.block_number
             )));
         }
-        *per_block.entry(l.block_number).or_default() += 1;
+        with_logs[(l.block_number - range.start) as usize] = true;
     }
     let mut bloom_refetches = 0;
     let suspicious: Vec<&Header> = headers
         .iter()
-        .filter(|h| !per_block.contains_key(&h.number) && filter.may_match(&h.logs_bloom))
+        .zip(&with_logs)
+        .filter(|(h, has)| !**has && filter.may_match(&h.logs_bloom))
+        .map(|(h, _)| h)
         .collect();
     if !suspicious.is_empty() {
         let confirmed = futures::future::try_join_all(

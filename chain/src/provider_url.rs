@@ -61,6 +61,19 @@ impl ProviderUrl {
         &self.shown
     }
 
+    /// Whether the host is this machine (`localhost`, `127.0.0.0/8`, `[::1]`): a node of one's
+    /// own, with no bill per call.
+    pub fn is_loopback(&self) -> bool {
+        let rest = self.full.split_once("://").map_or("", |(_, r)| r);
+        let host = host_of(rest);
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The scheme, lower case.
     pub fn scheme(&self) -> String {
         self.full.split("://").next().unwrap_or_default().to_ascii_lowercase()
@@ -104,6 +117,24 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn loopback_hosts_are_this_machine() {
+        for (url, local) in [
+            ("http://127.0.0.1:8545", true),
+            ("http://127.3.2.1", true),
+            ("http://localhost:8545/path?k=1", true),
+            ("http://LOCALHOST", true),
+            ("http://[::1]:8545", true),
+            ("http://user:pw@127.0.0.1:1/x", true),
+            ("http://10.0.0.2:8545", false),
+            ("https://eth-mainnet.example.com/v2/key", false),
+            ("http://localhost.example.com", false),
+            ("http://[2001:db8::1]:8545", false),
+        ] {
+            assert_eq!(ProviderUrl::parse(url).unwrap().is_loopback(), local, "{url}");
+        }
+    }
 
     #[test]
     fn keys_never_show() {

@@ -154,6 +154,12 @@ pub(crate) struct BackfillArgs {
     /// (memory is bounded by logs in flight, not blocks) [default: 50000]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) chunk_logs: Option<u64>,
+    /// Logs an eth_getLogs answer aims at: spans shrink over it and grow under it [default:
+    /// 1000 when every provider is on this machine (no bill per call; a node serves small
+    /// answers with less CPU), else 10000 (the largest answer hosted providers take is the
+    /// cheapest)]
+    #[arg(long, help_heading = "Tuning")]
+    pub(crate) answer_logs: Option<u64>,
     /// First eth_getLogs span in blocks; adapts to the provider [default: 2000]
     #[arg(long, help_heading = "Tuning")]
     pub(crate) log_range: Option<u64>,

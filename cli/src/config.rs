@@ -69,6 +69,7 @@ pub(crate) struct TuningConfig {
     pub(crate) chunk_size: Option<u64>,
     pub(crate) chunks_in_flight: Option<usize>,
     pub(crate) chunk_logs: Option<u64>,
+    pub(crate) answer_logs: Option<u64>,
     pub(crate) log_range: Option<u64>,
     pub(crate) max_log_range: Option<u64>,
     pub(crate) filter_mode: Option<tidewater_chain::FilterMode>,

@@ -85,6 +85,12 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
     cfg.chunks_in_flight =
         a.chunks_in_flight.or(t.chunks_in_flight).unwrap_or(cfg.chunks_in_flight);
     cfg.chunk_logs = a.chunk_logs.or(t.chunk_logs).unwrap_or(cfg.chunk_logs);
+    let local = rpc_urls.iter().all(ProviderUrl::is_loopback);
+    cfg.answer_logs = a.answer_logs.or(t.answer_logs).unwrap_or(if local {
+        tidewater_chain::LOCAL_ANSWER_LOGS as u64
+    } else {
+        tidewater_chain::DEFAULT_ANSWER_LOGS as u64
+    });
     cfg.log_range = a.log_range.or(t.log_range).unwrap_or(cfg.log_range);
     cfg.max_log_range = a.max_log_range.or(t.max_log_range).unwrap_or(cfg.max_log_range);
     cfg.shard = a.shard.map(|(index, count)| Shard { index, count });
@@ -100,6 +106,7 @@ pub(crate) fn resolve(a: &BackfillArgs) -> Result<Plan, Failure> {
         ("--chunk-size", cfg.chunk_size),
         ("--chunks-in-flight", cfg.chunks_in_flight as u64),
         ("--chunk-logs", cfg.chunk_logs),
+        ("--answer-logs", cfg.answer_logs),
         ("--log-range", cfg.log_range),
         ("--max-log-range", cfg.max_log_range),
     ] {
