@@ -117,10 +117,19 @@ impl<'a> Parser<'a> {
         Some(&self.b[start..end])
     }
 
-    /// An object key and its colon.
+    /// An object key and its colon. Field names are letters and digits, taken at once; any
+    /// other key is checked as any string.
     fn key(&mut self) -> Option<&'a [u8]> {
-        let k = self.plain_str()?;
-        std::str::from_utf8(k).ok()?;
+        self.expect(b'"')?;
+        let start = self.i;
+        let end = start + memchr::memchr(b'"', &self.b[start..])?;
+        let k = &self.b[start..end];
+        if k.iter().all(u8::is_ascii_alphanumeric) {
+            self.i = end + 1;
+        } else {
+            self.i = start - 1;
+            std::str::from_utf8(self.plain_str()?).ok()?;
+        }
         self.expect(b':')?;
         Some(k)
     }
