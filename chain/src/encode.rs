@@ -176,21 +176,18 @@ impl ColBuilder {
     /// Writes what [`ColBuilder::push`] writes for the value the generic decoder makes of it.
     fn push_word(&mut self, ty: WordType, kind: ColumnKind, w: &[u8; 32]) {
         use std::fmt::Write as _;
-        let tail = |n: usize| -> [u8; 8] {
-            let mut b = [0u8; 8];
-            b[8 - n..].copy_from_slice(&w[32 - n..]);
-            b
-        };
+        // The word's last 8 bytes; a value that fits 32 or 64 bits is all there.
+        let low = u64::from_be_bytes(*w.last_chunk::<8>().unwrap_or(&[0; 8]));
         match (self, ty) {
             (Self::Bool(b), _) => b.append_value(w.iter().any(|x| *x != 0)),
-            (Self::U32(b), _) => b.append_value(u64::from_be_bytes(tail(4)) as u32),
-            (Self::U64(b), _) => b.append_value(u64::from_be_bytes(tail(8))),
-            (Self::I32(b), _) => b.append_value(u64::from_be_bytes(tail(4)) as u32 as i32),
-            (Self::I64(b), _) => b.append_value(u64::from_be_bytes(tail(8)) as i64),
+            (Self::U32(b), _) => b.append_value(low as u32),
+            (Self::U64(b), _) => b.append_value(low),
+            (Self::I32(b), _) => b.append_value(low as u32 as i32),
+            (Self::I64(b), _) => b.append_value(low as i64),
             (Self::Text(b), WordType::Uint(_)) => {
-                if w[..16].iter().all(|x| *x == 0) {
-                    let v = u128::from_be_bytes(w[16..].try_into().expect("16 bytes"));
-                    let _ = write!(b, "{v}");
+                let (high, low) = w.split_at(16);
+                if let (true, Ok(low)) = (high.iter().all(|x| *x == 0), <[u8; 16]>::try_from(low)) {
+                    let _ = write!(b, "{}", u128::from_be_bytes(low));
                 } else {
                     let _ = write!(b, "{}", alloy_primitives::U256::from_be_bytes(*w));
                 }
@@ -205,8 +202,10 @@ impl ColBuilder {
                 .unwrap_or(());
                 b.append_value("");
             }
-            (Self::Binary(b), WordType::Address) => b.append_value(&w[12..]),
-            (Self::Binary(b), WordType::FixedBytes(n)) => b.append_value(&w[..n.min(32)]),
+            (Self::Binary(b), WordType::Address) => {
+                b.append_value(w.last_chunk::<20>().unwrap_or(&[0; 20]))
+            }
+            (Self::Binary(b), WordType::FixedBytes(n)) => b.append_value(w.get(..n).unwrap_or(w)),
             (col, _) => {
                 debug_assert!(false, "a word of {ty:?} in a {kind:?} column");
                 col.append_null();
@@ -331,7 +330,9 @@ pub fn decode_batches(
         slot.push(at);
     }
     for (_, i) in &matched {
-        tables[slot[*i]].1 += 1;
+        if let Some((_, rows)) = slot.get(*i).and_then(|t| tables.get_mut(*t)) {
+            *rows += 1;
+        }
     }
     let mut builders: Vec<TableBuilder<'_>> = tables
         .into_iter()
@@ -343,8 +344,11 @@ pub fn decode_batches(
         .collect();
     let mut skipped = Vec::new();
     for (l, i) in matched {
-        let def = &catalog.defs()[i];
-        let tb = &mut builders[slot[i]];
+        let (Some(def), Some(tb)) =
+            (catalog.defs().get(i), slot.get(i).and_then(|t| builders.get_mut(*t)))
+        else {
+            continue;
+        };
         if def.words.as_ref().is_some_and(|plan| push_words(plan, &def.kinds, l, tb)) {
             continue;
         }
@@ -383,13 +387,11 @@ pub fn decode_batches(
     Ok(Decoded { batches, skipped })
 }
 
-/// The word of `l` at `at`; the caller has checked the topic count and the data length.
-fn word_at(l: &Log, at: WordAt) -> &[u8; 32] {
+/// The word of `l` at `at`, if the log has it.
+fn word_at(l: &Log, at: WordAt) -> Option<&[u8; 32]> {
     match at {
-        WordAt::Topic(i) => &l.topics[i].0,
-        WordAt::Data(i) => {
-            l.data[i * 32..i * 32 + 32].try_into().expect("invariant: a 32-byte slice")
-        }
+        WordAt::Topic(i) => l.topics.get(i).map(|t| &t.0),
+        WordAt::Data(i) => l.data.get(i * 32..i * 32 + 32)?.try_into().ok(),
     }
 }
 
@@ -404,7 +406,7 @@ fn word_fits(ty: WordType, w: &[u8; 32]) -> bool {
         }
         WordType::Int(bits) if (1..256).contains(&bits) => {
             // Every bit from the sign bit up equals the sign.
-            let fill = if w[0] & 0x80 == 0 { 0u8 } else { 0xff };
+            let fill = if w.first().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0u8 };
             let same = w.iter().take_while(|b| **b == fill).count() * 8;
             let same = same + w.get(same / 8).map_or(0, |b| (b ^ fill).leading_zeros() as usize);
             same > 256 - bits
@@ -420,12 +422,15 @@ fn push_words(plan: &WordPlan, kinds: &[ColumnKind], l: &Log, tb: &mut TableBuil
     if l.topics.len() != plan.topics || l.data.len() < plan.data_words * 32 {
         return false;
     }
-    if !plan.params.iter().all(|(at, ty)| word_fits(*ty, word_at(l, *at))) {
+    if !plan.params.iter().all(|(at, ty)| word_at(l, *at).is_some_and(|w| word_fits(*ty, w))) {
         return false;
     }
     tb.key.push(l);
     for (((at, ty), kind), col) in plan.params.iter().zip(kinds).zip(tb.cols.iter_mut()) {
-        col.push_word(*ty, *kind, word_at(l, *at));
+        // Every word is there: checked just above.
+        if let Some(w) = word_at(l, *at) {
+            col.push_word(*ty, *kind, w);
+        }
     }
     true
 }

@@ -363,7 +363,7 @@ impl EventCatalog {
     /// The definition matching a log from `address` with `topic0`, where `is_pool` says whether
     /// the factory created `address`.
     pub fn lookup(&self, address: Address, topic0: &B256, is_pool: bool) -> Option<&EventDef> {
-        self.lookup_index(address, topic0, || is_pool).map(|i| &self.defs[i])
+        self.lookup_index(address, topic0, || is_pool).and_then(|i| self.defs.get(i))
     }
 
     /// The index in [`EventCatalog::defs`] of the definition matching a log from `address` with

@@ -434,7 +434,11 @@ async fn check_and_repair(
         if l.removed {
             return Err(inconsistent(format!("removed log at block {}", l.block_number)));
         }
-        let h = &headers[(l.block_number - range.start) as usize];
+        let at = (l.block_number - range.start) as usize;
+        let (Some(h), Some(has)) = (headers.get(at), with_logs.get_mut(at)) else {
+            return Err(inconsistent(format!("no header for block {}", l.block_number)));
+        };
+        *has = true;
         if h.hash != l.block_hash {
             return Err(inconsistent(format!(
                 "log at block {} has block hash {}, header says {}",
@@ -449,7 +453,6 @@ async fn check_and_repair(
                 l.log_index, l.block_number
             )));
         }
-        with_logs[(l.block_number - range.start) as usize] = true;
     }
     let mut bloom_refetches = 0;
     let suspicious: Vec<&Header> = headers

@@ -108,13 +108,14 @@ impl<'a> Parser<'a> {
     fn plain_str(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.i;
-        let len = memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-        let end = start + len;
-        if self.b[end] != b'"' || self.b[start..end].iter().any(|c| *c < 0x20) {
+        let rest = self.b.get(start..)?;
+        let len = memchr::memchr2(b'"', b'\\', rest)?;
+        let s = rest.get(..len)?;
+        if rest.get(len) != Some(&b'"') || s.iter().any(|c| *c < 0x20) {
             return None;
         }
-        self.i = end + 1;
-        Some(&self.b[start..end])
+        self.i = start + len + 1;
+        Some(s)
     }
 
     /// An object key and its colon. Field names are letters and digits, taken at once; any
@@ -122,10 +123,10 @@ impl<'a> Parser<'a> {
     fn key(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.i;
-        let end = start + memchr::memchr(b'"', &self.b[start..])?;
-        let k = &self.b[start..end];
+        let rest = self.b.get(start..)?;
+        let k = rest.get(..memchr::memchr(b'"', rest)?)?;
         if k.iter().all(u8::is_ascii_alphanumeric) {
-            self.i = end + 1;
+            self.i = start + k.len() + 1;
         } else {
             self.i = start - 1;
             std::str::from_utf8(self.plain_str()?).ok()?;
@@ -139,9 +140,10 @@ impl<'a> Parser<'a> {
     fn hex_str(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.i;
-        let end = start + memchr::memchr(b'"', &self.b[start..])?;
-        self.i = end + 1;
-        self.b[start..end].strip_prefix(b"0x")
+        let rest = self.b.get(start..)?;
+        let s = rest.get(..memchr::memchr(b'"', rest)?)?;
+        self.i = start + s.len() + 1;
+        s.strip_prefix(b"0x")
     }
 
     /// `0x` and exactly `2 * N` hex digits, decoded.
@@ -149,11 +151,12 @@ impl<'a> Parser<'a> {
         self.expect(b'"')?;
         let start = self.i;
         let end = start + 2 + 2 * N;
-        if self.b.get(end) != Some(&b'"') || self.b.get(start..start + 2)? != b"0x" {
+        let digits = self.b.get(start..end)?.strip_prefix(b"0x")?;
+        if self.b.get(end) != Some(&b'"') {
             return None;
         }
         self.i = end + 1;
-        hex::decode_to_array::<_, N>(&self.b[start + 2..end]).ok()
+        hex::decode_to_array::<_, N>(digits).ok()
     }
 
     /// A JSON-RPC quantity: `0x` and 1 to 16 hex digits.
@@ -174,8 +177,8 @@ impl<'a> Parser<'a> {
         while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
             self.i += 1;
         }
-        let digits = &self.b[start..self.i];
-        if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
+        let digits = self.b.get(start..self.i)?;
+        if digits.is_empty() || (digits.len() > 1 && digits.first() == Some(&b'0')) {
             return None;
         }
         std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
@@ -293,7 +296,7 @@ impl<'a> Parser<'a> {
         }
         let start = self.arena.len();
         self.arena.resize(start + s.len() / 2, 0);
-        if hex::decode_to_slice(s, &mut self.arena[start..]).is_err() {
+        if hex::decode_to_slice(s, self.arena.get_mut(start..)?).is_err() {
             return None;
         }
         Some((start, self.arena.len()))
@@ -362,7 +365,7 @@ impl<'a> Parser<'a> {
         }
         let int_start = self.i;
         let n = digits(self);
-        if n == 0 || (n > 1 && self.b[int_start] == b'0') {
+        if n == 0 || (n > 1 && self.b.get(int_start) == Some(&b'0')) {
             return None;
         }
         if self.b.get(self.i) == Some(&b'.') {

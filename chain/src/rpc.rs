@@ -10,7 +10,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
@@ -29,11 +29,6 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers per JSON-RPC batch. 100 is accepted by every provider we know.
 pub const HEADER_BATCH: usize = 100;
-/// Body buffers kept for reuse (at most 64 MiB held idle).
-const POOLED_BODIES: usize = 4;
-/// Largest body buffer kept for reuse (and largest allocation made ahead of a body on the
-/// strength of its announced length).
-const MAX_POOLED_BODY: usize = 16 << 20;
 /// Longest `Retry-After` a provider can make a call wait.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -117,8 +112,6 @@ struct Inner {
     cfg: RpcConfig,
     next_id: AtomicU64,
     preferred: AtomicUsize,
-    /// Body buffers of `eth_getLogs` answers, reused.
-    bodies: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 /// A cheaply clonable JSON-RPC client over one or more providers.
@@ -155,7 +148,6 @@ impl RpcClient {
                 cfg,
                 next_id: AtomicU64::new(1),
                 preferred: AtomicUsize::new(0),
-                bodies: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -258,38 +250,6 @@ impl RpcClient {
     /// Sends one HTTP request (after the rate limiter and a concurrency permit) and returns
     /// the body of a 2xx answer.
     async fn post(&self, idx: usize, method: &str, body: &Value) -> Result<bytes::Bytes> {
-        let mut buf = Vec::new();
-        self.post_into(idx, method, body, &mut buf).await?;
-        Ok(bytes::Bytes::from(buf))
-    }
-
-    /// A body buffer from the pool (or a new one).
-    fn take_buffer(&self) -> Vec<u8> {
-        self.inner.bodies.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default()
-    }
-
-    /// Gives a body buffer back to the pool, unless the pool is full or the buffer too large.
-    fn give_buffer(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= MAX_POOLED_BODY {
-            buf.clear();
-            let mut pool = self.inner.bodies.lock().unwrap_or_else(PoisonError::into_inner);
-            if pool.len() < POOLED_BODIES {
-                pool.push(buf);
-            }
-        }
-    }
-
-    /// [`RpcClient::post`] into `buf` (cleared first): the body is read frame by frame into
-    /// it, so that a pooled buffer takes large `eth_getLogs` answers without fresh memory for
-    /// each (page faults were a tenth of a dense backfill's CPU) and hyper's own read buffer is
-    /// reused as each frame is copied out.
-    async fn post_into(
-        &self,
-        idx: usize,
-        method: &str,
-        body: &Value,
-        buf: &mut Vec<u8>,
-    ) -> Result<()> {
         let inner = &self.inner;
         let provider = &inner.providers[idx];
         if let Some(l) = &provider.limiter {
@@ -305,7 +265,7 @@ impl RpcClient {
             method: method.to_string(),
             source: source.without_url(),
         };
-        let mut resp = inner.http.post(url.expose()).json(body).send().await.map_err(transport)?;
+        let resp = inner.http.post(url.expose()).json(body).send().await.map_err(transport)?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -314,13 +274,7 @@ impl RpcClient {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
-        buf.clear();
-        // The announced length is a hint: a provider's word is not trusted with an allocation.
-        buf.reserve(resp.content_length().map_or(0, |n| n.min(MAX_POOLED_BODY as u64) as usize));
-        while let Some(frame) = resp.chunk().await.map_err(transport)? {
-            buf.extend_from_slice(&frame);
-        }
-        let bytes = &buf[..];
+        let bytes = resp.bytes().await.map_err(transport)?;
         if status.as_u16() == 429 && retry_after.is_some() {
             // Throttled with a hint: wait as told (the body, if any, says the same).
             return Err(Error::HttpStatus {
@@ -332,7 +286,7 @@ impl RpcClient {
         }
         if !status.is_success() {
             // Some providers put a JSON-RPC error in a 4xx body; prefer it, it classifies better.
-            if let Ok(r) = serde_json::from_slice::<Response<serde::de::IgnoredAny>>(bytes) {
+            if let Ok(r) = serde_json::from_slice::<Response<serde::de::IgnoredAny>>(&bytes) {
                 if let Some(e) = r.error {
                     return Err(e.into_error(url, method));
                 }
@@ -344,7 +298,7 @@ impl RpcClient {
                 retry_after,
             });
         }
-        Ok(())
+        Ok(bytes)
     }
 
     async fn send_one<T: DeserializeOwned>(
@@ -353,28 +307,26 @@ impl RpcClient {
         method: &str,
         params: &Value,
     ) -> Result<T> {
+        let bytes = self.call(idx, method, params).await?;
+        self.decode_one(idx, method, &bytes)
+    }
+
+    /// The body of one call's answer.
+    async fn call(&self, idx: usize, method: &str, params: &Value) -> Result<bytes::Bytes> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let bytes = self.post(idx, method, &body).await?;
-        self.decode_one(idx, method, &bytes)
+        self.post(idx, method, &body).await
     }
 
     /// One `eth_getLogs` call: the answer parsed straight from its bytes when it has the plain
     /// shape of a success, else by serde like any other call.
     async fn send_logs(&self, idx: usize, params: &Value) -> Result<Vec<Log>> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let method = "eth_getLogs";
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let mut buf = self.take_buffer();
-        let answer = match self.post_into(idx, method, &body, &mut buf).await {
-            Ok(()) => match crate::logs_json::parse_logs_answer(&buf) {
-                Some(logs) => Ok(logs),
-                None => self.decode_one(idx, method, &buf),
-            },
-            Err(e) => Err(e),
-        };
-        self.give_buffer(buf);
-        answer
+        let bytes = self.call(idx, method, params).await?;
+        match crate::logs_json::parse_logs_answer(&bytes) {
+            Some(logs) => Ok(logs),
+            None => self.decode_one(idx, method, &bytes),
+        }
     }
 
     /// The result (or the error) of a single call's answer.

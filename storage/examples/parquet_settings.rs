@@ -11,9 +11,6 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPrope
 use parquet::schema::types::ColumnPath;
 use std::time::Instant;
 
-/// Writer settings to try.
-type Settings = Box<dyn Fn() -> WriterProperties>;
-
 fn read_table(dir: &std::path::Path) -> RecordBatch {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("a table folder")
@@ -69,64 +66,39 @@ fn main() {
             })
             .map(|f| f.name().clone())
             .collect();
-        let chosen = tidewater_storage::writer_properties(&batch.schema());
-        let variants: Vec<(&str, Settings)> = vec![
-            ("dictionary everywhere, zstd 1", Box::new(|| base().build())),
-            ("tidewater's settings", Box::new(move || chosen.clone())),
-            (
-                "no dictionary for byte columns",
-                Box::new({
-                    let cols = byte_cols.clone();
-                    move || {
-                        cols.iter()
-                            .fold(base(), |b, c| {
-                                b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false)
-                            })
-                            .build()
+        // Byte columns without dictionary and/or statistics, the rest as `base`.
+        let byte_columns = |no_dictionary: bool, no_statistics: bool| {
+            byte_cols
+                .iter()
+                .fold(base(), |b, c| {
+                    let path = || ColumnPath::from(c.as_str());
+                    let b = if no_dictionary {
+                        b.set_column_dictionary_enabled(path(), false)
+                    } else {
+                        b
+                    };
+                    if no_statistics {
+                        b.set_column_statistics_enabled(path(), EnabledStatistics::None)
+                    } else {
+                        b
                     }
-                }),
-            ),
-            ("no dictionary at all", Box::new(|| base().set_dictionary_enabled(false).build())),
+                })
+                .build()
+        };
+        let variants: Vec<(&str, WriterProperties)> = vec![
+            ("dictionary everywhere, zstd 1", base().build()),
+            ("tidewater's settings", tidewater_storage::writer_properties(&batch.schema())),
+            ("no dictionary for byte columns", byte_columns(true, false)),
+            ("no dictionary at all", base().set_dictionary_enabled(false).build()),
             (
                 "statistics per chunk only",
-                Box::new(|| base().set_statistics_enabled(EnabledStatistics::Chunk).build()),
+                base().set_statistics_enabled(EnabledStatistics::Chunk).build(),
             ),
-            (
-                "no statistics for byte columns",
-                Box::new({
-                    let cols = byte_cols.clone();
-                    move || {
-                        cols.iter()
-                            .fold(base(), |b, c| {
-                                b.set_column_statistics_enabled(
-                                    ColumnPath::from(c.as_str()),
-                                    EnabledStatistics::None,
-                                )
-                            })
-                            .build()
-                    }
-                }),
-            ),
-            (
-                "no stats, no dictionary: byte columns",
-                Box::new({
-                    let cols = byte_cols.clone();
-                    move || {
-                        cols.iter()
-                            .fold(base(), |b, c| {
-                                b.set_column_statistics_enabled(
-                                    ColumnPath::from(c.as_str()),
-                                    EnabledStatistics::None,
-                                )
-                                .set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false)
-                            })
-                            .build()
-                    }
-                }),
-            ),
+            ("no statistics for byte columns", byte_columns(false, true)),
+            ("no stats, no dictionary: byte columns", byte_columns(true, true)),
             (
                 "dictionary, no compression",
-                Box::new(|| base().set_compression(Compression::UNCOMPRESSED).build()),
+                base().set_compression(Compression::UNCOMPRESSED).build(),
             ),
         ];
         println!("{t}: {} rows in {} pieces", batch.num_rows(), pieces.len());
@@ -135,7 +107,7 @@ fn main() {
             let mut size = 0;
             for _ in 0..5 {
                 let start = Instant::now();
-                size = pieces.iter().map(|p| encode(p, props())).sum();
+                size = pieces.iter().map(|p| encode(p, props.clone())).sum();
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
             times.sort_by(f64::total_cmp);
