@@ -233,6 +233,9 @@ pub struct TailStats {
     pub empty_deferred: AtomicU64,
     /// Blocks the check at compaction found short of logs (reverted and applied again).
     pub blocks_repaired: AtomicU64,
+    /// Runs of deferred blocks the check at compaction asked block by block: no log of that
+    /// part held on either side, and a ranged answer of `[]`.
+    pub empty_unanchored: AtomicU64,
 }
 
 impl Default for TailStats {
@@ -259,6 +262,7 @@ impl Default for TailStats {
             store_errors: AtomicU64::new(0),
             empty_deferred: AtomicU64::new(0),
             blocks_repaired: AtomicU64::new(0),
+            empty_unanchored: AtomicU64::new(0),
             detect_delay: Histogram::new(DELAY_BUCKETS),
             persist_delay: Histogram::new(DELAY_BUCKETS),
             reorg_depth: Histogram::new(DEPTH_BUCKETS),
@@ -277,16 +281,24 @@ impl TailStats {
     }
 }
 
-/// The ranges [`Tail::recheck`] asks for one part of the filter, as indexes into the
-/// consecutive `blocks` (lo, hi) and whether a block holding logs of `part` follows the run
-/// (`hi` is that block): runs of deferred blocks (`due`), merged while the blocks between hold
-/// at most [`RECHECK_GAP_LOGS`] logs of the part, each reaching to the nearest blocks holding
-/// logs of it on either side.
-fn recheck_runs(
-    blocks: &[Arc<HotBlock>],
-    due: &[u64],
-    part: &LogFilter,
-) -> Vec<(usize, usize, bool)> {
+/// One range [`Tail::recheck`] asks for one part of the filter: indexes into the consecutive
+/// hot blocks, and which ends are anchors (blocks holding logs of the part, which an honest
+/// answer must hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecheckRun {
+    lo: usize,
+    hi: usize,
+    /// `lo` holds logs of the part: an answer that is `[]` as a whole is caught.
+    before: bool,
+    /// `hi` holds logs of the part: an answer cut short by a lagging index is caught.
+    after: bool,
+}
+
+/// The ranges [`Tail::recheck`] asks for one part of the filter: runs of deferred blocks
+/// (`due`, numbers of blocks among the consecutive `blocks`), merged while the blocks between
+/// hold at most [`RECHECK_GAP_LOGS`] logs of the part, each reaching to the nearest blocks
+/// holding logs of it on either side.
+fn recheck_runs(blocks: &[Arc<HotBlock>], due: &[u64], part: &LogFilter) -> Vec<RecheckRun> {
     let Some(first) = blocks.first().map(|b| b.header.number) else { return Vec::new() };
     let held = |b: &HotBlock| b.logs.iter().filter(|l| part.matches(l)).count();
     let mut runs: Vec<(usize, usize)> = Vec::new();
@@ -320,7 +332,12 @@ fn recheck_runs(
                 .iter()
                 .position(|x| held(x) > 0)
                 .map(|k| b + 1 + k);
-            (before.unwrap_or(a), after.unwrap_or(b), after.is_some())
+            RecheckRun {
+                lo: before.unwrap_or(a),
+                hi: after.unwrap_or(b),
+                before: before.is_some(),
+                after: after.is_some(),
+            }
         })
         .collect()
 }
@@ -452,6 +469,12 @@ impl tidewater_chain::metrics::Collector for TailStats {
             "tidewater_blocks_repaired",
             "Blocks whose empty answer the check at compaction found short of logs (reverted and applied again).",
             n(&self.blocks_repaired),
+        )?;
+        counter(
+            e,
+            "tidewater_empty_runs_unanchored",
+            "Runs of deferred empty answers asked again block by block (no held log of that part around them, and a ranged answer of []).",
+            n(&self.empty_unanchored),
         )?;
         self.reorg_depth.encode(e, "tidewater_reorg_depth_blocks", "Depth of reorgs.")?;
         let mut stages = vec![
@@ -953,13 +976,13 @@ impl Tail {
         );
         let mut repairs: std::collections::BTreeMap<u64, (B256, Vec<Log>)> = Default::default();
         for part in filter.parts() {
-            for (lo, hi, anchored) in recheck_runs(&blocks, &due, &part) {
-                let Some(run) = blocks.get(lo..=hi) else { continue };
+            for r in recheck_runs(&blocks, &due, &part) {
+                let Some(run) = blocks.get(r.lo..=r.hi) else { continue };
                 let (Some(first), Some(last)) = (run.first(), run.last()) else { continue };
                 let range = BlockRange::new(first.header.number, last.header.number);
                 let mut attempt = 0;
                 let found = loop {
-                    let got = self.recheck_range(st, &filter, &part, run, anchored).await;
+                    let got = self.recheck_range(st, &filter, &part, run, r).await;
                     match got {
                         Err(e @ tidewater_chain::Error::Inconsistent { .. })
                             if attempt < tidewater_chain::INCONSISTENT_RETRIES =>
@@ -1046,21 +1069,32 @@ impl Tail {
     /// hot blocks), compared block by block with what they hold. Returns the blocks that missed
     /// logs, each with all its logs (held and found); a block whose held logs are not all in
     /// the answer is [`tidewater_chain::Error::Inconsistent`] (the answer is short). With no
-    /// anchor after the run (`anchored` false), its last block is asked by hash, then its
-    /// receipts, when the answer has nothing there.
+    /// anchor after the run, its last block is asked by hash, then its receipts, when the
+    /// answer has nothing there (a lagging index). With no anchor on either side and nothing at
+    /// all in the answer, nothing tells an honest `[]` from a provider's `[]` to the whole
+    /// range: every deferred block of the run is asked that way.
     async fn recheck_range(
         &self,
         st: &State,
         filter: &LogFilter,
         part: &LogFilter,
         held: &[Arc<HotBlock>],
-        anchored: bool,
+        run: RecheckRun,
     ) -> tidewater_chain::Result<Vec<(u64, B256, Vec<Log>)>> {
         let (Some(first), Some(last)) = (held.first(), held.last()) else { return Ok(Vec::new()) };
         let range = BlockRange::new(first.header.number, last.header.number);
         let sizer = RangeSizer::new(DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE);
         let mut logs = tidewater_chain::fetch_logs(&self.rpc, part, range, &sizer).await?;
-        if !anchored && logs.last().is_none_or(|l| l.block_number < range.end) {
+        if !run.before && !run.after && logs.is_empty() {
+            let due =
+                held.iter().filter(|b| st.unchecked.get(&b.header.number) == Some(&b.header.hash));
+            for b in due {
+                logs.extend(
+                    tidewater_chain::confirm_empty_block(&self.rpc, part, &b.header).await?,
+                );
+            }
+            self.stats.empty_unanchored.fetch_add(1, Ordering::Relaxed);
+        } else if !run.after && logs.last().is_none_or(|l| l.block_number < range.end) {
             logs.extend(tidewater_chain::confirm_empty_block(&self.rpc, part, &last.header).await?);
         }
         if !part.open_topic0s.is_empty() {
@@ -1487,28 +1521,32 @@ mod tests {
 
     #[test]
     fn runs_of_deferred_blocks_reach_to_anchors_and_merge_across_quiet_gaps() {
+        let run = |lo, hi, before, after| RecheckRun { lo, hi, before, after };
         let part = LogFilter { addresses: vec![Address::with_last_byte(1)], ..Default::default() };
         let other = LogFilter { addresses: vec![Address::with_last_byte(2)], ..Default::default() };
         //           100 101 102 103 104 105 106 107 108
         let b = blocks(&[5, 0, 0, 3, 0, 0, 0, 9, 0]);
         // 101 and 102: one run from the anchor before (100) to the one after (103).
-        assert_eq!(recheck_runs(&b, &[101, 102], &part), vec![(0, 3, true)]);
+        assert_eq!(recheck_runs(&b, &[101, 102], &part), vec![run(0, 3, true, true)]);
         // 104 and 106 with quiet blocks between: one run, anchored by 103 and 107.
-        assert_eq!(recheck_runs(&b, &[104, 106], &part), vec![(3, 7, true)]);
+        assert_eq!(recheck_runs(&b, &[104, 106], &part), vec![run(3, 7, true, true)]);
         // 108: nothing holds logs after it (its own last block is asked by hash then).
-        assert_eq!(recheck_runs(&b, &[108], &part), vec![(7, 8, false)]);
+        assert_eq!(recheck_runs(&b, &[108], &part), vec![run(7, 8, true, false)]);
         // Blocks not held are ignored.
         assert_eq!(recheck_runs(&b, &[50, 300], &part), vec![]);
         // Anchors are blocks holding logs of that part: another part's has none.
-        assert_eq!(recheck_runs(&b, &[101, 108], &other), vec![(1, 8, false)]);
+        assert_eq!(recheck_runs(&b, &[101, 108], &other), vec![run(1, 8, false, false)]);
         // Busy blocks between two deferred ones split the runs once they hold more than
         // RECHECK_GAP_LOGS logs.
         let mut logs = vec![0; 5];
         logs[2] = RECHECK_GAP_LOGS + 1;
         let b = blocks(&logs);
-        assert_eq!(recheck_runs(&b, &[101, 103], &part), vec![(1, 2, true), (2, 3, false)]);
+        assert_eq!(
+            recheck_runs(&b, &[101, 103], &part),
+            vec![run(1, 2, false, true), run(2, 3, true, false)]
+        );
         logs[2] = RECHECK_GAP_LOGS;
         let b = blocks(&logs);
-        assert_eq!(recheck_runs(&b, &[101, 103], &part), vec![(1, 3, false)]);
+        assert_eq!(recheck_runs(&b, &[101, 103], &part), vec![run(1, 3, false, false)]);
     }
 }

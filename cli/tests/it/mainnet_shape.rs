@@ -310,21 +310,20 @@ fn issue_10_header_per_answer_checks_still_catch_a_lagging_log_index() {
 }
 
 /// Issue 10: the tail over blocks whose blooms are mostly set, through a provider that answers
-/// `[]` at random to requests for one block by hash and whose log index lags the head (a random
-/// `[]` to a whole ranged answer, with no held log of that part around it, is the limit this
-/// mode documents in docs/design/mainnet-shape.md, and made this test fail about one run in
-/// four while it lied to ranged answers too), with `--empty-checks deferred` (what
-/// `auto` does on such blooms without a live state). An empty answer is not asked again at
-/// once: the check at compaction asks once for each run of them, finds the logs the lies hid,
-/// reverts and applies those blocks again. The dataset equals a fresh backfill from the node, the
-/// live state equals the contracts, and fewer receipts were read than answers deferred.
+/// `[]` at random to `eth_getLogs` (ranged or by hash) and whose log index lags the head, with
+/// `--empty-checks deferred` (what `auto` does on such blooms without a live state). An empty
+/// answer is not asked again at once: the check at compaction asks once for each run of them
+/// (block by block only where no held log of that part is around the run and the ranged answer
+/// is `[]`), finds the logs the lies hid, reverts and applies those blocks again. The dataset
+/// equals a fresh backfill from the node, the live state equals the contracts, and fewer
+/// receipts were read than answers deferred.
 #[test]
 fn issue_10_a_tail_over_full_blooms_checks_empty_answers_at_compaction_and_repairs_them() {
     use crate::proxy::{Lies, Proxy};
     use std::sync::atomic::Ordering;
     let net = Devnet::mainnet_shape_mini();
     let head = net.head();
-    let lies = Lies { empty_logs: 0.15, empty_by_hash_only: true, index_lag: 2, ..Lies::default() };
+    let lies = Lies { empty_logs: 0.15, index_lag: 2, ..Lies::default() };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
     let port = free_port();

@@ -18,9 +18,6 @@ use std::sync::{Arc, Mutex};
 pub struct Lies {
     /// `eth_getLogs` answered `[]` (a node whose log index lags).
     pub empty_logs: f64,
-    /// `empty_logs` lies only to requests by block hash (a lagging backend asked for one new
-    /// block); ranged answers are then wrong only by `index_lag`.
-    pub empty_by_hash_only: bool,
     /// A body cut in the middle, then the connection closed.
     pub cut_body: f64,
     /// HTTP 503.
@@ -197,9 +194,7 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"upstream busy".to_vec())
         } else if method == "eth_getLogs"
-            && (((!x.lies.empty_by_hash_only || req["params"][0].get("blockHash").is_some())
-                && x.roll(x.lies.empty_logs))
-                || not_indexed_yet(&req, x))
+            && (x.roll(x.lies.empty_logs) || not_indexed_yet(&req, x))
         {
             c.lied_empty.fetch_add(1, Ordering::Relaxed);
             (
@@ -321,7 +316,6 @@ fn issue_8_a_lying_provider_never_costs_a_row() {
         hang_ms: 1_500,
         fail_finalized: false,
         index_lag: 0,
-        empty_by_hash_only: false,
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
@@ -389,7 +383,6 @@ fn issue_8_a_tail_through_a_lying_provider_equals_a_fresh_backfill() {
         hang_ms: 1_500,
         fail_finalized: false,
         index_lag: 2,
-        empty_by_hash_only: false,
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
