@@ -248,7 +248,8 @@ impl Backfill {
     ) -> tidewater_chain::Result<Self> {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
         let sizer = RangeSizer::new(cfg.log_range, cfg.max_log_range)
-            .with_answer_logs(usize::try_from(cfg.answer_logs).unwrap_or(usize::MAX));
+            .with_answer_logs(usize::try_from(cfg.answer_logs).unwrap_or(usize::MAX))
+            .with_horizon(cfg.range.end);
         let shared = Arc::new(Shared {
             rpc,
             sources,
@@ -496,7 +497,7 @@ impl Shared {
     }
 
     fn checks_for(&self, range: BlockRange) -> Checks {
-        if range.end < self.spans_below {
+        if range.end < self.spans_below && !self.sizer.caught_hiding() {
             Checks::Spans
         } else {
             Checks::Blocks

@@ -71,6 +71,44 @@ impl FilterMode {
     }
 }
 
+/// Which of a filter's [`LogFilter::parts`] select a log ([`LogFilter::parts_of`]).
+#[derive(Debug)]
+pub struct PartsOf<'a> {
+    filter: &'a LogFilter,
+    groups: foldhash::HashMap<Address, usize>,
+    open: Option<usize>,
+    count: usize,
+}
+
+impl PartsOf<'_> {
+    /// How many parts the filter has.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Calls `f` with the index of each part that selects `log` (none, one, or two: a watched
+    /// contract's log with a selector asked for from any contract).
+    pub fn each(&self, log: &crate::Log, mut f: impl FnMut(usize)) {
+        let f0 = self.filter;
+        let t0 = log.topic0();
+        let topic_ok = f0.topic0s.is_empty() || t0.is_some_and(|t| f0.topic0s.contains(t));
+        if topic_ok {
+            if !f0.addresses.is_empty() {
+                if let Some(g) = self.groups.get(&log.address) {
+                    f(*g);
+                }
+            } else if f0.open_topic0s.is_empty() {
+                f(0);
+            }
+        }
+        if let Some(o) = self.open {
+            if t0.is_some_and(|t| f0.open_topic0s.contains(t)) {
+                f(o);
+            }
+        }
+    }
+}
+
 /// Most addresses a single `eth_getLogs` carries; longer lists are split into several calls.
 /// 500 stays under the smallest limit we know of among public providers (1000).
 pub const MAX_ADDRESSES_PER_REQUEST: usize = 500;
@@ -82,6 +120,21 @@ impl LogFilter {
             f["fromBlock"] = serde_json::json!(format!("{from:#x}"));
             f["toBlock"] = serde_json::json!(format!("{to:#x}"));
         })
+    }
+
+    /// The JSON filter object for a block range as one request however many addresses it has
+    /// (for a part of [`LogFilter::parts`] and one more address); `None` for selectors asked
+    /// from any contract.
+    pub(crate) fn to_json_one(&self, from: u64, to: u64) -> Option<serde_json::Value> {
+        if !self.open_topic0s.is_empty() {
+            return None;
+        }
+        let whole = Self { addresses: Vec::new(), ..self.clone() };
+        let mut f = whole.to_json(from, to).pop()?;
+        if !self.addresses.is_empty() {
+            f["address"] = serde_json::json!(self.addresses);
+        }
+        Some(f)
     }
 
     /// The JSON filter object for one block by hash, one per address group.
@@ -160,6 +213,40 @@ impl LogFilter {
             || self.addresses.contains(&log.address))
             && (self.topic0s.is_empty() || t0.is_some_and(|t| self.topic0s.contains(t)));
         by_address || t0.is_some_and(|t| self.open_topic0s.contains(t))
+    }
+
+    /// [`LogFilter::matches`] for many logs: the addresses looked up in a hash set.
+    pub fn matcher(&self) -> impl Fn(&crate::Log) -> bool + '_ {
+        let addresses: foldhash::HashSet<Address> = self.addresses.iter().copied().collect();
+        let any_address = self.addresses.is_empty() && self.open_topic0s.is_empty();
+        move |log| {
+            let t0 = log.topic0();
+            let by_address = (any_address || addresses.contains(&log.address))
+                && (self.topic0s.is_empty() || t0.is_some_and(|t| self.topic0s.contains(t)));
+            by_address || t0.is_some_and(|t| self.open_topic0s.contains(t))
+        }
+    }
+
+    /// Which of [`LogFilter::parts`] select a log, for many logs (addresses looked up in a hash
+    /// map rather than each part's list).
+    pub fn parts_of(&self) -> PartsOf<'_> {
+        let groups = self
+            .addresses
+            .chunks(MAX_ADDRESSES_PER_REQUEST)
+            .enumerate()
+            .flat_map(|(g, group)| group.iter().map(move |a| (*a, g)))
+            .collect();
+        let by_address = if !self.addresses.is_empty() {
+            self.addresses.len().div_ceil(MAX_ADDRESSES_PER_REQUEST)
+        } else {
+            usize::from(self.open_topic0s.is_empty())
+        };
+        PartsOf {
+            filter: self,
+            groups,
+            open: (!self.open_topic0s.is_empty()).then_some(by_address),
+            count: by_address + usize::from(!self.open_topic0s.is_empty()),
+        }
     }
 
     /// Whether the bloom filter may contain a log this filter selects.
@@ -360,5 +447,35 @@ mod tests {
         assert!(f.matches(&log(addr(9), t(7))));
         assert!(!f.matches(&log(addr(9), t(1))));
         assert!(LogFilter::default().matches(&log(addr(9), t(1))));
+    }
+
+    #[test]
+    fn parts_of_names_the_parts_whose_requests_select_a_log() {
+        let t = B256::repeat_byte;
+        let many: Vec<Address> =
+            (0..1_200u32).map(|i| Address::left_padding_from(&i.to_be_bytes())).collect();
+        let filters = [
+            LogFilter::default(),
+            LogFilter { topic0s: vec![t(1)], ..Default::default() },
+            LogFilter { addresses: vec![addr(1), addr(2)], ..Default::default() },
+            LogFilter { addresses: many.clone(), topic0s: vec![t(1), t(2)], open_topic0s: vec![] },
+            LogFilter { addresses: vec![], topic0s: vec![], open_topic0s: vec![t(7), t(8)] },
+            LogFilter { addresses: many.clone(), topic0s: vec![], open_topic0s: vec![t(7)] },
+        ];
+        let logs: Vec<crate::Log> = [addr(1), addr(2), addr(3), many[0], many[700], many[1_199]]
+            .into_iter()
+            .flat_map(|a| [1, 2, 3, 7, 8].map(|k| log(a, t(k))))
+            .collect();
+        for f in &filters {
+            let parts = f.parts();
+            let of = f.parts_of();
+            assert_eq!(of.count(), parts.len(), "{f:?}");
+            for l in &logs {
+                let mut got = Vec::new();
+                of.each(l, |p| got.push(p));
+                let want: Vec<usize> = (0..parts.len()).filter(|&p| parts[p].matches(l)).collect();
+                assert_eq!(got, want, "{:?} {:?}", l.address, l.topic0());
+            }
+        }
     }
 }

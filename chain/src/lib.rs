@@ -50,7 +50,7 @@ pub use fetch::{
     fetch_range_consistent, next_span, Checks, RangeData, RangeSizer, DEFAULT_ANSWER_LOGS,
     DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES, LOCAL_ANSWER_LOGS,
 };
-pub use filter::{BloomSays, FilterMode, LogFilter, MAX_ADDRESSES_PER_REQUEST};
+pub use filter::{BloomSays, FilterMode, LogFilter, PartsOf, MAX_ADDRESSES_PER_REQUEST};
 pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};
 pub use provider_url::{redact, BadProviderUrl, ProviderUrl};
 pub use range::BlockRange;

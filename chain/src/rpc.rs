@@ -446,22 +446,38 @@ impl RpcClient {
     /// answer becomes [`Error::RangeTooLarge`] with the provider's hint, never a retry: it is
     /// classified inside the retry loop, before the loop can see it as a server fault.
     pub async fn get_logs(&self, filter: &LogFilter, range: BlockRange) -> Result<Vec<Log>> {
+        self.get_logs_on(None, filter, range).await
+    }
+
+    /// [`RpcClient::get_logs`] on provider `pinned` only when given.
+    pub async fn get_logs_on(
+        &self,
+        pinned: Option<usize>,
+        filter: &LogFilter,
+        range: BlockRange,
+    ) -> Result<Vec<Log>> {
         let mut out = Vec::new();
         for f in filter.to_json(range.start, range.end) {
-            let params = json!([f]);
-            let mut logs = self
-                .with_retry("eth_getLogs", |idx| {
-                    let params = &params;
-                    async move {
-                        self.send_logs(idx, params)
-                            .await
-                            .map_err(|e| classify_range_error(e, range))
-                    }
-                })
-                .await?;
-            out.append(&mut logs);
+            out.append(&mut self.get_logs_json(pinned, f, range).await?);
         }
         Ok(out)
+    }
+
+    /// `eth_getLogs` with one filter object, `f` (over `range`).
+    pub(crate) async fn get_logs_json(
+        &self,
+        pinned: Option<usize>,
+        f: Value,
+        range: BlockRange,
+    ) -> Result<Vec<Log>> {
+        let params = json!([f]);
+        self.with_retry_on(pinned, "eth_getLogs", |idx| {
+            let params = &params;
+            async move {
+                self.send_logs(idx, params).await.map_err(|e| classify_range_error(e, range))
+            }
+        })
+        .await
     }
 
     /// `eth_getLogs` for one block by hash (retried, failing over across providers).

@@ -400,3 +400,33 @@ fn issue_10_a_tail_over_full_blooms_checks_empty_answers_at_compaction_and_repai
         "{receipts} receipt calls for {deferred} deferred answers"
     );
 }
+
+/// Issue 10: a provider that answers `eth_getLogs` with `[]` at random, ranged and by hash,
+/// under default settings on a chain longer than the block-checks depth (settled history is
+/// checked per answer, not per block) and with filters of two parts (pool selectors from any
+/// contract and the watched contracts, or two address groups): each part's `[]` is asked again
+/// against a log another answer holds, or the blooms, and the logs equal cryo's.
+#[test]
+fn issue_10_random_empty_answers_cost_no_row_in_settled_history() {
+    use crate::proxy::{Lies, Proxy};
+    use std::sync::atomic::Ordering;
+    let net = Devnet::mainnet_shape_mini();
+    let head = net.head();
+    assert!(head > tidewater_backfill::DEFAULT_BLOCK_CHECKS_DEPTH * 2, "a chain mostly settled");
+    for mode in ["topics", "addresses"] {
+        let lies = Lies { empty_logs: 0.15, ..Lies::default() };
+        let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
+        let t = TestCommand::new();
+        let head_s = head.to_string();
+        let mut args =
+            s(&["backfill", "--data", "data", "--to", &head_s, "--json", "--filter-mode", mode]);
+        args.extend(net.uniswap_flags_via(&proxy.url));
+        let out = t.ok(&args);
+        let c = &proxy.counters;
+        let (lied, receipts) =
+            (c.lied_empty.load(Ordering::Relaxed), c.receipts.load(Ordering::Relaxed));
+        eprintln!("{mode}: {lied} lies, {receipts} receipt calls; {out}");
+        assert!(lied > 0, "the provider never lied");
+        crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
+    }
+}

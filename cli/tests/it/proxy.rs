@@ -193,10 +193,12 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
         } else if (x.faults && n.is_multiple_of(17)) || x.roll(x.lies.unavailable) {
             c.server_errors.fetch_add(1, Ordering::Relaxed);
             ("503 Service Unavailable", b"upstream busy".to_vec())
-        } else if method == "eth_getLogs"
-            && (x.roll(x.lies.empty_logs) || not_indexed_yet(&req, x))
+        } else if method == "eth_getLogs" && (x.roll(x.lies.empty_logs) || not_indexed_yet(&req, x))
         {
             c.lied_empty.fetch_add(1, Ordering::Relaxed);
+            if std::env::var_os("TIDEWATER_PROXY_TRACE").is_some() {
+                eprintln!("proxy: [] to eth_getLogs {}", req["params"]);
+            }
             (
                 "200 OK",
                 json!({"jsonrpc": "2.0", "id": req["id"], "result": []}).to_string().into_bytes(),
