@@ -559,9 +559,10 @@ struct EmptyRecheck {
 /// - else, with the `headers` of every block ([`Checks::Blocks`]), each block of the runs
 ///   holding other parts' logs whose bloom may hold one of this part and is not full, by hash,
 ///   then its receipts decide (blocks with no log at all are [`check_and_repair`]'s);
-/// - else (no log at all around, or full blooms) the runs as they were, up to [`PLAIN_REASKS`]
-///   times, on another provider when there are several, until an answer holds logs: that many
-///   `[]` in a row are believed.
+/// - else (no log at all around, or full blooms) the runs reaching ahead to the sizer's span of
+///   the moment, up to [`PLAIN_REASKS`] times, on another provider when there are several, until
+///   an answer holds logs: that many `[]` in a row are believed, and the range is remembered in
+///   `sizer` (later fetches' `[]` inside it are not asked again; one such question at a time).
 ///
 /// Returns the logs found in the runs (real logs: a provider can hide logs, not make them up);
 /// an answer missing a log it must hold is asked again with backoff, then is
@@ -628,7 +629,10 @@ async fn check_empty_spans(
             };
             let span = BlockRange::new(first.start, last.end);
             // The nearest logs of the part after the runs, else before them.
-            let after = BlockRange::try_new(last.end + 1, range.end)
+            let after = last
+                .end
+                .checked_add(1)
+                .and_then(|from| BlockRange::try_new(from, range.end))
                 .and_then(|r| logs_in(r).find(|l| selects(l)));
             let before = || {
                 let before = BlockRange::try_new(range.start, first.start.checked_sub(1)?)?;
