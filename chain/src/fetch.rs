@@ -37,14 +37,15 @@ pub struct RangeSizer {
     /// The longest span the provider has not refused (`max` until it refuses one).
     cap: AtomicU64,
     answer_logs: usize,
-    /// The last block a question may reach (the end of what is being fetched).
-    horizon: u64,
+    /// The last block a question may reach (the end of what is being fetched); without one, the
+    /// end of the range being fetched.
+    horizon: Option<u64>,
     /// Ranges a second answer found empty, per part of a filter ([`check_empty_spans`]): a
     /// later fetch's `[]` inside one is not asked again.
     confirmed_empty: std::sync::Mutex<HashMap<u64, Vec<BlockRange>>>,
-    /// Held while a run with no log around it is asked again, so that fetches running side by
-    /// side ask once for what one answer confirms.
-    reasking: tokio::sync::Mutex<()>,
+    /// Held while a run with no log around it is asked again, per part of a filter, so that
+    /// fetches running side by side ask once for what one answer confirms.
+    reasking: std::sync::Mutex<HashMap<u64, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// A provider answered `[]` (or short) where logs were: from then on a caller checks every
     /// block ([`RangeSizer::caught_hiding`]).
     caught: std::sync::atomic::AtomicBool,
@@ -63,7 +64,7 @@ impl RangeSizer {
             max,
             cap: AtomicU64::new(max),
             answer_logs: DEFAULT_ANSWER_LOGS,
-            horizon: u64::MAX,
+            horizon: None,
             confirmed_empty: Default::default(),
             reasking: Default::default(),
             caught: Default::default(),
@@ -72,7 +73,7 @@ impl RangeSizer {
 
     /// Questions reach no block past `end` (the end of what is being fetched).
     pub fn with_horizon(mut self, end: u64) -> Self {
-        self.horizon = end;
+        self.horizon = Some(end);
         self
     }
 
@@ -87,6 +88,12 @@ impl RangeSizer {
         if !self.caught.swap(true, Ordering::Relaxed) {
             tracing::warn!("a provider hid logs; every block is checked from now on");
         }
+    }
+
+    /// The lock taken while a run of the part keyed `part` is asked again.
+    fn reasking_turn(&self, part: u64) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.reasking.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        turns.entry(part).or_default().clone()
     }
 
     /// Whether `r` lies in a range confirmed empty for the part keyed `part`.
@@ -518,6 +525,10 @@ async fn with_empty_rechecked(
 /// ([`check_empty_spans`]).
 const PLAIN_REASKS: usize = 2;
 
+/// A run asked again with no log around it reaches ahead at most this many times the length of
+/// the range being fetched ([`check_empty_spans`]).
+const REACH_AHEAD_RANGES: u64 = 4;
+
 /// Whether half or more of a bloom's bits are set: it says "maybe" to nearly anything.
 fn bloom_is_full(bloom: &alloy_primitives::Bloom) -> bool {
     bloom.as_slice().iter().map(|b| b.count_ones()).sum::<u32>() >= 1024
@@ -691,7 +702,11 @@ async fn check_empty_spans(
             if empty.iter().all(|r| sizer.is_confirmed_empty(pk, *r)) {
                 continue;
             }
-            let ahead = span.start.saturating_add(sizer.current().max(1) - 1).min(sizer.horizon);
+            // Not far: a dense stretch ahead would make the answer big (and a node without a
+            // log index, anvil, scans every log there, holding up the fetches waiting on it).
+            let reach = sizer.current().min(range.len().saturating_mul(REACH_AHEAD_RANGES)).max(1);
+            let horizon = sizer.horizon.unwrap_or(range.end).max(range.end);
+            let ahead = span.start.saturating_add(reach - 1).min(horizon);
             let asked = BlockRange::new(span.start, span.end.max(ahead));
             let (expected, extra, block) = (Vec::new(), None, None);
             asks.push(EmptyRecheck { part: p, empty, asked, expected, extra, block });
@@ -734,23 +749,32 @@ async fn check_empty_spans(
         };
         if a.expected.is_empty() {
             let pk = part_key(part);
-            let _one_at_a_time = sizer.reasking.lock().await;
+            let turn = sizer.reasking_turn(pk);
+            let _one_at_a_time = turn.lock().await;
             if a.empty.iter().all(|r| sizer.is_confirmed_empty(pk, *r)) {
                 return Ok(Vec::new());
             }
-            for _ in 0..PLAIN_REASKS {
-                let got = ask().await?;
-                if let Some(n) = got.iter().map(|l| l.block_number).min() {
-                    if let Some(quiet) =
-                        n.checked_sub(1).and_then(|e| BlockRange::try_new(a.asked.start, e))
-                    {
-                        sizer.confirm_empty(pk, quiet);
-                    }
-                    return Ok(got);
-                }
+            // One question, then (when it comes back `[]`) the others side by side.
+            let first = ask().await?;
+            let mut answers = vec![first];
+            if answers.iter().all(Vec::is_empty) {
+                let more = (1..PLAIN_REASKS).map(|_| ask());
+                answers.extend(futures::future::try_join_all(more).await?);
             }
-            sizer.confirm_empty(pk, a.asked);
-            return Ok(Vec::new());
+            let Some(got) = answers.into_iter().find(|g| !g.is_empty()) else {
+                sizer.confirm_empty(pk, a.asked);
+                return Ok(Vec::new());
+            };
+            if let Some(quiet) = got
+                .iter()
+                .map(|l| l.block_number)
+                .min()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|e| BlockRange::try_new(a.asked.start, e))
+            {
+                sizer.confirm_empty(pk, quiet);
+            }
+            return Ok(got);
         }
         let mut attempt = 0;
         loop {

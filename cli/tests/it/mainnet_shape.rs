@@ -430,3 +430,39 @@ fn issue_10_random_empty_answers_cost_no_row_in_settled_history() {
         crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
     }
 }
+
+/// Issue 10: the same provider in front of the small devnet, every range checked per answer
+/// (`--block-checks-depth 0`) and a filter of one part (a few pools by address): the runs of `[]`
+/// with no log around them are asked again (reaching ahead, remembered), and once the provider
+/// is caught hiding logs every later block is checked. The logs equal cryo's.
+#[test]
+fn issue_10_random_empty_answers_cost_no_row_with_per_answer_checks_everywhere() {
+    use crate::proxy::{Lies, Proxy};
+    use std::sync::atomic::Ordering;
+    let net = Devnet::small();
+    let head = net.head();
+    let lies = Lies { empty_logs: 0.15, ..Lies::default() };
+    let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
+    let t = TestCommand::new();
+    let head_s = head.to_string();
+    let mut args = s(&[
+        "backfill",
+        "--data",
+        "data",
+        "--to",
+        &head_s,
+        "--json",
+        "--block-checks-depth",
+        "0",
+        "--chunk-size",
+        "20",
+    ]);
+    args.extend(net.uniswap_flags_via(&proxy.url));
+    t.ok(&args);
+    let c = &proxy.counters;
+    let (lied, requests) =
+        (c.lied_empty.load(Ordering::Relaxed), c.requests.load(Ordering::Relaxed));
+    eprintln!("{head} blocks: {lied} lies in {requests} requests");
+    assert!(lied > 0, "the provider never lied");
+    crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
+}
