@@ -273,34 +273,36 @@ fn swap_topic() -> String {
     format!("0x{}", hex::encode(Swap::SIGNATURE_HASH))
 }
 
+/// A backfill of `net` to its head (`--json`, and `extra`) through a proxy lying as `lies`: the
+/// run's directory, its summary, and the proxy (its counters).
+fn backfill_through(
+    net: &Devnet,
+    lies: crate::proxy::Lies,
+    extra: &[&str],
+) -> (TestCommand, String, crate::proxy::Proxy) {
+    let proxy = crate::proxy::Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
+    let t = TestCommand::new();
+    let head_s = net.head().to_string();
+    let mut args = s(&["backfill", "--data", "data", "--to", &head_s, "--json"]);
+    args.extend(s(extra));
+    args.extend(net.uniswap_flags_via(&proxy.url));
+    let out = t.ok(&args);
+    (t, out, proxy)
+}
+
 /// Issue 10: with a header per answer only (`--block-checks-depth 0`), a provider whose log
 /// index lags the head (`[]` for ranges and by-hash questions touching its newest blocks) is
 /// still caught: the answer stops short of a block whose bloom says otherwise, the block's
 /// receipts hold logs, and the range is fetched again block by block. Nothing is lost.
 #[test]
 fn issue_10_header_per_answer_checks_still_catch_a_lagging_log_index() {
-    use crate::proxy::{Lies, Proxy};
+    use crate::proxy::Lies;
     use std::sync::atomic::Ordering;
     let net = Devnet::small();
     let head = net.head();
     let lies = Lies { index_lag: 30, ..Lies::default() };
-    let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
-    let t = TestCommand::new();
-    let head_s = head.to_string();
-    let mut args = s(&[
-        "backfill",
-        "--data",
-        "data",
-        "--to",
-        &head_s,
-        "--json",
-        "--chunk-size",
-        "100",
-        "--block-checks-depth",
-        "0",
-    ]);
-    args.extend(net.uniswap_flags_via(&proxy.url));
-    let out = t.ok(&args);
+    let (t, out, proxy) =
+        backfill_through(&net, lies, &["--chunk-size", "100", "--block-checks-depth", "0"]);
     let summary: Value = serde_json::from_str(&out).unwrap();
     let lied = proxy.counters.lied_empty.load(Ordering::Relaxed);
     let receipts = proxy.counters.receipts.load(Ordering::Relaxed);
@@ -408,20 +410,14 @@ fn issue_10_a_tail_over_full_blooms_checks_empty_answers_at_compaction_and_repai
 /// against a log another answer holds, or the blooms, and the logs equal cryo's.
 #[test]
 fn issue_10_random_empty_answers_cost_no_row_in_settled_history() {
-    use crate::proxy::{Lies, Proxy};
+    use crate::proxy::Lies;
     use std::sync::atomic::Ordering;
     let net = Devnet::mainnet_shape_mini();
     let head = net.head();
     assert!(head > tidewater_backfill::DEFAULT_BLOCK_CHECKS_DEPTH * 2, "a chain mostly settled");
     for mode in ["topics", "addresses"] {
         let lies = Lies { empty_logs: 0.15, ..Lies::default() };
-        let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
-        let t = TestCommand::new();
-        let head_s = head.to_string();
-        let mut args =
-            s(&["backfill", "--data", "data", "--to", &head_s, "--json", "--filter-mode", mode]);
-        args.extend(net.uniswap_flags_via(&proxy.url));
-        let out = t.ok(&args);
+        let (t, out, proxy) = backfill_through(&net, lies, &["--filter-mode", mode]);
         let c = &proxy.counters;
         let (lied, receipts) =
             (c.lied_empty.load(Ordering::Relaxed), c.receipts.load(Ordering::Relaxed));
@@ -437,28 +433,13 @@ fn issue_10_random_empty_answers_cost_no_row_in_settled_history() {
 /// is caught hiding logs every later block is checked. The logs equal cryo's.
 #[test]
 fn issue_10_random_empty_answers_cost_no_row_with_per_answer_checks_everywhere() {
-    use crate::proxy::{Lies, Proxy};
+    use crate::proxy::Lies;
     use std::sync::atomic::Ordering;
     let net = Devnet::small();
     let head = net.head();
     let lies = Lies { empty_logs: 0.15, ..Lies::default() };
-    let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
-    let t = TestCommand::new();
-    let head_s = head.to_string();
-    let mut args = s(&[
-        "backfill",
-        "--data",
-        "data",
-        "--to",
-        &head_s,
-        "--json",
-        "--block-checks-depth",
-        "0",
-        "--chunk-size",
-        "20",
-    ]);
-    args.extend(net.uniswap_flags_via(&proxy.url));
-    t.ok(&args);
+    let (t, _, proxy) =
+        backfill_through(&net, lies, &["--block-checks-depth", "0", "--chunk-size", "20"]);
     let c = &proxy.counters;
     let (lied, requests) =
         (c.lied_empty.load(Ordering::Relaxed), c.requests.load(Ordering::Relaxed));
