@@ -447,3 +447,30 @@ fn issue_10_random_empty_answers_cost_no_row_with_per_answer_checks_everywhere()
     assert!(lied > 0, "the provider never lied");
     crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
 }
+
+/// Issue 10: two providers, the first (preferred) answering every `eth_getLogs` with `[]` (a node
+/// without the history, say), the second honest. Default settings: the runs of `[]` are asked
+/// again on the other provider, which finds the logs; the provider is caught, every later block
+/// is checked, and the logs equal cryo's.
+#[test]
+fn issue_10_a_provider_answering_only_empty_beside_an_honest_one_costs_no_row() {
+    use crate::proxy::{Lies, Proxy};
+    use std::sync::atomic::Ordering;
+    let net = Devnet::mainnet_shape_mini();
+    let head = net.head();
+    let liar = Proxy::start_lying(
+        net.url.clone(),
+        1_000_000,
+        false,
+        Lies { empty_logs: 1.0, ..Lies::default() },
+    );
+    let t = TestCommand::new();
+    let head_s = head.to_string();
+    let mut args =
+        s(&["backfill", "--data", "data", "--to", &head_s, "--json", "--rpc", &liar.url]);
+    // The honest node second, after the liar.
+    args.extend(net.uniswap_flags());
+    t.ok(&args);
+    assert!(liar.counters.lied_empty.load(Ordering::Relaxed) > 0, "the liar was never asked");
+    crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), head);
+}
