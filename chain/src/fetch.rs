@@ -663,7 +663,7 @@ async fn check_empty_spans(
             if !part.addresses.is_empty() {
                 if let Some(x) = fewest_of_one_emitter(others(), part) {
                     let expected = logs_in(span)
-                        .filter(|l| l.address == x && part_selects_topic(part, l))
+                        .filter(|l| l.address == x && part.selects_topic(l))
                         .map(key)
                         .collect();
                     let (extra, block) = (Some(x), None);
@@ -836,11 +836,6 @@ fn part_key(part: &LogFilter) -> u64 {
     ))
 }
 
-/// Whether `part` (asking by address) selects `l`'s selector.
-fn part_selects_topic(part: &LogFilter, l: &Log) -> bool {
-    part.topic0s.is_empty() || l.topic0().is_some_and(|t| part.topic0s.contains(t))
-}
-
 /// The emitter of `logs` (other parts' logs) with the fewest logs that `part`'s request with
 /// one more address would select (the smallest answer). `None` when no log passes the part's
 /// selectors.
@@ -849,7 +844,7 @@ fn fewest_of_one_emitter<'a>(
     part: &LogFilter,
 ) -> Option<Address> {
     let mut count: foldhash::HashMap<Address, usize> = Default::default();
-    for l in logs.filter(|l| part_selects_topic(part, l)) {
+    for l in logs.filter(|l| part.selects_topic(l)) {
         *count.entry(l.address).or_default() += 1;
     }
     count.into_iter().min_by_key(|(a, n)| (*n, *a)).map(|(a, _)| a)

@@ -91,8 +91,7 @@ impl PartsOf<'_> {
     pub fn each(&self, log: &crate::Log, mut f: impl FnMut(usize)) {
         let f0 = self.filter;
         let t0 = log.topic0();
-        let topic_ok = f0.topic0s.is_empty() || t0.is_some_and(|t| f0.topic0s.contains(t));
-        if topic_ok {
+        if f0.selects_topic(log) {
             if !f0.addresses.is_empty() {
                 if let Some(g) = self.groups.get(&log.address) {
                     f(*g);
@@ -208,23 +207,25 @@ impl LogFilter {
 
     /// Whether the filter selects `log` (what a node's answer to it may hold).
     pub fn matches(&self, log: &crate::Log) -> bool {
-        let t0 = log.topic0();
-        let by_address = (self.addresses.is_empty() && self.open_topic0s.is_empty()
-            || self.addresses.contains(&log.address))
-            && (self.topic0s.is_empty() || t0.is_some_and(|t| self.topic0s.contains(t)));
-        by_address || t0.is_some_and(|t| self.open_topic0s.contains(t))
+        self.selects(log, |a| self.addresses.contains(a))
     }
 
     /// [`LogFilter::matches`] for many logs: the addresses looked up in a hash set.
     pub fn matcher(&self) -> impl Fn(&crate::Log) -> bool + '_ {
         let addresses: foldhash::HashSet<Address> = self.addresses.iter().copied().collect();
+        move |log| self.selects(log, |a| addresses.contains(a))
+    }
+
+    /// Whether `log`'s selector passes `topic0s` (the selectors asked of `addresses`).
+    pub(crate) fn selects_topic(&self, log: &crate::Log) -> bool {
+        self.topic0s.is_empty() || log.topic0().is_some_and(|t| self.topic0s.contains(t))
+    }
+
+    /// [`LogFilter::matches`], with `watched` saying whether an address is in `addresses`.
+    fn selects(&self, log: &crate::Log, watched: impl Fn(&Address) -> bool) -> bool {
         let any_address = self.addresses.is_empty() && self.open_topic0s.is_empty();
-        move |log| {
-            let t0 = log.topic0();
-            let by_address = (any_address || addresses.contains(&log.address))
-                && (self.topic0s.is_empty() || t0.is_some_and(|t| self.topic0s.contains(t)));
-            by_address || t0.is_some_and(|t| self.open_topic0s.contains(t))
-        }
+        let by_address = (any_address || watched(&log.address)) && self.selects_topic(log);
+        by_address || log.topic0().is_some_and(|t| self.open_topic0s.contains(t))
     }
 
     /// Which of [`LogFilter::parts`] select a log, for many logs (addresses looked up in a hash
