@@ -9,8 +9,8 @@
 #   2. cryo over the same contracts, node, simulator and range (BENCH_CRYO=0 skips it);
 #   3. a dataset of one-block chunks over BENCH_CHUNKS blocks (default 20,000, at most the
 #      chain): `status`, serve start-up, POST /v1/sql count(*), a past-block pool state, with
-#      this build and, when BENCH_BASELINE names an older binary, with it (same dataset, minus
-#      the manifest checkpoint it cannot read).
+#      this build and, when BENCH_BASELINE names an older binary, with it (on a copy it writes
+#      itself over the same blocks: an earlier binary may not read this one's manifest).
 # BENCH_PRESET=mainnet-shape-mini runs the same on the small mainnet-shaped chain the tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -197,13 +197,21 @@ if [ "$head" -lt "$want" ]; then
 fi
 n=$(( want < head ? want : head ))
 from=$((head - n + 1))
-if [ "$from" -gt 0 ]; then
-  "$tw" backfill --rpc "$url" --data "$work/many" --to "$((from - 1))" --uniswap-v3-factory "$factory" \
-    --uniswap-v3-position-manager "$npm" >/dev/null
+# The baseline gets its own copy, written by itself (an earlier binary may not read this one's
+# manifest checkpoint), before anything is served (a first `serve` writes state snapshots).
+many() { # binary data
+  if [ "$from" -gt 0 ]; then
+    "$1" backfill --rpc "$url" --data "$2" --to "$((from - 1))" --uniswap-v3-factory "$factory" \
+      --uniswap-v3-position-manager "$npm" >/dev/null
+  fi
+  "$1" backfill --rpc "$url" --data "$2" --from "$from" --to "$head" --chunk-size 1 \
+    --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" >/dev/null
+}
+many "$tw" "$work/many"
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  many "$BENCH_BASELINE" "$work/many-old"
 fi
-"$tw" backfill --rpc "$url" --data "$work/many" --from "$from" --to "$head" --chunk-size 1 \
-  --uniswap-v3-factory "$factory" --uniswap-v3-position-manager "$npm" >/dev/null
-chunks=$(ls "$work/many/_manifest" | grep -c '^0')
+chunks=$("$tw" status --data "$work/many" --json | python3 -c "import json, sys; print(json.load(sys.stdin)['chunks'])")
 pool=$(python3 -c "import json;d=json.load(open('$chain/deploy.json'));print(d['hot'][0] if 'hot' in d else d['pools'][0]['address'])")
 # A block near the head: on the full chain the pools exist only in its last ~4,000 blocks.
 past=$((head - 1000))
@@ -249,11 +257,6 @@ PY
 }
 echo
 echo "$chunks chunks ($n of one block, blocks $from..$head):"
-# The baseline gets its copy before anything is served (a first `serve` writes state snapshots).
-if [ -n "${BENCH_BASELINE:-}" ]; then
-  cp -r "$work/many" "$work/many-old"
-  rm -f "$work/many-old/_manifest/_checkpoint.json" "$work/many-old/_manifest/_checkpoint.bin" "$work/many-old/_manifest/_vacuum.json"
-fi
 measure "$tw" "$work/many" "this build"
 if [ -n "${BENCH_BASELINE:-}" ]; then
   measure "$BENCH_BASELINE" "$work/many-old" "baseline $(basename "$BENCH_BASELINE")"

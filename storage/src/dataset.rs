@@ -99,6 +99,14 @@ impl Dataset {
         Ok(Self { root: root.to_path_buf(), identity, manifest })
     }
 
+    /// A data directory's identity and the summary of its manifest (what `status` says),
+    /// without reading every entry: its cost does not grow with the chunks.
+    pub fn open_summary(root: &Path) -> Result<(Identity, crate::Summary)> {
+        let identity =
+            read_identity(root)?.ok_or_else(|| Error::NotADataset { path: root.to_path_buf() })?;
+        Ok((identity, Manifest::load_summary(root)?))
+    }
+
     /// The data directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -126,33 +134,13 @@ impl Dataset {
 
     /// Reorgs deeper than the watermark this directory went through, oldest first.
     pub fn deep_reorgs(&self) -> Result<Vec<serde_json::Value>> {
-        let p = self.root.join(DEEP_REORGS_FILE);
-        match std::fs::read_to_string(&p) {
-            Ok(text) => text
-                .lines()
-                .map(|l| {
-                    serde_json::from_str(l)
-                        .map_err(|source| Error::Json { path: p.clone(), source })
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
-            Err(e) => Err(Error::Io { op: "reading", path: p, source: e }),
-        }
+        deep_reorgs(&self.root)
     }
 
     /// Checks every committed file against its manifest entry: present, same size, same
     /// SHA-256, a readable Parquet footer with the recorded row count. Returns the problems.
     pub fn verify(&self) -> Vec<Error> {
         let mut problems = Vec::new();
-        // The checkpoint must say what the entry files say.
-        match Manifest::load_entries(&self.root) {
-            Ok(m) if m.chunks() != self.manifest.chunks() => problems.push(Error::Corrupt {
-                path: self.root.join(crate::MANIFEST_DIR).join(crate::CHECKPOINT_FILE),
-                what: "the manifest checkpoint disagrees with the entry files (remove it; the next writer rewrites it)".into(),
-            }),
-            Ok(_) => {}
-            Err(e) => problems.push(e),
-        }
         for c in self.manifest.chunks() {
             for f in c.tables.values() {
                 if let Err(e) = verify_file(&self.root, f) {
@@ -161,6 +149,21 @@ impl Dataset {
             }
         }
         problems
+    }
+}
+
+/// Reorgs deeper than the watermark the data directory `root` went through, oldest first.
+pub fn deep_reorgs(root: &Path) -> Result<Vec<serde_json::Value>> {
+    let p = root.join(DEEP_REORGS_FILE);
+    match std::fs::read_to_string(&p) {
+        Ok(text) => text
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).map_err(|source| Error::Json { path: p.clone(), source })
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(Error::Io { op: "reading", path: p, source: e }),
     }
 }
 
@@ -348,14 +351,13 @@ impl DatasetWriter {
                 tracing::info!(removed, "removed temp files of an interrupted writer");
             }
         }
-        let mut manifest = Manifest::load(root)?;
-        let superseded = manifest.take_superseded();
-        if !superseded.is_empty() && shard.is_none() {
-            tracing::info!(entries = superseded.len(), "finishing an interrupted merge");
-            manifest.remove_entries(root, &superseded)?;
-        }
+        let manifest = Manifest::load(root)?;
         let mut w =
             Self { root: root.to_path_buf(), manifest, shard, _locks: locks, lease, remote };
+        if w.manifest.superseded() > 0 && shard.is_none() {
+            tracing::info!(entries = w.manifest.superseded(), "finishing an interrupted merge");
+            w.fenced(|w| w.manifest.remove_superseded(&w.root))?;
+        }
         if shard.is_none() {
             w.manifest.vacuum_due(root)?;
             let swept = w.manifest.sweep_unlisted(root, &identity.tables)?;
@@ -372,7 +374,7 @@ impl DatasetWriter {
                 }
             }
         }
-        w.checkpoint_if_due()?;
+        w.fenced(Self::checkpoint_if_due)?;
         Ok(w)
     }
 
@@ -583,7 +585,7 @@ impl DatasetWriter {
             Some(l) => l.fenced(|| staged.rename()),
             None => staged.rename(),
         })?;
-        self.checkpoint_if_due()?;
+        self.fenced(Self::checkpoint_if_due)?;
         Ok(entry)
     }
 
@@ -602,14 +604,22 @@ impl DatasetWriter {
         }
     }
 
-    /// Writes the manifest checkpoint once [`crate::CHECKPOINT_EVERY`] entries are outside it,
-    /// so opening the dataset reads one file, not one per chunk. A sharded writer leaves it to
-    /// the unsharded ones (it does not see the other shards' commits as they happen).
+    /// Writes the manifest checkpoint once [`crate::CHECKPOINT_EVERY`] entries are outside it
+    /// (or a crash left entry files it absorbed), so opening the dataset reads a checkpoint and
+    /// at most that many entry files per writer, however many chunks it has. A sharded writer
+    /// does not see the other shards' commits as they happen: it writes its checkpoint from the
+    /// folder as it is, read under the checkpoint lock, and goes on from that manifest.
     fn checkpoint_if_due(&mut self) -> Result<()> {
-        if self.shard.is_none() && self.manifest.uncheckpointed() >= crate::CHECKPOINT_EVERY {
-            self.manifest.write_checkpoint(&self.root)?;
+        if !self.manifest.checkpoint_due() {
+            return Ok(());
         }
-        Ok(())
+        match self.shard {
+            None => self.manifest.write_checkpoint(&self.root),
+            Some(_) => {
+                self.manifest = Manifest::rewrite(&self.root, |_| {})?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -663,6 +673,38 @@ mod tests {
         DatasetWriter::open(dir, &id, &schemas(), None).unwrap()
     }
 
+    /// Shards commit side by side and each writes checkpoints from the folder as it is: no
+    /// shard's entry is lost to another's checkpoint, and the folder stays small.
+    #[test]
+    fn sharded_writers_checkpoint_side_by_side_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let id = Identity::new(1, "g".into(), serde_json::json!({}), vec!["t".into()]);
+        let per_shard = crate::CHECKPOINT_EVERY as u64 * 2 + 40;
+        let shards: Vec<_> = (0..2u32)
+            .map(|index| {
+                let (root, id) = (root.clone(), id.clone());
+                std::thread::spawn(move || {
+                    let shard = Some(Shard { index, count: 2 });
+                    let mut w = DatasetWriter::open(&root, &id, &schemas(), shard).unwrap();
+                    for i in 0..per_shard {
+                        w.commit(chunk(i * 2 + u64::from(index), i * 2 + u64::from(index)))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for s in shards {
+            s.join().unwrap();
+        }
+        let m = Manifest::load(&root).unwrap();
+        assert_eq!(m.chunks().len() as u64, per_shard * 2);
+        assert_eq!(m.gaps(0, per_shard * 2 - 1), vec![]);
+        assert!(m.entry_files() < 2 * crate::CHECKPOINT_EVERY, "{} entry files", m.entry_files());
+        assert_eq!(Manifest::load_summary(&root).unwrap(), m.summary());
+        assert!(Dataset::open(&root).unwrap().verify().is_empty());
+    }
+
     #[test]
     fn merge_replaces_small_chunks_and_survives_an_interrupted_merge() {
         let dir = tempfile::tempdir().unwrap();
@@ -677,7 +719,8 @@ mod tests {
         assert!(ds.verify().is_empty());
         assert_eq!(ds.files("t").len(), 1);
 
-        // A merge interrupted after its entry was written: old entries still on disk.
+        // An earlier version's merge interrupted after its entry was written: the old entries
+        // still on disk (a merge of this version is one checkpoint).
         w.commit(chunk(10, 12)).unwrap();
         w.commit(chunk(13, 19)).unwrap();
         let stale: Vec<_> = w.manifest().chunks()[1..].to_vec();
@@ -700,7 +743,8 @@ mod tests {
             .flatten()
             .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
             .count();
-        assert_eq!(entries, 2, "superseded entries are cleaned up on open");
+        assert_eq!(entries, 0, "superseded entries are cleaned up on open");
+        assert_eq!(Manifest::load(dir.path()).unwrap().chunks(), m.chunks());
     }
 
     fn one_block(n: u64, salt: u8) -> ChunkCommit {
@@ -710,39 +754,66 @@ mod tests {
     }
 
     #[test]
-    fn the_checkpoint_stands_for_the_entries_and_is_never_trusted_past_them() {
+    fn the_checkpoint_absorbs_the_entries_and_opening_reads_only_those_since() {
         let dir = tempfile::tempdir().unwrap();
+        let m_dir = dir.path().join(crate::MANIFEST_DIR);
+        let entry_files = || {
+            std::fs::read_dir(&m_dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
+                .count()
+        };
         let mut w = open(dir.path());
-        let n = crate::CHECKPOINT_EVERY as u64 + 10;
+        let n = 3 * crate::CHECKPOINT_EVERY as u64 + 10;
         for b in 0..n {
             w.commit(one_block(b, 1)).unwrap();
         }
-        let cp = dir.path().join(crate::MANIFEST_DIR).join(crate::CHECKPOINT_FILE);
+        let cp = m_dir.join(crate::CHECKPOINT_FILE);
         assert!(cp.exists(), "no checkpoint after {n} commits");
+        assert_eq!(entry_files(), 10, "the checkpoint's entries are still files");
         let loaded = Manifest::load(dir.path()).unwrap();
-        assert_eq!(loaded.chunks(), Manifest::load_entries(dir.path()).unwrap().chunks());
+        assert_eq!(loaded.chunks(), w.manifest().chunks());
         assert_eq!(loaded.uncheckpointed(), 10, "only the entries after the checkpoint are read");
-        // A rollback, then the same ranges with other blocks: the checkpoint's copies are stale.
+        // A rollback into the checkpoint's entries, then the same ranges with other blocks.
         w.rollback(Some(100)).unwrap();
-        assert!(!cp.exists(), "a rollback must drop the checkpoint first");
+        assert_eq!(Manifest::load(dir.path()).unwrap().chunks().len(), 101);
         for b in 101..n {
             w.commit(one_block(b, 2)).unwrap();
         }
         let m = Manifest::load(dir.path()).unwrap();
         assert_eq!(m.chunks().len() as u64, n);
         assert!(m.chunks()[101..].iter().all(|c| c.last_block_hash.0[0] == 2));
+        assert!(m.chunks()[..101].iter().all(|c| c.last_block_hash.0[0] == 1));
+        assert!(entry_files() < crate::CHECKPOINT_EVERY);
         assert!(Dataset::open(dir.path()).unwrap().verify().is_empty());
-        // A checkpoint cut short (kill -9 cannot do it, a full disk might): ignored.
-        w.commit(one_block(n, 2)).unwrap();
+        // `status` reads the checkpoint's head and the entries since: the same summary.
+        let summary = Manifest::load_summary(dir.path()).unwrap();
+        assert_eq!(summary, m.summary());
+        assert_eq!((summary.chunks, summary.coverage), (n, vec![(0, n - 1)]));
+        w.rollback(Some(n - 3)).unwrap();
+        w.commit(one_block(n - 1, 3)).unwrap();
+        let summary = Manifest::load_summary(dir.path()).unwrap();
+        assert_eq!(summary, Manifest::load(dir.path()).unwrap().summary());
+        assert_eq!(summary.gaps(), vec![(n - 2, n - 2)]);
+        assert_eq!(summary.last, Some((n - 1, tidewater_chain::B256::repeat_byte(3))));
+        w.commit(one_block(n - 2, 3)).unwrap();
+        let m = Manifest::load(dir.path()).unwrap();
+        // A writer opening an earlier version's dataset (an entry file per chunk, no checkpoint
+        // of this format) absorbs them into one.
         drop(w);
-        std::fs::write(&cp, b"TWCKPT02\x05\x00\x00").unwrap();
-        assert_eq!(Manifest::load(dir.path()).unwrap().chunks().len() as u64, n + 1);
-        // A checkpoint that disagrees with the entries is found by verify.
-        let mut bad = Manifest::load(dir.path()).unwrap();
-        bad.chunks_mut()[3].last_block_hash = tidewater_chain::B256::repeat_byte(9);
-        bad.write_checkpoint(dir.path()).unwrap();
-        let problems = Dataset::open(dir.path()).unwrap().verify();
-        assert!(problems.iter().any(|e| e.to_string().contains("checkpoint")), "{problems:?}");
+        std::fs::remove_file(&cp).unwrap();
+        for c in m.chunks() {
+            let p = m_dir.join(ChunkEntry::file_name(c.start, c.end));
+            std::fs::write(p, serde_json::to_vec(c).unwrap()).unwrap();
+        }
+        std::fs::write(&cp, b"TWCKPT02 an earlier version's cache").unwrap();
+        assert_eq!(Manifest::load(dir.path()).unwrap().chunks(), m.chunks());
+        let w = open(dir.path());
+        assert_eq!(w.manifest().chunks(), m.chunks());
+        assert_eq!(entry_files(), 0);
+        assert_eq!(Manifest::load(dir.path()).unwrap().chunks(), m.chunks());
     }
 
     #[test]

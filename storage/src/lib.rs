@@ -40,13 +40,13 @@ mod snapshot;
 
 pub use chunk::{encode_chunk, EncodedChunk};
 pub use dataset::{
-    read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard, DEEP_REORGS_FILE,
-    IDENTITY_FILE, SCHEMA_DIR,
+    deep_reorgs, read_identity, ChunkCommit, Dataset, DatasetWriter, Identity, Shard,
+    DEEP_REORGS_FILE, IDENTITY_FILE, SCHEMA_DIR,
 };
 pub use error::{Error, Result};
 pub use files::{sync_dir, write_atomic};
 pub use manifest::{
-    ChunkEntry, FileEntry, Manifest, CHECKPOINT_EVERY, CHECKPOINT_FILE, DEFAULT_RETENTION,
+    ChunkEntry, FileEntry, Manifest, Summary, CHECKPOINT_EVERY, CHECKPOINT_FILE, DEFAULT_RETENTION,
     MANIFEST_DIR, RACY_STAMP, VACUUM_FILE,
 };
 pub use parquet_io::{

@@ -1,5 +1,7 @@
-//! The manifest: one JSON entry per committed chunk under `<data>/_manifest/`. An entry is the
-//! commit point: files it lists are the dataset, files it does not list are not.
+//! The manifest: the checkpoint `<data>/_manifest/_checkpoint.bin` and one JSON entry file per
+//! chunk committed since. An entry file's rename is the commit point of its chunk; the
+//! checkpoint's rename is the commit point of everything before it (the entries it absorbs, and
+//! removals: rollbacks, merges). Files no entry lists are not the dataset.
 
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
@@ -9,17 +11,27 @@ use std::path::{Path, PathBuf};
 
 /// Folder of manifest entries, under the data directory.
 pub const MANIFEST_DIR: &str = "_manifest";
-/// Every entry of the manifest in one file, under [`MANIFEST_DIR`]: what `load` reads instead
-/// of one file per chunk. A cache of the entries, never their commit point: only entries whose
-/// own file is still listed count, and whatever removes an entry removes the checkpoint first.
-/// Binary (`postcard`, behind a magic and followed by the SHA-256 of the payload): at 20,000
-/// entries it loads in a fraction of the JSON's time (`docs/design/mainnet-shape.md`).
+/// The manifest's checkpoint, under [`MANIFEST_DIR`]: every entry as of its writing, and the
+/// entry files it absorbed (which the writer then removes; any left by a crash are ignored).
+/// Loading reads it and the few entry files committed since, so opening a dataset reads and
+/// lists a number of files that does not grow with its chunks (Delta Lake's checkpoint).
+/// Binary (`postcard`, behind a magic and a version, followed by the SHA-256 of both): at 20,000
+/// entries it loads in a fraction of JSON's time (`docs/design/mainnet-shape.md`).
 pub const CHECKPOINT_FILE: &str = "_checkpoint.bin";
 /// The checkpoint of earlier versions (JSON): never read, removed with the checkpoint so that
 /// an earlier binary never reads a stale one.
 pub(crate) const LEGACY_CHECKPOINT_FILE: &str = "_checkpoint.json";
 /// The first bytes of a checkpoint of this format.
-const CHECKPOINT_MAGIC: &[u8; 8] = b"TWCKPT02";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"TWCKPT03";
+/// The magic of the previous format: a cache of entries whose files all stayed (ignored: the
+/// files are read, and the next writer writes a checkpoint of this format).
+const CACHE_CHECKPOINT_MAGIC: &[u8; 8] = b"TWCKPT02";
+/// Lock file (beside the writer's) held while a checkpoint is written: a writer and a replica's
+/// sync of the same folder never write one over the other's.
+const CHECKPOINT_LOCK: &str = ".lock.manifest";
+/// Loads that found the manifest changing under them (a checkpoint written meanwhile) before
+/// one gives up.
+const LOAD_ATTEMPTS: usize = 50;
 /// A manifest folder modified this recently is read again by [`Manifest::load_shared`] rather
 /// than trusted to its modification time.
 pub const RACY_STAMP: std::time::Duration = std::time::Duration::from_secs(2);
@@ -54,27 +66,158 @@ fn read_vacuum_list(path: &Path) -> Vec<Retired> {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
-/// A checkpoint's bytes: the magic, the entries (postcard), the SHA-256 of those.
-fn encode_checkpoint(entries: &[ChunkEntry]) -> std::result::Result<Vec<u8>, postcard::Error> {
+/// One entry file in the folder: its range and its incarnation (`seq`, drawn at random when it
+/// is written; 0 for files of earlier versions). A checkpoint names the files it absorbed by
+/// both, so a file committed again at the same name after a rollback is never taken for the
+/// one the checkpoint absorbed.
+type EntryFile = (u64, u64, u64);
+
+/// An entry file's content: the entry and its incarnation.
+#[derive(Serialize)]
+struct StoredEntryRef<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    entry: &'a ChunkEntry,
+}
+
+#[derive(Deserialize)]
+struct StoredEntry {
+    #[serde(default)]
+    seq: u64,
+    #[serde(flatten)]
+    entry: ChunkEntry,
+}
+
+/// A new entry file's incarnation: random, never 0.
+fn fresh_seq() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+/// The head of a checkpoint: what `status` reads without the entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct CheckpointHead {
+    summary: Summary,
+    absorbed: Vec<EntryFile>,
+}
+
+/// A checkpoint's bytes:
+/// `magic | version (u64 LE) | head length (u32 LE) | head | SHA-256 of version..head | entries |
+/// SHA-256 of version..entries`. The version is random: what a reader checks again after
+/// reading the entry files. Head and entries are `postcard`; the head has its own digest so
+/// that it can be read alone.
+fn encode_checkpoint(
+    version: u64,
+    head: &CheckpointHead,
+    entries: &[ChunkEntry],
+) -> std::result::Result<Vec<u8>, postcard::Error> {
     use sha2::Digest;
-    let payload = postcard::to_stdvec(entries)?;
-    let mut out = Vec::with_capacity(CHECKPOINT_MAGIC.len() + payload.len() + 32);
+    let head = postcard::to_stdvec(head)?;
+    let entries = postcard::to_stdvec(entries)?;
+    let len = u32::try_from(head.len()).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    let mut out = Vec::with_capacity(CHECKPOINT_MAGIC.len() + 12 + head.len() + entries.len() + 64);
     out.extend_from_slice(CHECKPOINT_MAGIC);
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&sha2::Sha256::digest(&payload));
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&head);
+    let sum = sha2::Sha256::digest(&out[CHECKPOINT_MAGIC.len()..]);
+    out.extend_from_slice(&sum);
+    out.extend_from_slice(&entries);
+    let sum = sha2::Sha256::digest(&out[CHECKPOINT_MAGIC.len()..]);
+    out.extend_from_slice(&sum);
     Ok(out)
 }
 
-/// The entries of a checkpoint's bytes; None when they are not a whole checkpoint of this
-/// format (cut short, damaged, another format).
-fn decode_checkpoint(bytes: &[u8]) -> Option<Vec<ChunkEntry>> {
+/// The version and head of a checkpoint's first bytes, and where its entries start; None when
+/// they are not a whole head of this format.
+fn decode_checkpoint_head(bytes: &[u8]) -> Option<(u64, CheckpointHead, usize)> {
     use sha2::Digest;
     let rest = bytes.strip_prefix(CHECKPOINT_MAGIC.as_slice())?;
-    let (payload, sum) = rest.split_at_checked(rest.len().checked_sub(32)?)?;
-    if sha2::Sha256::digest(payload).as_slice() != sum {
+    let (version, rest) = rest.split_first_chunk::<8>()?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let head = rest.get(..len)?;
+    let sum = rest.get(len..len.checked_add(32)?)?;
+    let signed = &bytes[CHECKPOINT_MAGIC.len()..CHECKPOINT_MAGIC.len() + 12 + len];
+    if sha2::Sha256::digest(signed).as_slice() != sum {
         return None;
     }
-    postcard::from_bytes(payload).ok()
+    let head = postcard::from_bytes(head).ok()?;
+    Some((u64::from_le_bytes(*version), head, CHECKPOINT_MAGIC.len() + 12 + len + 32))
+}
+
+/// The version, head and entries of a checkpoint's bytes; None when they are not a whole
+/// checkpoint of this format (cut short, damaged, another format).
+fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, CheckpointHead, Vec<ChunkEntry>)> {
+    use sha2::Digest;
+    let (version, head, at) = decode_checkpoint_head(bytes)?;
+    let (signed, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    let entries = signed.get(at..)?;
+    if sha2::Sha256::digest(&signed[CHECKPOINT_MAGIC.len()..]).as_slice() != sum {
+        return None;
+    }
+    Some((version, head, postcard::from_bytes(entries).ok()?))
+}
+
+/// What `status` says of a manifest without its entries: counts, coverage, rows, the last
+/// block. The checkpoint's head holds it, so it is read without the entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Committed chunks.
+    pub chunks: u64,
+    /// Runs of contiguous committed blocks, in order.
+    pub coverage: Vec<(u64, u64)>,
+    /// Rows per table (tables with rows).
+    pub rows: BTreeMap<String, u64>,
+    /// The last chunk's last block and its hash: the checkpoint a tail resumes from.
+    pub last: Option<(u64, tidewater_chain::B256)>,
+}
+
+impl Summary {
+    /// The summary of chunks in block order.
+    pub fn of(chunks: &[ChunkEntry]) -> Self {
+        let mut s = Self::default();
+        for c in chunks {
+            s.add(c);
+        }
+        s
+    }
+
+    /// Adds a chunk; false (and nothing added) when it overlaps the coverage.
+    fn add(&mut self, c: &ChunkEntry) -> bool {
+        let at = self.coverage.partition_point(|r| r.1 < c.start);
+        if self.coverage.get(at).is_some_and(|r| r.0 <= c.end) {
+            return false;
+        }
+        let joins_prev = at > 0 && self.coverage[at - 1].1 + 1 == c.start;
+        let joins_next = self.coverage.get(at).is_some_and(|r| c.end + 1 == r.0);
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.coverage[at - 1].1 = self.coverage[at].1;
+                self.coverage.remove(at);
+            }
+            (true, false) => self.coverage[at - 1].1 = c.end,
+            (false, true) => self.coverage[at].0 = c.start,
+            (false, false) => self.coverage.insert(at, (c.start, c.end)),
+        }
+        self.chunks += 1;
+        for (t, f) in &c.tables {
+            *self.rows.entry(t.clone()).or_default() += f.rows;
+        }
+        if self.last.is_none_or(|(end, _)| end < c.end) {
+            self.last = Some((c.end, c.last_block_hash));
+        }
+        true
+    }
+
+    /// Rows of `table`.
+    pub fn rows(&self, table: &str) -> u64 {
+        self.rows.get(table).copied().unwrap_or(0)
+    }
+
+    /// The gaps between the first and the last committed block.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        self.coverage.windows(2).map(|w| (w[0].1 + 1, w[1].0 - 1)).collect()
+    }
 }
 
 /// One committed Parquet file.
@@ -121,25 +264,84 @@ impl ChunkEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
     chunks: Vec<ChunkEntry>,
-    /// Entries covered by a merged entry, left by an interrupted merge (to clean up).
+    /// Entries covered by a merged entry, left by an interrupted merge of an earlier version (to
+    /// clean up).
     superseded: Vec<ChunkEntry>,
-    /// Entries not in the checkpoint (read one by one at load, or committed since).
+    /// The entry files in the folder: committed since the checkpoint, or absorbed by it and
+    /// left by a crash before their removal. The next checkpoint absorbs them all.
+    files: Vec<EntryFile>,
+    /// Entry files not absorbed by the checkpoint (read one by one at load, or committed since).
     uncheckpointed: usize,
 }
 
+/// A load that found the folder changing under it: try again.
+struct Changed;
+
+/// One read of the manifest folder fails with [`Changed`] (try again) or an error.
+type Attempt = std::result::Result<Changed, Error>;
+
+/// Reads every entry file under `dir`, giving each to `each` with whether it counts (not
+/// absorbed by the checkpoint); returns them all. A file gone between the listing and its read
+/// was absorbed by a checkpoint written meanwhile: [`Changed`].
+fn scan_entry_files(
+    dir: &Path,
+    absorbed: &[EntryFile],
+    mut each: impl FnMut(ChunkEntry, bool),
+) -> std::result::Result<Vec<EntryFile>, Attempt> {
+    let absorbed: std::collections::HashSet<&EntryFile> = absorbed.iter().collect();
+    let mut files = Vec::new();
+    let listing = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(Err(Error::io("listing", dir)(e))),
+    };
+    for entry in listing {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(['.', '_']) || !name.ends_with(".json") {
+            continue;
+        }
+        let p = dir.join(&*name);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Ok(Changed)),
+            Err(e) => return Err(Err(Error::Io { op: "reading", path: p, source: e })),
+        };
+        let stored: StoredEntry = serde_json::from_slice(&bytes)
+            .map_err(|source| Err(Error::Json { path: p.clone(), source }))?;
+        let c = stored.entry;
+        let file = (c.start, c.end, stored.seq);
+        files.push(file);
+        each(c, !absorbed.contains(&file));
+    }
+    Ok(files)
+}
+
 impl Manifest {
-    /// Loads every entry under `<root>/_manifest`. Overlapping entries are corruption.
+    /// Loads the manifest under `<root>/_manifest`: the checkpoint and the entry files it did
+    /// not absorb. Overlapping entries are corruption; so is a damaged checkpoint.
     pub fn load(root: &Path) -> Result<Self> {
-        Self::load_with(root, true)
+        let dir = root.join(MANIFEST_DIR);
+        for _ in 0..LOAD_ATTEMPTS {
+            match Self::try_load(&dir) {
+                Ok(m) => return Ok(m),
+                Err(Ok(Changed)) => std::thread::yield_now(),
+                Err(Err(e)) => return Err(e),
+            }
+        }
+        Err(Error::Corrupt {
+            path: dir,
+            what: format!("the manifest changed under each of {LOAD_ATTEMPTS} reads"),
+        })
     }
 
     /// [`Manifest::load`] for readers, shared within the process: a service opens the same
-    /// dataset for every SQL request, past-block state and poll, and at 20,000 entries a load
-    /// lists and decodes 20,000 of them. The manifest loaded last is reused while the
-    /// folder's modification time is what it was: every change of the manifest creates,
-    /// renames or removes a file in it. A time within [`RACY_STAMP`] of the load is never
-    /// trusted (two changes within the file system's timestamp granularity share one time;
-    /// git's index has the same rule).
+    /// dataset for every SQL request, past-block state and poll. The manifest loaded last is
+    /// reused while the folder's modification time is what it was: every change of the
+    /// manifest creates, renames or removes a file in it. A time within [`RACY_STAMP`] of the
+    /// load is never trusted (two changes within the file system's timestamp granularity share
+    /// one time; git's index has the same rule).
     pub fn load_shared(root: &Path) -> Result<std::sync::Arc<Self>> {
         type Cache =
             std::collections::HashMap<PathBuf, (std::time::SystemTime, std::sync::Arc<Manifest>)>;
@@ -170,58 +372,74 @@ impl Manifest {
         Ok(m)
     }
 
-    /// [`Manifest::load`] from the entry files alone, ignoring the checkpoint (`verify`).
-    pub fn load_entries(root: &Path) -> Result<Self> {
-        Self::load_with(root, false)
-    }
-
-    fn load_with(root: &Path, use_checkpoint: bool) -> Result<Self> {
+    /// The summary of the manifest under `<root>/_manifest` (what `status` says): the
+    /// checkpoint's head and the entry files committed since, never the checkpoint's entries,
+    /// so its cost does not grow with the chunks.
+    pub fn load_summary(root: &Path) -> Result<Summary> {
         let dir = root.join(MANIFEST_DIR);
-        let mut chunks = Vec::new();
-        let mut uncheckpointed = 0;
-        if dir.exists() {
-            // Entry files by their range (parsed from the name: no string per entry to build
-            // at 20,000 chunks); a name of another shape is read as it is.
-            let mut ranges = std::collections::HashMap::new();
-            let mut others = Vec::new();
-            for entry in std::fs::read_dir(&dir).map_err(Error::io("listing", &dir))?.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(['.', '_']) || !name.ends_with(".json") {
-                    continue;
-                }
-                match parse_entry_name(&name) {
-                    Some(r) => {
-                        ranges.insert(r, ());
-                    }
-                    None => others.push(name.into_owned()),
-                }
-            }
-            // The checkpoint's copies of the entries still listed; the rest read one by one.
-            let cached = if use_checkpoint { read_checkpoint(&dir) } else { Vec::new() };
-            for c in cached {
-                if ranges.remove(&(c.start, c.end)).is_some() {
-                    chunks.push(c);
-                }
-            }
-            let mut names = others;
-            names.extend(ranges.into_keys().map(|(a, b)| ChunkEntry::file_name(a, b)));
-            uncheckpointed = names.len();
-            for name in names {
-                let p = dir.join(name);
-                let bytes = match std::fs::read(&p) {
-                    Ok(b) => b,
-                    // Removed since the listing (a merge or rollback by the writer).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::Io { op: "reading", path: p, source: e }),
-                };
-                let c: ChunkEntry = serde_json::from_slice(&bytes)
-                    .map_err(|source| Error::Json { path: p.clone(), source })?;
-                chunks.push(c);
+        for _ in 0..LOAD_ATTEMPTS {
+            match Self::try_summary(&dir) {
+                Ok(Some(s)) => return Ok(s),
+                // No checkpoint of this format, or entries it cannot simply add up (an earlier
+                // version's interrupted merge): from every entry.
+                Ok(None) => return Self::load(root).map(|m| m.summary()),
+                Err(Ok(Changed)) => std::thread::yield_now(),
+                Err(Err(e)) => return Err(e),
             }
         }
-        // A merged entry supersedes the entries it covers (a crash between writing the merged
-        // entry and removing the old ones leaves both): keep the widest.
+        Err(Error::Corrupt {
+            path: dir,
+            what: format!("the manifest changed under each of {LOAD_ATTEMPTS} reads"),
+        })
+    }
+
+    /// The summary of the chunks.
+    pub fn summary(&self) -> Summary {
+        Summary::of(&self.chunks)
+    }
+
+    fn try_summary(dir: &Path) -> std::result::Result<Option<Summary>, Attempt> {
+        let Some((version, head)) = read_checkpoint_head(dir).map_err(Err)? else {
+            return Ok(None);
+        };
+        let mut summary = head.summary;
+        let mut simple = true;
+        scan_entry_files(dir, &head.absorbed, |c, counted| {
+            if counted {
+                simple &= summary.add(&c);
+            }
+        })?;
+        if read_checkpoint_version(dir).map_err(Err)? != Some(version) {
+            return Err(Ok(Changed));
+        }
+        Ok(simple.then_some(summary))
+    }
+
+    /// One read of the folder: the checkpoint, the listing, the entry files not absorbed, and
+    /// the checkpoint's version again. A checkpoint written meanwhile (it is written before the
+    /// files it absorbs are removed) makes it [`Changed`].
+    fn try_load(dir: &Path) -> std::result::Result<Self, Attempt> {
+        if !dir.exists() {
+            return Ok(Self::default());
+        }
+        let checkpoint = read_checkpoint(dir).map_err(Err)?;
+        let version = checkpoint.as_ref().map(|(v, _, _)| *v);
+        let (mut chunks, absorbed) = match checkpoint {
+            Some((_, head, entries)) => (entries, head.absorbed),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut uncheckpointed = 0;
+        let files = scan_entry_files(dir, &absorbed, |c, counted| {
+            if counted {
+                uncheckpointed += 1;
+                chunks.push(c);
+            }
+        })?;
+        if read_checkpoint_version(dir).map_err(Err)? != version {
+            return Err(Ok(Changed));
+        }
+        // A merged entry supersedes the entries it covers (an earlier version's merge wrote the
+        // merged entry, then removed the old ones: a crash between left both): keep the widest.
         chunks.sort_by_key(|c| (c.start, std::cmp::Reverse(c.end)));
         let mut kept: Vec<ChunkEntry> = Vec::with_capacity(chunks.len());
         let mut superseded = Vec::new();
@@ -234,41 +452,81 @@ impl Manifest {
         let chunks = kept;
         for w in chunks.windows(2) {
             if w[1].start <= w[0].end {
-                return Err(Error::Corrupt {
-                    path: dir,
+                return Err(Err(Error::Corrupt {
+                    path: dir.to_path_buf(),
                     what: format!(
                         "chunks [{}, {}] and [{}, {}] overlap",
                         w[0].start, w[0].end, w[1].start, w[1].end
                     ),
-                });
+                }));
             }
         }
-        Ok(Self { chunks, superseded, uncheckpointed })
+        Ok(Self { chunks, superseded, files, uncheckpointed })
     }
 
-    #[cfg(test)]
-    pub(crate) fn chunks_mut(&mut self) -> &mut [ChunkEntry] {
-        &mut self.chunks
-    }
-
-    /// Entries committed or read one by one since the last checkpoint.
+    /// Entries committed since the last checkpoint (their entry files are read at load).
     pub fn uncheckpointed(&self) -> usize {
         self.uncheckpointed
     }
 
-    /// Writes every entry into the checkpoint file (atomically: a crash leaves the old one or
-    /// the new one). Blocking I/O.
+    /// Entry files in the folder (committed since the checkpoint, or left by a crash after it).
+    pub fn entry_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether the writer should write a checkpoint: [`CHECKPOINT_EVERY`] entries since the last
+    /// one, entry files a crash left behind, or entries an interrupted merge superseded.
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.uncheckpointed >= CHECKPOINT_EVERY
+            || self.files.len() > self.uncheckpointed
+            || !self.superseded.is_empty()
+    }
+
+    /// Writes the checkpoint: every entry, and the entry files it absorbs. Its rename is the
+    /// commit point (of the entries, and of whatever was removed from them since the last
+    /// one); the absorbed entry files go after it. A crash leaves the old checkpoint or the new
+    /// one, and entry files the new one ignores. Blocking I/O.
     pub(crate) fn write_checkpoint(&mut self, root: &Path) -> Result<()> {
+        let _lock = checkpoint_lock(root)?;
+        self.write_checkpoint_locked(root)
+    }
+
+    fn write_checkpoint_locked(&mut self, root: &Path) -> Result<()> {
         let dir = root.join(MANIFEST_DIR);
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         let path = dir.join(CHECKPOINT_FILE);
-        let bytes = encode_checkpoint(&self.chunks).map_err(|e| Error::Corrupt {
-            path: path.clone(),
-            what: format!("encoding the manifest checkpoint: {e}"),
-        })?;
+        let head = CheckpointHead { summary: self.summary(), absorbed: self.files.clone() };
+        let bytes =
+            encode_checkpoint(rand::random(), &head, &self.chunks).map_err(|e| Error::Corrupt {
+                path: path.clone(),
+                what: format!("encoding the manifest checkpoint: {e}"),
+            })?;
         write_atomic(&path, &bytes)?;
         remove_legacy_checkpoint(&dir)?;
+        for (start, end, _) in std::mem::take(&mut self.files) {
+            let p = dir.join(ChunkEntry::file_name(start, end));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { op: "removing", path: p, source: e }),
+            }
+        }
+        crate::files::sync_dir(&dir)?;
         self.uncheckpointed = 0;
+        self.superseded.clear();
         Ok(())
+    }
+
+    /// Changes the entries by `change` durably, through a checkpoint written under the lock
+    /// from the folder as it is now (a replica following its store, which may share the folder
+    /// with a writer whose commits must not be lost). Returns the manifest written.
+    pub(crate) fn rewrite(root: &Path, change: impl FnOnce(&mut Vec<ChunkEntry>)) -> Result<Self> {
+        let _lock = checkpoint_lock(root)?;
+        let mut m = Self::load(root)?;
+        change(&mut m.chunks);
+        m.chunks.sort_by_key(|c| c.start);
+        m.write_checkpoint_locked(root)?;
+        Ok(m)
     }
 
     /// Committed chunks in block order.
@@ -321,8 +579,8 @@ impl Manifest {
         self.chunks.last()
     }
 
-    /// Forgets every chunk ending after `keep_through` (all of them for `None`): manifest
-    /// entries first (the commit point), then their files. Returns the removed entries.
+    /// Forgets every chunk ending after `keep_through` (all of them for `None`): a checkpoint
+    /// without them first (the commit point), then their files. Returns the removed entries.
     pub(crate) fn rollback(
         &mut self,
         root: &Path,
@@ -330,42 +588,24 @@ impl Manifest {
     ) -> Result<Vec<ChunkEntry>> {
         let keep = self.chunks.partition_point(|c| keep_through.is_some_and(|k| c.end <= k));
         let removed: Vec<ChunkEntry> = self.chunks.drain(keep..).collect();
-        if !removed.is_empty() {
-            // The same ranges may be committed again with other blocks: no stale copy.
-            remove_checkpoint(root)?;
-            self.uncheckpointed = self.chunks.len();
+        if removed.is_empty() {
+            return Ok(removed);
         }
-        for c in removed.iter().rev() {
-            let entry = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
-            std::fs::remove_file(&entry).map_err(Error::io("removing", &entry))?;
-        }
-        if !removed.is_empty() {
-            crate::files::sync_dir(&root.join(MANIFEST_DIR))?;
-        }
+        self.write_checkpoint(root)?;
         let paths: Vec<String> =
             removed.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
         self.retire(root, paths)?;
         Ok(removed)
     }
 
-    /// Removes entries (files first are kept by callers' choice): the manifest entry files of
-    /// `entries`, then their data files unless a kept chunk still lists the same path.
-    pub(crate) fn remove_entries(&mut self, root: &Path, entries: &[ChunkEntry]) -> Result<()> {
-        if !entries.is_empty() {
-            remove_checkpoint(root)?;
-            self.uncheckpointed = self.chunks.len();
+    /// Removes the entries an interrupted merge superseded: a checkpoint without them, then
+    /// their data files unless a kept chunk still lists the same path.
+    pub(crate) fn remove_superseded(&mut self, root: &Path) -> Result<()> {
+        let entries = std::mem::take(&mut self.superseded);
+        if entries.is_empty() {
+            return Ok(());
         }
-        for c in entries {
-            let entry = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(c.start, c.end));
-            if let Err(e) = std::fs::remove_file(&entry) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::Io { op: "removing", path: entry, source: e });
-                }
-            }
-        }
-        crate::files::sync_dir(&root.join(MANIFEST_DIR))?;
-        // Readers that loaded the manifest before this change may still read these files: they
-        // go to the vacuum list, and are removed once the retention has passed.
+        self.write_checkpoint(root)?;
         let paths: Vec<String> =
             entries.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
         self.retire(root, paths)
@@ -456,24 +696,30 @@ impl Manifest {
         self.vacuum(root, read_vacuum_list(&list))
     }
 
-    /// Entries superseded by a merged entry (left by an interrupted merge).
-    pub(crate) fn take_superseded(&mut self) -> Vec<ChunkEntry> {
-        std::mem::take(&mut self.superseded)
+    /// Entries superseded by a merged entry (left by an interrupted merge of an earlier
+    /// version).
+    pub(crate) fn superseded(&self) -> usize {
+        self.superseded.len()
     }
 
-    /// Replaces the chunks inside `[merged.start, merged.end]` with `merged`, durably: the merged
-    /// entry is written first (it supersedes the others on load), then the old entries go.
+    /// Replaces the chunks inside `[merged.start, merged.end]` with `merged`, durably: one
+    /// checkpoint (the commit point) holds the merged entry and none of the old ones; their
+    /// data files go to the vacuum list.
     pub(crate) fn replace(&mut self, root: &Path, merged: ChunkEntry) -> Result<()> {
-        let path = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(merged.start, merged.end));
-        let bytes = serde_json::to_vec_pretty(&merged)
-            .map_err(|source| Error::Json { path: path.clone(), source })?;
-        write_atomic(&path, &bytes)?;
         let (old, keep): (Vec<ChunkEntry>, Vec<ChunkEntry>) =
             self.chunks.drain(..).partition(|c| merged.start <= c.start && c.end <= merged.end);
         self.chunks = keep;
         let at = self.chunks.partition_point(|c| c.start < merged.start);
         self.chunks.insert(at, merged);
-        self.remove_entries(root, &old)
+        self.write_checkpoint(root)?;
+        let paths: Vec<String> =
+            old.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
+        self.retire(root, paths)
+    }
+
+    /// Writes the entry file of `entry` (a replica following its store; not fenced).
+    pub(crate) fn add(&mut self, root: &Path, entry: ChunkEntry) -> Result<()> {
+        self.commit_with(root, entry, crate::files::Staged::rename)
     }
 
     /// Records a committed chunk durably, then in memory.
@@ -494,11 +740,15 @@ impl Manifest {
             });
         }
         let path = root.join(MANIFEST_DIR).join(ChunkEntry::file_name(entry.start, entry.end));
-        let bytes = serde_json::to_vec_pretty(&entry)
+        let seq = fresh_seq();
+        let bytes = serde_json::to_vec_pretty(&StoredEntryRef { seq, entry: &entry })
             .map_err(|source| Error::Json { path: path.clone(), source })?;
         let staged = crate::files::Staged::write(&path, &bytes)?;
         rename(&staged)?;
         staged.sync()?;
+        // A leftover file of the same name (absorbed by the checkpoint) was just replaced.
+        self.files.retain(|f| (f.0, f.1) != (entry.start, entry.end));
+        self.files.push((entry.start, entry.end, seq));
         let at = self.chunks.partition_point(|c| c.start < entry.start);
         self.chunks.insert(at, entry);
         self.uncheckpointed += 1;
@@ -506,26 +756,86 @@ impl Manifest {
     }
 }
 
-/// `(start, end)` of an entry file named by [`ChunkEntry::file_name`].
-fn parse_entry_name(name: &str) -> Option<(u64, u64)> {
-    let (a, b) = name.strip_suffix(".json")?.split_once('-')?;
-    // As `{n:012}` writes them: twelve digits, or more without a leading zero.
-    let canonical = |d: &str| d.len() == 12 || (d.len() > 12 && !d.starts_with('0'));
-    if !canonical(a) || !canonical(b) {
-        return None;
+/// The version, head and entries of the checkpoint under `dir`; none when there is none (or
+/// only an earlier version's cache of the entries, whose files all stayed). A damaged
+/// checkpoint is an error: it is the commit point of the entries it absorbed.
+fn read_checkpoint(dir: &Path) -> Result<Option<(u64, CheckpointHead, Vec<ChunkEntry>)>> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Io { op: "reading", path, source: e }),
+    };
+    if bytes.starts_with(CACHE_CHECKPOINT_MAGIC) {
+        return Ok(None);
     }
-    Some((a.parse().ok()?, b.parse().ok()?))
+    decode_checkpoint(&bytes).map(Some).ok_or_else(|| damaged_checkpoint(path))
 }
 
-/// The entries of the checkpoint under `dir`; none when it is missing or unreadable (it is only
-/// a cache: the entry files are read instead).
-fn read_checkpoint(dir: &Path) -> Vec<ChunkEntry> {
+fn damaged_checkpoint(path: PathBuf) -> Error {
+    Error::Corrupt {
+        path,
+        what: "the manifest checkpoint is damaged or of an unknown format (it holds the entries \
+               it absorbed: restore it from a copy, or backfill again)"
+            .into(),
+    }
+}
+
+/// The version and head of the checkpoint under `dir`, reading only them.
+fn read_checkpoint_head(dir: &Path) -> Result<Option<(u64, CheckpointHead)>> {
+    use std::io::Read as _;
     let path = dir.join(CHECKPOINT_FILE);
-    let Ok(bytes) = std::fs::read(&path) else { return Vec::new() };
-    decode_checkpoint(&bytes).unwrap_or_else(|| {
-        tracing::warn!(path = %path.display(), "unreadable manifest checkpoint; ignored");
-        Vec::new()
-    })
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Io { op: "reading", path, source: e }),
+    };
+    let mut fixed = [0u8; 20];
+    match f.read_exact(&mut fixed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(damaged_checkpoint(path))
+        }
+        Err(e) => return Err(Error::Io { op: "reading", path, source: e }),
+    }
+    if fixed.starts_with(CACHE_CHECKPOINT_MAGIC) {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(fixed[16..20].try_into().unwrap_or_default()) as usize;
+    let mut bytes = fixed.to_vec();
+    // A length beyond the file is refused by the digest of what could be read.
+    let mut rest = Vec::new();
+    (&mut f).take(len as u64 + 32).read_to_end(&mut rest).map_err(Error::io("reading", &path))?;
+    bytes.extend_from_slice(&rest);
+    match decode_checkpoint_head(&bytes) {
+        Some((version, head, _)) => Ok(Some((version, head))),
+        None => Err(damaged_checkpoint(path)),
+    }
+}
+
+/// The version of the checkpoint under `dir` (its first bytes only), as [`read_checkpoint`]
+/// gives it.
+fn read_checkpoint_version(dir: &Path) -> Result<Option<u64>> {
+    use std::io::Read as _;
+    let path = dir.join(CHECKPOINT_FILE);
+    let mut head = [0u8; 16];
+    let read = std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut head));
+    match read {
+        Ok(()) if head.starts_with(CHECKPOINT_MAGIC) => {
+            Ok(Some(u64::from_le_bytes(head[8..].try_into().unwrap_or_default())))
+        }
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(Error::Io { op: "reading", path, source: e }),
+    }
+}
+
+/// Holds the lock under which checkpoints are written (blocking until it is free).
+fn checkpoint_lock(root: &Path) -> Result<std::fs::File> {
+    let (lock, lock_path) = crate::files::open_lock_file(root, CHECKPOINT_LOCK)?;
+    lock.lock().map_err(Error::io("locking", &lock_path))?;
+    Ok(lock)
 }
 
 /// Removes an earlier version's checkpoint (it may hold entries removed since: an earlier
@@ -534,18 +844,6 @@ fn remove_legacy_checkpoint(dir: &Path) -> Result<()> {
     let path = dir.join(LEGACY_CHECKPOINT_FILE);
     match std::fs::remove_file(&path) {
         Ok(()) => crate::files::sync_dir(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io { op: "removing", path, source: e }),
-    }
-}
-
-/// Removes the checkpoint durably (before entries are removed or replaced).
-fn remove_checkpoint(root: &Path) -> Result<()> {
-    let dir = root.join(MANIFEST_DIR);
-    remove_legacy_checkpoint(&dir)?;
-    let path = dir.join(CHECKPOINT_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => crate::files::sync_dir(&dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::Io { op: "removing", path, source: e }),
     }
@@ -566,17 +864,6 @@ mod tests {
     }
 
     #[test]
-    fn entry_names_parse_back_to_their_range() {
-        for (a, b) in [(0, 0), (7, 1_000), (999_999_999_999, 1_000_000_000_000)] {
-            assert_eq!(parse_entry_name(&ChunkEntry::file_name(a, b)), Some((a, b)));
-        }
-        for odd in ["1-2.json", "0000000000001-000000000002.json", "x-y.json", "000000000001.json"]
-        {
-            assert_eq!(parse_entry_name(odd), None, "{odd}");
-        }
-    }
-
-    #[test]
     fn a_checkpoint_round_trips_and_any_damage_is_refused() {
         let mut entries: Vec<ChunkEntry> = (0..50).map(|i| chunk(i * 10, i * 10 + 9)).collect();
         entries[7].last_block_hash = tidewater_chain::B256::repeat_byte(7);
@@ -584,21 +871,36 @@ mod tests {
             "logs".into(),
             FileEntry { path: "logs/x.parquet".into(), rows: 3, bytes: 99, sha256: "ab".into() },
         );
-        let bytes = encode_checkpoint(&entries).unwrap();
-        assert_eq!(decode_checkpoint(&bytes), Some(entries));
-        // Cut short anywhere, or any byte flipped: not a checkpoint (the entries are read).
-        for cut in [0, 4, 8, bytes.len() / 2, bytes.len() - 1] {
+        let head = CheckpointHead { summary: Summary::of(&entries), absorbed: vec![(0, 9, 5)] };
+        let bytes = encode_checkpoint(42, &head, &entries).unwrap();
+        assert_eq!(decode_checkpoint(&bytes), Some((42, head.clone(), entries)));
+        let (version, only_head, _) = decode_checkpoint_head(&bytes).unwrap();
+        assert_eq!((version, only_head), (42, head));
+        // Cut short anywhere, or any byte flipped: not a checkpoint.
+        for cut in [0, 4, 8, 16, bytes.len() / 2, bytes.len() - 1] {
             assert_eq!(decode_checkpoint(&bytes[..cut]), None, "cut at {cut}");
         }
-        for i in (0..bytes.len()).step_by(97) {
+        for i in (0..bytes.len()).step_by(97).chain([9]) {
             let mut b = bytes.clone();
             b[i] ^= 0x20;
             assert_eq!(decode_checkpoint(&b), None, "byte {i} flipped");
         }
+        // A damaged checkpoint is an error at load (it is the commit point of what it holds);
+        // the previous format's cache of entries is ignored (their files all stayed).
+        let dir = tempfile::tempdir().unwrap();
+        let m_dir = dir.path().join(MANIFEST_DIR);
+        std::fs::create_dir_all(&m_dir).unwrap();
+        let mut b = bytes;
+        b[20] ^= 1;
+        std::fs::write(m_dir.join(CHECKPOINT_FILE), &b).unwrap();
+        let e = Manifest::load(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("checkpoint is damaged"), "{e}");
+        std::fs::write(m_dir.join(CHECKPOINT_FILE), b"TWCKPT02whatever").unwrap();
+        assert!(Manifest::load(dir.path()).unwrap().chunks().is_empty());
     }
 
     #[test]
-    fn writing_or_dropping_the_checkpoint_removes_an_earlier_versions_json() {
+    fn writing_the_checkpoint_removes_an_earlier_versions_json() {
         let dir = tempfile::tempdir().unwrap();
         let m_dir = dir.path().join(MANIFEST_DIR);
         std::fs::create_dir_all(&m_dir).unwrap();
@@ -607,9 +909,99 @@ mod tests {
         let mut m = Manifest::load(dir.path()).unwrap();
         m.write_checkpoint(dir.path()).unwrap();
         assert!(!legacy.exists() && m_dir.join(CHECKPOINT_FILE).exists());
-        std::fs::write(&legacy, b"{}").unwrap();
-        remove_checkpoint(dir.path()).unwrap();
-        assert!(!legacy.exists() && !m_dir.join(CHECKPOINT_FILE).exists());
+    }
+
+    /// The checkpoint is the commit point of what it absorbs and of removals: entry files it
+    /// absorbed and a crash left behind are ignored (even when they hold entries it removed),
+    /// an entry committed again at the same name after it counts, and a load that sees a
+    /// checkpoint written while it read the entry files reads again.
+    #[test]
+    fn entry_files_a_checkpoint_absorbed_never_count_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let m_dir = root.join(MANIFEST_DIR);
+        let mut m = Manifest::load(root).unwrap();
+        for i in 0..10 {
+            m.commit_with(root, chunk(i * 10, i * 10 + 9), crate::files::Staged::rename).unwrap();
+        }
+        assert_eq!((m.uncheckpointed(), m.entry_files()), (10, 10));
+        // A rollback's checkpoint, then a crash before the absorbed files were removed: put
+        // them back as they were.
+        let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&m_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('0'))
+            .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        assert_eq!(saved.len(), 10);
+        m.rollback(root, Some(49)).unwrap();
+        assert_eq!(m.entry_files(), 0);
+        for (p, b) in &saved {
+            std::fs::write(p, b).unwrap();
+        }
+        let loaded = Manifest::load(root).unwrap();
+        assert_eq!(loaded.chunks(), m.chunks(), "absorbed files count again");
+        assert_eq!(
+            (loaded.chunks().len(), loaded.uncheckpointed(), loaded.entry_files()),
+            (5, 0, 10)
+        );
+        assert!(loaded.checkpoint_due(), "leftover files are for the next checkpoint to remove");
+        // The same range committed again: its new file counts, the other leftovers do not.
+        let mut again = chunk(50, 59);
+        again.last_block_hash = tidewater_chain::B256::repeat_byte(9);
+        let mut l = loaded;
+        l.commit_with(root, again.clone(), crate::files::Staged::rename).unwrap();
+        let reloaded = Manifest::load(root).unwrap();
+        assert_eq!(reloaded.chunks().len(), 6);
+        assert_eq!(reloaded.chunks()[5], again);
+        assert_eq!((reloaded.uncheckpointed(), reloaded.entry_files()), (1, 10));
+        // The next checkpoint absorbs and removes them all; the dataset is unchanged.
+        l.write_checkpoint(root).unwrap();
+        let names: Vec<String> = std::fs::read_dir(&m_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(['.', '_']))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+        assert!(m_dir.join(CHECKPOINT_FILE).exists());
+        assert_eq!(Manifest::load(root).unwrap().chunks(), reloaded.chunks());
+    }
+
+    /// A reader that read the old checkpoint and then finds the entry files it absorbed gone
+    /// (or a new checkpoint) reads again rather than miss them.
+    #[test]
+    fn a_load_racing_checkpoints_never_misses_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let commits = 600;
+        let writer = {
+            let (root, done) = (root.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut m = Manifest::load(&root).unwrap();
+                for n in 0..commits {
+                    m.commit_with(&root, chunk(n, n), crate::files::Staged::rename).unwrap();
+                    if n % 5 == 4 {
+                        m.write_checkpoint(&root).unwrap();
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+        };
+        let (mut seen, mut loads) = (0, 0);
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let m = Manifest::load(&root).unwrap();
+            let n = m.chunks().len() as u64;
+            assert!(n >= seen, "a later load saw {n} chunks, an earlier one {seen}");
+            assert!(m.chunks().iter().enumerate().all(|(i, c)| c.start == i as u64), "a gap");
+            seen = n;
+            loads += 1;
+        }
+        writer.join().unwrap();
+        assert!(loads > 10, "{loads} loads while the writer ran");
+        let n = commits;
+        assert_eq!(Manifest::load(&root).unwrap().chunks().len() as u64, n);
     }
 
     /// Writes `c`'s entry file as a commit does, then sets the folder's modification time.
@@ -649,6 +1041,7 @@ mod tests {
         let m = Manifest {
             chunks: vec![chunk(10, 19), chunk(30, 39)],
             superseded: vec![],
+            files: vec![],
             uncheckpointed: 0,
         };
         assert_eq!(m.gaps(0, 50), vec![(0, 9), (20, 29), (40, 50)]);
@@ -659,6 +1052,46 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A summary added up chunk by chunk in any order (entries committed since the
+        /// checkpoint, by shards anywhere) is the summary of the chunks in order; a chunk that
+        /// overlaps is refused.
+        #[test]
+        fn a_summary_adds_up_in_any_order(
+            lens in proptest::collection::vec((0u64..3, 1u64..4, 0u64..5), 1..20),
+            order in proptest::collection::vec(proptest::num::usize::ANY, 1..20),
+        ) {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for (skip, n, rows) in lens {
+                let mut c = chunk(at + skip, at + skip + n - 1);
+                c.last_block_hash = tidewater_chain::B256::with_last_byte((at + skip) as u8);
+                c.tables.insert(
+                    "t".into(),
+                    FileEntry { path: String::new(), rows, bytes: 0, sha256: String::new() },
+                );
+                chunks.push(c);
+                at += skip + n;
+            }
+            let mut shuffled = chunks.clone();
+            for (i, o) in order.iter().enumerate() {
+                let n = shuffled.len();
+                shuffled.swap(i % n, o % n);
+            }
+            let mut s = Summary::default();
+            for c in &shuffled {
+                proptest::prop_assert!(s.add(c));
+            }
+            let all = Summary::of(&chunks);
+            proptest::prop_assert_eq!(&s, &all);
+            let m = Manifest { chunks: chunks.clone(), ..Default::default() };
+            proptest::prop_assert_eq!(all.gaps(), m.gaps(chunks[0].start, chunks[chunks.len() - 1].end));
+            proptest::prop_assert_eq!(all.rows("t"), m.rows("t"));
+            for c in &chunks {
+                proptest::prop_assert!(!s.add(c), "[{}, {}] overlaps", c.start, c.end);
+            }
+            proptest::prop_assert_eq!(&s, &all);
+        }
+
         /// The gaps and the committed chunks, clipped to the query, tile it exactly: every
         /// block once, gaps in order, none touching a chunk.
         #[test]
@@ -672,7 +1105,12 @@ mod tests {
                 chunks.push(chunk(at + skip, at + skip + n - 1));
                 at += skip + n;
             }
-            let m = Manifest { chunks: chunks.clone(), superseded: vec![], uncheckpointed: 0 };
+            let m = Manifest {
+                chunks: chunks.clone(),
+                superseded: vec![],
+                files: vec![],
+                uncheckpointed: 0,
+            };
             let end = start + len - 1;
             let gaps = m.gaps(start, end);
             let mut covered = vec![0u8; len as usize];

@@ -18,7 +18,15 @@ use tidewater_storage::Dataset;
 
 /// Opens a data directory for reading: a directory that is not a dataset is bad input.
 pub(crate) fn open(data: &Path) -> Result<Dataset, Failure> {
-    Dataset::open(data).map_err(|e| match (&e, tidewater_storage::attached(data)) {
+    open_with(data, Dataset::open)
+}
+
+/// [`open`] with another reader of the data directory (`status`: its summary alone).
+pub(crate) fn open_with<T>(
+    data: &Path,
+    reader: impl FnOnce(&Path) -> tidewater_storage::Result<T>,
+) -> Result<T, Failure> {
+    reader(data).map_err(|e| match (&e, tidewater_storage::attached(data)) {
         (tidewater_storage::Error::NotADataset { .. }, Some(r)) => {
             usage(eyre!("{} is not a Tidewater dataset (no dataset.json)", r.url()))
         }

@@ -1,13 +1,13 @@
 //! `tidewater status`: what a data directory holds, and how far it is behind the chain.
 
-use super::open;
+use super::open_with;
 use crate::args::StatusArgs;
 use crate::{usage, CmdResult};
 use eyre::{eyre, WrapErr};
 
 pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
     let a = sa.data;
-    let ds = open(&a.data)?;
+    let (identity, m) = open_with(&a.data, tidewater_storage::Dataset::open_summary)?;
     let node = match &sa.rpc {
         None => None,
         Some(url) => {
@@ -27,23 +27,13 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
             Some((head, finalized))
         }
     };
-    let m = ds.manifest();
-    let coverage: Vec<(u64, u64)> =
-        m.chunks().iter().fold(Vec::new(), |mut acc: Vec<(u64, u64)>, c| {
-            match acc.last_mut() {
-                Some(last) if last.1 + 1 == c.start => last.1 = c.end,
-                _ => acc.push((c.start, c.end)),
-            }
-            acc
-        });
-    let gaps = match (m.chunks().first(), m.last()) {
-        (Some(f), Some(l)) => m.gaps(f.start, l.end),
-        _ => vec![],
-    };
-    let checkpoint = m.last().map(|c| c.end);
-    let deep_reorgs = ds.deep_reorgs().wrap_err("reading the deep-reorg log")?;
+    let coverage = &m.coverage;
+    let gaps = m.gaps();
+    let checkpoint = m.last.map(|(end, _)| end);
+    let deep_reorgs =
+        tidewater_storage::deep_reorgs(&a.data).wrap_err("reading the deep-reorg log")?;
     let rows: std::collections::BTreeMap<&str, u64> =
-        ds.identity().tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
+        identity.tables.iter().map(|t| (t.as_str(), m.rows(t))).collect();
     // `run --ha`: who holds the writer lease (the others stand by).
     let lease = tidewater_storage::lease::read_record(&a.data).map(|r| {
         let now = std::time::SystemTime::now()
@@ -61,16 +51,16 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
         let v = serde_json::json!({
             "object_store": store,
             "writer_lease": lease,
-            "checkpoint": m.last().map(|c| serde_json::json!({"block_number": c.end, "block_hash": c.last_block_hash})),
+            "checkpoint": m.last.map(|(end, hash)| serde_json::json!({"block_number": end, "block_hash": hash})),
             "gaps": gaps,
             "deep_reorgs": deep_reorgs,
             "head": node.as_ref().map(|n| n.0),
             "finalized": node.as_ref().and_then(|n| n.1.clone().ok().flatten()),
             "finalized_error": node.as_ref().and_then(|n| n.1.clone().err()),
             "lag_blocks": node.as_ref().and_then(|n| checkpoint.map(|c| n.0.saturating_sub(c))),
-            "chain_id": ds.identity().chain_id,
-            "genesis_hash": ds.identity().genesis_hash,
-            "chunks": m.chunks().len(),
+            "chain_id": identity.chain_id,
+            "genesis_hash": identity.genesis_hash,
+            "chunks": m.chunks,
             "coverage": coverage,
             "rows": rows,
         });
@@ -82,17 +72,17 @@ pub(crate) async fn status(sa: StatusArgs) -> CmdResult {
                 st["url"].as_str().unwrap_or_default(),
                 a.data.display(),
                 st["commit_log"].as_str().unwrap_or_default(),
-                ds.identity().chain_id
+                identity.chain_id
             ),
             None => {
-                println!("data directory {}: chain {}", a.data.display(), ds.identity().chain_id)
+                println!("data directory {}: chain {}", a.data.display(), identity.chain_id)
             }
         }
-        println!("chunks committed: {}", m.chunks().len());
-        if let Some(c) = m.last() {
-            println!("checkpoint: block {} ({})", c.end, c.last_block_hash);
+        println!("chunks committed: {}", m.chunks);
+        if let Some((end, hash)) = m.last {
+            println!("checkpoint: block {end} ({hash})");
         }
-        for (s, e) in &coverage {
+        for (s, e) in coverage {
             println!("  blocks [{s}, {e}]");
         }
         for (s, e) in &gaps {

@@ -160,8 +160,9 @@ fn issue_10_a_dense_stretch_after_an_empty_one_is_committed_in_pieces_of_bounded
 
 /// Issue 10: thousands of one-block chunks (the manifest's shape at 20,000 chunks, scaled to
 /// the test chain): kill -9 at random instants, which lands in manifest checkpoints too, then
-/// resume: the dataset equals a clean run, `verify` passes, the checkpoint stands for the
-/// entries, and SQL and `status` answer.
+/// resume: the dataset equals a clean run, `verify` passes, the manifest folder holds the
+/// checkpoint and at most the entries since, SQL and `status` (from the checkpoint's summary)
+/// answer as over the clean run, and a damaged checkpoint is refused with nothing written.
 #[test]
 fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sql() {
     let net = Devnet::mainnet_shape_mini();
@@ -196,7 +197,53 @@ fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sq
     let out = t.ok(&s(&["sql", "--data", "data", "SELECT count(*) AS n FROM logs"]));
     let logs = table(&clean.path("data"), "logs").num_rows();
     assert!(out.contains(&format!("{logs}")), "{out} (expected {logs} rows)");
-    t.ok(&s(&["status", "--data", "data"]));
+    // Opening lists the checkpoint and the entries since, not one file per chunk.
+    let listed =
+        std::fs::read_dir(t.path("data").join(tidewater_storage::MANIFEST_DIR)).unwrap().count();
+    assert!(listed <= tidewater_storage::CHECKPOINT_EVERY + 2, "{listed} files in _manifest");
+    // `status` (the checkpoint's summary and the entries since) says what the clean run's does.
+    let status = |t: &TestCommand| {
+        let out = t.ok(&s(&["status", "--data", "data", "--json"]));
+        let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_object_mut().unwrap().remove("writer_lease");
+        v
+    };
+    let st = status(&t);
+    assert_eq!(st["chunks"].as_u64(), Some(chunks));
+    let mut a = st.clone();
+    let mut b = status(&clean);
+    for v in [&mut a, &mut b] {
+        v.as_object_mut().unwrap().remove("chunks");
+    }
+    assert_eq!(a, b);
+    // A damaged checkpoint is the only copy of the entries it absorbed: every command that
+    // reads the entries refuses it with its path, and nothing is written. `status` reads only
+    // the head (its own digest): a damaged head is refused too.
+    let cp = t
+        .path("data")
+        .join(tidewater_storage::MANIFEST_DIR)
+        .join(tidewater_storage::CHECKPOINT_FILE);
+    let good = std::fs::read(&cp).unwrap();
+    let refused = |cmd: Vec<String>| {
+        let before = crate::util::snapshot_dir(&t.path("data"));
+        let out = t.run(&cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd:?} succeeded over a damaged checkpoint");
+        assert!(err.contains("checkpoint is damaged") && err.contains("_checkpoint.bin"), "{err}");
+        assert!(crate::util::snapshot_dir(&t.path("data")) == before, "{cmd:?} wrote");
+    };
+    let mut bytes = good.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&cp, &bytes).unwrap();
+    refused(args.clone());
+    refused(s(&["sql", "--data", "data", "SELECT count(*) FROM logs"]));
+    refused(s(&["verify", "--data", "data"]));
+    assert_eq!(status(&t), st, "the head is whole");
+    let mut bytes = good;
+    bytes[22] ^= 0x10;
+    std::fs::write(&cp, &bytes).unwrap();
+    refused(s(&["status", "--data", "data"]));
 }
 
 /// The spoofer of the mainnet-shaped devnet: LOG3(calldata[96:], calldata[0:32],

@@ -485,11 +485,19 @@ impl Remote {
         if files && seq > 0 && self.synced.load(ordering) == seq {
             return Ok(0);
         }
-        let local = Manifest::load_entries(&self.cache)?;
+        let mut local = Manifest::load(&self.cache)?;
         let have: std::collections::HashMap<(u64, u64), &ChunkEntry> =
             local.chunks().iter().map(|c| ((c.start, c.end), c)).collect();
-        let missing: Vec<&ChunkEntry> =
-            entries.iter().filter(|e| have.get(&(e.start, e.end)) != Some(e)).collect();
+        let missing: Vec<ChunkEntry> =
+            entries.iter().filter(|e| have.get(&(e.start, e.end)) != Some(e)).cloned().collect();
+        let kept: std::collections::HashSet<(u64, u64)> =
+            entries.iter().map(|e| (e.start, e.end)).collect();
+        let gone: std::collections::HashSet<(u64, u64)> = local
+            .chunks()
+            .iter()
+            .map(|c| (c.start, c.end))
+            .filter(|r| !kept.contains(r) && removed.contains(r))
+            .collect();
         // Files first, in parallel: of every entry (an earlier sync may have taken entries only).
         let download = files;
         let absent = |f: &&crate::FileEntry| {
@@ -519,32 +527,26 @@ impl Remote {
             .try_collect::<Vec<()>>()
             .await
         })?;
-        let mut changed = 0;
-        let dir = self.cache.join(crate::MANIFEST_DIR);
-        for e in &missing {
-            let p = dir.join(ChunkEntry::file_name(e.start, e.end));
-            let bytes = serde_json::to_vec_pretty(e)
-                .map_err(|source| Error::Json { path: p.clone(), source })?;
-            crate::files::write_atomic(&p, &bytes)?;
-            changed += 1;
-        }
-        let kept: std::collections::HashSet<(u64, u64)> =
-            entries.iter().map(|e| (e.start, e.end)).collect();
-        for c in local.chunks() {
-            let r = (c.start, c.end);
-            if !kept.contains(&r) && removed.contains(&r) {
-                let p = dir.join(ChunkEntry::file_name(c.start, c.end));
-                match std::fs::remove_file(&p) {
-                    Ok(()) => changed += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::Io { op: "removing", path: p, source: e }),
-                }
+        // New ranges are entry files, as a writer commits them; anything else (a range the log
+        // removed or replaced) goes through a checkpoint, the commit point of removals.
+        let changed = missing.len() + gone.len();
+        let only_new =
+            gone.is_empty() && missing.iter().all(|e| local.overlapping(e.start, e.end).is_none());
+        if only_new {
+            for e in missing {
+                local.add(&self.cache, e)?;
             }
-        }
-        if changed > 0 {
-            // The replica's checkpoint may hold entries the log replaced.
-            let _ = std::fs::remove_file(dir.join(crate::CHECKPOINT_FILE));
-            let _ = std::fs::remove_file(dir.join(crate::manifest::LEGACY_CHECKPOINT_FILE));
+            if local.checkpoint_due() {
+                Manifest::rewrite(&self.cache, |_| {})?;
+            }
+        } else {
+            Manifest::rewrite(&self.cache, |chunks| {
+                chunks.retain(|c| {
+                    !gone.contains(&(c.start, c.end))
+                        && !missing.iter().any(|e| e.start <= c.end && c.start <= e.end)
+                });
+                chunks.extend(missing);
+            })?;
         }
         if download {
             self.synced.store(seq, ordering);
