@@ -85,6 +85,13 @@ fn main() {
                 })
                 .build()
         };
+        // Tidewater's settings with another codec.
+        let ours = |codec| {
+            tidewater_storage::writer_properties(&batch.schema())
+                .into_builder()
+                .set_compression(codec)
+                .build()
+        };
         let variants: Vec<(&str, WriterProperties)> = vec![
             ("dictionary everywhere, zstd 1", base().build()),
             ("tidewater's settings", tidewater_storage::writer_properties(&batch.schema())),
@@ -100,6 +107,9 @@ fn main() {
                 "dictionary, no compression",
                 base().set_compression(Compression::UNCOMPRESSED).build(),
             ),
+            ("tidewater's settings, lz4_raw", ours(Compression::LZ4_RAW)),
+            ("tidewater's settings, snappy", ours(Compression::SNAPPY)),
+            ("tidewater's settings, uncompressed", ours(Compression::UNCOMPRESSED)),
         ];
         println!("{t}: {} rows in {} pieces", batch.num_rows(), pieces.len());
         for (name, props) in &variants {

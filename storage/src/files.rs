@@ -31,7 +31,10 @@ impl Staged {
             )));
         };
         fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+        // Unique per write (threads of one process may write the same path at once).
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id()));
         let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
         f.write_all(bytes).map_err(Error::io("writing", &tmp))?;
         f.sync_all().map_err(Error::io("fsync", &tmp))?;

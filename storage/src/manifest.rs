@@ -15,8 +15,9 @@ pub const MANIFEST_DIR: &str = "_manifest";
 /// entry files it absorbed (which the writer then removes; any left by a crash are ignored).
 /// Loading reads it and the few entry files committed since, so opening a dataset reads and
 /// lists a number of files that does not grow with its chunks (Delta Lake's checkpoint).
-/// Binary (`postcard`, behind a magic and a version, followed by the SHA-256 of both): at 20,000
-/// entries it loads in a fraction of JSON's time (`docs/design/mainnet-shape.md`).
+/// Binary (`postcard`; see [`encode_checkpoint`]): at 20,000 entries it loads in a fraction of
+/// JSON's time, and its head (a [`Summary`], checked by its own digest) is read without the
+/// entries (`docs/design/mainnet-shape.md`).
 pub const CHECKPOINT_FILE: &str = "_checkpoint.bin";
 /// The checkpoint of earlier versions (JSON): never read, removed with the checkpoint so that
 /// an earlier binary never reads a stale one.
