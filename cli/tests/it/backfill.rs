@@ -159,14 +159,14 @@ fn a_dense_range_is_cut_into_pieces_of_about_chunk_logs_and_loses_nothing() {
     assert_eq!(summary["chunks_committed"], summary["chunks_planned"], "{summary}");
     // Watched logs per committed chunk, from the manifest entries: about the target (the
     // density of the piece before is only an estimate of the next one's).
-    let mut logs: Vec<u64> = std::fs::read_dir(t.path("data/_manifest"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('0'))
-        .map(|p| {
-            let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-            assert!(e["end"].as_u64().unwrap() - e["start"].as_u64().unwrap() < 100, "{e}");
-            e["tables"]["logs"]["rows"].as_u64().unwrap_or(0)
+    let m = tidewater_storage::Manifest::load(&t.path("data")).unwrap();
+    assert_eq!(m.chunks().len() as u64, chunks);
+    let mut logs: Vec<u64> = m
+        .chunks()
+        .iter()
+        .map(|c| {
+            assert!(c.end - c.start < 100, "{c:?}");
+            c.rows("logs")
         })
         .collect();
     logs.sort_unstable();
