@@ -246,6 +246,64 @@ fn issue_10_thousands_of_chunks_survive_kill_9_through_checkpoints_and_answer_sq
     refused(s(&["status", "--data", "data"]));
 }
 
+/// Issue 10: a dataset of more than 20,000 chunks (one block each, over 20,000 empty blocks of
+/// a fresh chain), killed at random instants (checkpoints are every 256 commits, so some land
+/// in them) and resumed: every block once, a manifest folder of the checkpoint and the entries
+/// since, and `status`, SQL, `verify` and a resume that plans nothing.
+#[test]
+fn issue_10_a_dataset_of_20_000_chunks_resumes_and_answers() {
+    let net = Devnet::empty_cancun();
+    let started = std::time::Instant::now();
+    rpc(&net.url, "anvil_mine", json!([format!("{:#x}", 20_000)]));
+    let head = net.head();
+    eprintln!("mined {head} blocks in {:?}", started.elapsed());
+    let to = head.to_string();
+    let t = TestCommand::new();
+    let args = s(&[
+        "backfill",
+        "--rpc",
+        &net.url,
+        "--data",
+        "data",
+        "--chunk-size",
+        "1",
+        "--chunks-in-flight",
+        "8",
+        "--to",
+        &to,
+        "--contract",
+        "0x00000000000000000000000000000000000000aa",
+        "--event",
+        "Transfer(address indexed from, address indexed to, uint256 value)",
+    ]);
+    let started = std::time::Instant::now();
+    let kills = crate::backfill::kill_9_at_random_instants(&t, &args, 3, 3_000..12_000);
+    assert!(kills > 0, "no run was killed mid-way");
+    t.ok(&args);
+    eprintln!("backfilled with {kills} kills in {:?}", started.elapsed());
+    let st: Value =
+        serde_json::from_str(&t.ok(&s(&["status", "--data", "data", "--json"]))).unwrap();
+    assert_eq!(st["chunks"].as_u64(), Some(head + 1), "{st}");
+    assert_eq!(st["gaps"], json!([]), "{st}");
+    assert_eq!(st["checkpoint"]["block_number"].as_u64(), Some(head), "{st}");
+    assert_eq!(st["rows"]["blocks"].as_u64(), Some(head + 1), "{st}");
+    let listed =
+        std::fs::read_dir(t.path("data").join(tidewater_storage::MANIFEST_DIR)).unwrap().count();
+    assert!(listed <= tidewater_storage::CHECKPOINT_EVERY + 2, "{listed} files in _manifest");
+    let out = t.ok(&s(&[
+        "sql",
+        "--data",
+        "data",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n, count(DISTINCT block_number) AS d, max(block_number) AS m FROM blocks",
+    ]));
+    assert_eq!(out.lines().nth(1), Some(format!("{},{},{head}", head + 1, head + 1).as_str()));
+    t.ok(&s(&["verify", "--data", "data"]));
+    let again = t.ok(&args);
+    assert!(again.contains("0 chunks committed of 0 planned"), "{again}");
+}
+
 /// The spoofer of the mainnet-shaped devnet: LOG3(calldata[96:], calldata[0:32],
 /// calldata[32:64], calldata[64:96]), behind its init code.
 const SPOOFER_INIT: &str = "0x6018" /* PUSH1 24 */;

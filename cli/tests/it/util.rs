@@ -56,6 +56,12 @@ impl Devnet {
         Self::start(&[], Value::Null)
     }
 
+    /// [`Devnet::empty`] on the Cancun rules, where empty blocks are mined at a steady ~480/s
+    /// (under Prague each one hashes the history contract's state again and it slows down).
+    pub fn empty_cancun() -> Self {
+        Self::start(&["--hardfork", "cancun"], Value::Null)
+    }
+
     fn start(extra: &[&str], deploy: Value) -> Self {
         let anvil = env_path("TIDEWATER_ANVIL");
         for _ in 0..5 {
