@@ -167,12 +167,6 @@ impl Remote {
         };
         let prefix = OPath::parse(parsed.path().trim_matches('/'))
             .map_err(|e| bad(format!("bad prefix: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tidewater-store")
-            .enable_all()
-            .build()
-            .map_err(Error::io("starting the object store runtime", cache))?;
         let cas = match coordinator {
             Some(c) => {
                 let endpoint = c.replacen("etcd://", "http://", 1);
@@ -183,8 +177,28 @@ impl Remote {
             }
             None => Cas::Store { store: store.clone(), prefix: prefix.clone(), url: clean.clone() },
         };
-        let me = Self {
-            url: clean,
+        let me = Self::with_store(clean, store, prefix, cas, cache)?;
+        me.probe(coordinator.is_some())?;
+        Ok(me)
+    }
+
+    /// A remote on `store` under `prefix`, its log and lease in `cas`, replicated into `cache`
+    /// (no probe).
+    fn with_store(
+        url: String,
+        store: Arc<dyn ObjectStore>,
+        prefix: OPath,
+        cas: Cas,
+        cache: &Path,
+    ) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tidewater-store")
+            .enable_all()
+            .build()
+            .map_err(Error::io("starting the object store runtime", cache))?;
+        Ok(Self {
+            url,
             store,
             prefix,
             cas,
@@ -195,9 +209,7 @@ impl Remote {
             writer: format!("{:08x}", rand::random::<u32>()),
             synced: std::sync::atomic::AtomicU64::new(0),
             full: std::sync::atomic::AtomicBool::new(false),
-        };
-        me.probe(coordinator.is_some())?;
-        Ok(me)
+        })
     }
 
     /// Lists the prefix (credentials, endpoint, bucket) and, without a coordinator, checks
@@ -597,4 +609,81 @@ fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChunkCommit, DatasetWriter, Identity};
+    use arrow::array::UInt64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use std::collections::BTreeMap;
+
+    /// A remote on an in-memory store (conditional puts honoured), replicated into `cache`.
+    fn remote(store: &Arc<dyn ObjectStore>, cache: &Path) -> Arc<Remote> {
+        let prefix = OPath::from("ds");
+        let url = "memory://ds".to_string();
+        let cas = Cas::Store { store: store.clone(), prefix: prefix.clone(), url: url.clone() };
+        Arc::new(Remote::with_store(url, store.clone(), prefix, cas, cache).unwrap())
+    }
+
+    fn schemas() -> BTreeMap<String, arrow::datatypes::SchemaRef> {
+        let s = Arc::new(Schema::new(vec![Field::new("block_number", DataType::UInt64, false)]));
+        BTreeMap::from([("t".to_string(), s)])
+    }
+
+    fn block(n: u64, salt: u8) -> ChunkCommit {
+        let s = schemas()["t"].clone();
+        let b = RecordBatch::try_new(s, vec![Arc::new(UInt64Array::from(vec![n]))]).unwrap();
+        ChunkCommit {
+            start: n,
+            end: n,
+            first_block_hash: tidewater_chain::B256::repeat_byte(salt),
+            last_block_hash: tidewater_chain::B256::repeat_byte(salt),
+            files: BTreeMap::from([(
+                "t".to_string(),
+                (crate::encode_parquet("t", &b).unwrap(), 1),
+            )]),
+        }
+    }
+
+    /// A reader's replica follows the writer's commits, rollbacks and merges: new ranges as
+    /// entry files, removals through its own checkpoint; after every sync it holds exactly the
+    /// writer's entries, its summary adds up, and its folder stays small.
+    #[test]
+    fn a_replica_follows_commits_rollbacks_and_merges() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (w_dir, r_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        attach(remote(&store, w_dir.path()));
+        let id = Identity::new(1, "g".into(), serde_json::json!({}), vec!["t".into()]);
+        let mut w = DatasetWriter::open(w_dir.path(), &id, &schemas(), None).unwrap();
+        let reader = remote(&store, r_dir.path());
+        let same = |w: &DatasetWriter, what: &str| {
+            reader.sync_cache().unwrap();
+            let m = Manifest::load(r_dir.path()).unwrap();
+            assert_eq!(m.chunks(), w.manifest().chunks(), "{what}");
+            assert_eq!(Manifest::load_summary(r_dir.path()).unwrap(), m.summary(), "{what}");
+            assert!(m.entry_files() <= crate::CHECKPOINT_EVERY, "{what}: {}", m.entry_files());
+            assert!(crate::Dataset::open(r_dir.path()).unwrap().verify().is_empty(), "{what}");
+        };
+        for n in 0..100 {
+            w.commit(block(n, 1)).unwrap();
+        }
+        same(&w, "first commits");
+        for n in 100..300 {
+            w.commit(block(n, 1)).unwrap();
+        }
+        same(&w, "past a checkpoint's worth");
+        w.rollback(Some(149)).unwrap();
+        same(&w, "a rollback into the replica's checkpoint");
+        for n in 150..170 {
+            w.commit(block(n, 2)).unwrap();
+        }
+        same(&w, "the same ranges again with other blocks");
+        w.merge(0, 49).unwrap().unwrap();
+        w.merge(160, 169).unwrap().unwrap();
+        same(&w, "merges");
+        assert_eq!(Manifest::load(r_dir.path()).unwrap().chunks().len(), 1 + 100 + 10 + 1);
+    }
 }
