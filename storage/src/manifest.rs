@@ -189,8 +189,11 @@ impl Summary {
         if self.coverage.get(at).is_some_and(|r| r.0 <= c.end) {
             return false;
         }
-        let joins_prev = at > 0 && self.coverage[at - 1].1 + 1 == c.start;
-        let joins_next = self.coverage.get(at).is_some_and(|r| c.end + 1 == r.0);
+        // Checked: the ranges come from files (a block number near u64::MAX is bad input, not
+        // a reason to panic).
+        let joins_prev =
+            at > 0 && self.coverage.get(at - 1).and_then(|r| r.1.checked_add(1)) == Some(c.start);
+        let joins_next = self.coverage.get(at).is_some_and(|r| c.end.checked_add(1) == Some(r.0));
         match (joins_prev, joins_next) {
             (true, true) => {
                 self.coverage[at - 1].1 = self.coverage[at].1;
@@ -217,7 +220,10 @@ impl Summary {
 
     /// The gaps between the first and the last committed block.
     pub fn gaps(&self) -> Vec<(u64, u64)> {
-        self.coverage.windows(2).map(|w| (w[0].1 + 1, w[1].0 - 1)).collect()
+        self.coverage
+            .windows(2)
+            .map(|w| (w[0].1.saturating_add(1), w[1].0.saturating_sub(1)))
+            .collect()
     }
 }
 
