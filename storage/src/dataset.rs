@@ -374,7 +374,7 @@ impl DatasetWriter {
                 }
             }
         }
-        w.fenced(Self::checkpoint_if_due)?;
+        w.checkpoint_fenced_if_due()?;
         Ok(w)
     }
 
@@ -585,7 +585,7 @@ impl DatasetWriter {
             Some(l) => l.fenced(|| staged.rename()),
             None => staged.rename(),
         })?;
-        self.fenced(Self::checkpoint_if_due)?;
+        self.checkpoint_fenced_if_due()?;
         Ok(entry)
     }
 
@@ -602,6 +602,15 @@ impl DatasetWriter {
             (Some(l), None) => format!("{table}/{start:012}-{end:012}-e{}.parquet", l.epoch()),
             (None, None) => format!("{table}/{start:012}-{end:012}.parquet"),
         }
+    }
+
+    /// [`Self::checkpoint_if_due`] fenced by the lease; the lease (a lock and a read of its
+    /// record) is taken only when a checkpoint is due, not on every commit.
+    fn checkpoint_fenced_if_due(&mut self) -> Result<()> {
+        if !self.manifest.checkpoint_due() {
+            return Ok(());
+        }
+        self.fenced(Self::checkpoint_if_due)
     }
 
     /// Writes the manifest checkpoint once [`crate::CHECKPOINT_EVERY`] entries are outside it

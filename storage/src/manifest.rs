@@ -138,7 +138,7 @@ fn decode_checkpoint_head(bytes: &[u8]) -> Option<(u64, CheckpointHead, usize)> 
     let len = u32::from_le_bytes(*len) as usize;
     let head = rest.get(..len)?;
     let sum = rest.get(len..len.checked_add(32)?)?;
-    let signed = &bytes[CHECKPOINT_MAGIC.len()..CHECKPOINT_MAGIC.len() + 12 + len];
+    let signed = bytes.get(CHECKPOINT_MAGIC.len()..CHECKPOINT_MAGIC.len() + 12 + len)?;
     if sha2::Sha256::digest(signed).as_slice() != sum {
         return None;
     }
@@ -153,7 +153,7 @@ fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, CheckpointHead, Vec<ChunkEntr
     let (version, head, at) = decode_checkpoint_head(bytes)?;
     let (signed, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
     let entries = signed.get(at..)?;
-    if sha2::Sha256::digest(&signed[CHECKPOINT_MAGIC.len()..]).as_slice() != sum {
+    if sha2::Sha256::digest(signed.get(CHECKPOINT_MAGIC.len()..)?).as_slice() != sum {
         return None;
     }
     Some((version, head, postcard::from_bytes(entries).ok()?))
@@ -191,17 +191,19 @@ impl Summary {
         }
         // Checked: the ranges come from files (a block number near u64::MAX is bad input, not
         // a reason to panic).
-        let joins_prev =
-            at > 0 && self.coverage.get(at - 1).and_then(|r| r.1.checked_add(1)) == Some(c.start);
-        let joins_next = self.coverage.get(at).is_some_and(|r| c.end.checked_add(1) == Some(r.0));
-        match (joins_prev, joins_next) {
-            (true, true) => {
-                self.coverage[at - 1].1 = self.coverage[at].1;
+        // Checked: the ranges come from files (a block number near u64::MAX is bad input, not
+        // a reason to panic).
+        let (before, after) = self.coverage.split_at_mut(at);
+        let prev = before.last_mut().filter(|r| r.1.checked_add(1) == Some(c.start));
+        let next = after.first_mut().filter(|r| c.end.checked_add(1) == Some(r.0));
+        match (prev, next) {
+            (Some(p), Some(n)) => {
+                p.1 = n.1;
                 self.coverage.remove(at);
             }
-            (true, false) => self.coverage[at - 1].1 = c.end,
-            (false, true) => self.coverage[at].0 = c.start,
-            (false, false) => self.coverage.insert(at, (c.start, c.end)),
+            (Some(p), None) => p.1 = c.end,
+            (None, Some(n)) => n.0 = c.start,
+            (None, None) => self.coverage.insert(at, (c.start, c.end)),
         }
         self.chunks += 1;
         for (t, f) in &c.tables {
@@ -287,6 +289,25 @@ struct Changed;
 /// One read of the manifest folder fails with [`Changed`] (try again) or an error.
 type Attempt = std::result::Result<Changed, Error>;
 
+/// Runs `read` on the manifest folder `dir` until it reads it unchanged (at most
+/// [`LOAD_ATTEMPTS`] times).
+fn until_unchanged<T>(
+    dir: &Path,
+    read: impl Fn(&Path) -> std::result::Result<T, Attempt>,
+) -> Result<T> {
+    for _ in 0..LOAD_ATTEMPTS {
+        match read(dir) {
+            Ok(t) => return Ok(t),
+            Err(Ok(Changed)) => std::thread::yield_now(),
+            Err(Err(e)) => return Err(e),
+        }
+    }
+    Err(Error::Corrupt {
+        path: dir.to_path_buf(),
+        what: format!("the manifest changed under each of {LOAD_ATTEMPTS} reads"),
+    })
+}
+
 /// Reads every entry file under `dir`, giving each to `each` with whether it counts (not
 /// absorbed by the checkpoint); returns them all. A file gone between the listing and its read
 /// was absorbed by a checkpoint written meanwhile: [`Changed`].
@@ -329,18 +350,7 @@ impl Manifest {
     /// Loads the manifest under `<root>/_manifest`: the checkpoint and the entry files it did
     /// not absorb. Overlapping entries are corruption; so is a damaged checkpoint.
     pub fn load(root: &Path) -> Result<Self> {
-        let dir = root.join(MANIFEST_DIR);
-        for _ in 0..LOAD_ATTEMPTS {
-            match Self::try_load(&dir) {
-                Ok(m) => return Ok(m),
-                Err(Ok(Changed)) => std::thread::yield_now(),
-                Err(Err(e)) => return Err(e),
-            }
-        }
-        Err(Error::Corrupt {
-            path: dir,
-            what: format!("the manifest changed under each of {LOAD_ATTEMPTS} reads"),
-        })
+        until_unchanged(&root.join(MANIFEST_DIR), Self::try_load)
     }
 
     /// [`Manifest::load`] for readers, shared within the process: a service opens the same
@@ -383,21 +393,12 @@ impl Manifest {
     /// checkpoint's head and the entry files committed since, never the checkpoint's entries,
     /// so its cost does not grow with the chunks.
     pub fn load_summary(root: &Path) -> Result<Summary> {
-        let dir = root.join(MANIFEST_DIR);
-        for _ in 0..LOAD_ATTEMPTS {
-            match Self::try_summary(&dir) {
-                Ok(Some(s)) => return Ok(s),
-                // No checkpoint of this format, or entries it cannot simply add up (an earlier
-                // version's interrupted merge): from every entry.
-                Ok(None) => return Self::load(root).map(|m| m.summary()),
-                Err(Ok(Changed)) => std::thread::yield_now(),
-                Err(Err(e)) => return Err(e),
-            }
+        match until_unchanged(&root.join(MANIFEST_DIR), Self::try_summary)? {
+            Some(s) => Ok(s),
+            // No checkpoint of this format, or entries it cannot simply add up (an earlier
+            // version's interrupted merge): from every entry.
+            None => Self::load(root).map(|m| m.summary()),
         }
-        Err(Error::Corrupt {
-            path: dir,
-            what: format!("the manifest changed under each of {LOAD_ATTEMPTS} reads"),
-        })
     }
 
     /// The summary of the chunks.
@@ -599,9 +600,7 @@ impl Manifest {
             return Ok(removed);
         }
         self.write_checkpoint(root)?;
-        let paths: Vec<String> =
-            removed.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
-        self.retire(root, paths)?;
+        self.retire_files_of(root, &removed)?;
         Ok(removed)
     }
 
@@ -613,9 +612,13 @@ impl Manifest {
             return Ok(());
         }
         self.write_checkpoint(root)?;
-        let paths: Vec<String> =
-            entries.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
-        self.retire(root, paths)
+        self.retire_files_of(root, &entries)
+    }
+
+    /// Puts the data files of `entries` (removed from the manifest) on the vacuum list.
+    fn retire_files_of(&self, root: &Path, entries: &[ChunkEntry]) -> Result<()> {
+        let paths = entries.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone()));
+        self.retire(root, paths.collect())
     }
 
     /// Puts `paths` on the vacuum list (files no entry lists any more), then vacuums.
@@ -719,9 +722,7 @@ impl Manifest {
         let at = self.chunks.partition_point(|c| c.start < merged.start);
         self.chunks.insert(at, merged);
         self.write_checkpoint(root)?;
-        let paths: Vec<String> =
-            old.iter().flat_map(|c| c.tables.values().map(|f| f.path.clone())).collect();
-        self.retire(root, paths)
+        self.retire_files_of(root, &old)
     }
 
     /// Writes the entry file of `entry` (a replica following its store; not fenced).
@@ -808,7 +809,8 @@ fn read_checkpoint_head(dir: &Path) -> Result<Option<(u64, CheckpointHead)>> {
     if fixed.starts_with(CACHE_CHECKPOINT_MAGIC) {
         return Ok(None);
     }
-    let len = u32::from_le_bytes(fixed[16..20].try_into().unwrap_or_default()) as usize;
+    let [.., l0, l1, l2, l3] = fixed;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     let mut bytes = fixed.to_vec();
     // A length beyond the file is refused by the digest of what could be read.
     let mut rest = Vec::new();
@@ -829,7 +831,8 @@ fn read_checkpoint_version(dir: &Path) -> Result<Option<u64>> {
     let read = std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut head));
     match read {
         Ok(()) if head.starts_with(CHECKPOINT_MAGIC) => {
-            Ok(Some(u64::from_le_bytes(head[8..].try_into().unwrap_or_default())))
+            let (_, version) = head.split_at(CHECKPOINT_MAGIC.len());
+            Ok(version.try_into().ok().map(u64::from_le_bytes))
         }
         Ok(()) => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

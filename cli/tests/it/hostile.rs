@@ -96,18 +96,11 @@ fn issue_8_a_log_wider_than_its_signature_is_counted_skipped_and_kept_raw() {
     assert_eq!(skipped["log_index"], 0, "{summary}");
     assert!(skipped["reason"].as_str().unwrap().contains("does not fit"), "{summary}");
     // The raw log is kept; the decoded table has the two that decode, with their values.
-    let logs = t.ok(&s(&["sql", "--data", "data", "--format", "csv", "SELECT count(*) FROM logs"]));
+    let logs = t.sql_csv("SELECT count(*) FROM logs");
     assert_eq!(logs.lines().nth(1), Some("3"), "{logs}");
     let table = summary["rows"].as_object().unwrap().keys().find(|k| k.contains("foo")).cloned();
     let table = table.unwrap_or_else(|| panic!("no foo table in {summary}"));
-    let rows = t.ok(&s(&[
-        "sql",
-        "--data",
-        "data",
-        "--format",
-        "csv",
-        &format!("SELECT a FROM {table} ORDER BY block_number"),
-    ]));
+    let rows = t.sql_csv(&format!("SELECT a FROM {table} ORDER BY block_number"));
     assert_eq!(rows.lines().skip(1).collect::<Vec<_>>(), vec!["5", &u32::MAX.to_string()]);
     assert_eq!(summary["rows"]["logs"], 3);
 }

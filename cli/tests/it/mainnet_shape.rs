@@ -286,14 +286,9 @@ fn issue_10_a_dataset_of_20_000_chunks_resumes_and_answers() {
     assert_eq!(st["checkpoint"]["block_number"].as_u64(), Some(head), "{st}");
     assert_eq!(st["rows"]["blocks"].as_u64(), Some(head + 1), "{st}");
     assert_manifest_folder_is_small(&t.path("data"));
-    let out = t.ok(&s(&[
-        "sql",
-        "--data",
-        "data",
-        "--format",
-        "csv",
+    let out = t.sql_csv(
         "SELECT count(*) AS n, count(DISTINCT block_number) AS d, max(block_number) AS m FROM blocks",
-    ]));
+    );
     assert_eq!(out.lines().nth(1), Some(format!("{},{},{head}", head + 1, head + 1).as_str()));
     t.ok(&s(&["verify", "--data", "data"]));
     let again = t.ok(&args);

@@ -370,14 +370,7 @@ fn duckdb_sums_big_integers_exactly() {
     for i in 0..swaps.num_rows() {
         sum += array_value_to_string(col, i).unwrap().parse::<i128>().unwrap();
     }
-    let out = t.ok(&s(&[
-        "sql",
-        "--data",
-        "data",
-        "--format",
-        "csv",
-        "SELECT sum(amount0::HUGEINT)::VARCHAR AS s FROM swaps",
-    ]));
+    let out = t.sql_csv("SELECT sum(amount0::HUGEINT)::VARCHAR AS s FROM swaps");
     assert_eq!(out.lines().nth(1).unwrap(), sum.to_string());
     let liq = t.ok(&s(&[
         "sql",

@@ -404,7 +404,7 @@ fn api_state_equals_the_contracts_at_the_head_and_20_past_blocks() {
     assert!(snaps.len() >= 3, "{snaps:?}");
     let last = snaps.last().unwrap().block_number;
     let q = format!("SELECT count(*) AS n FROM pool_snapshots WHERE block_number = {last}");
-    let out = t.ok(&s(&["sql", "--data", "data", "--format", "csv", &q]));
+    let out = t.sql_csv(&q);
     let (_, v) = get_json(&format!("{api}/v1/pools?block={last}"));
     assert_eq!(
         out.lines().nth(1).unwrap().parse::<usize>().unwrap(),

@@ -337,6 +337,11 @@ impl TestCommand {
     pub fn ok(&self, args: &[String]) -> String {
         succeeded(args, self.run(args))
     }
+
+    /// `tidewater sql --data data --format csv QUERY`, asserting success: the CSV.
+    pub fn sql_csv(&self, query: &str) -> String {
+        self.ok(&s(&["sql", "--data", "data", "--format", "csv", query]))
+    }
 }
 
 /// The stdout of `tidewater args`, asserting it succeeded.
