@@ -111,6 +111,17 @@ fn main() {
             ("tidewater's settings, snappy", ours(Compression::SNAPPY)),
             ("tidewater's settings, uncompressed", ours(Compression::UNCOMPRESSED)),
         ];
+        // Tidewater's settings without the dictionary of one column, column by column.
+        let mut variants = variants;
+        let names: Vec<String> =
+            byte_cols.iter().map(|c| format!("ours, no dictionary: {c}")).collect();
+        for (c, name) in byte_cols.iter().zip(&names) {
+            let props = tidewater_storage::writer_properties(&batch.schema())
+                .into_builder()
+                .set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false)
+                .build();
+            variants.push((name.as_str(), props));
+        }
         println!("{t}: {} rows in {} pieces", batch.num_rows(), pieces.len());
         for (name, props) in &variants {
             let mut times = Vec::new();
