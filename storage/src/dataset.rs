@@ -296,20 +296,19 @@ impl DatasetWriter {
         }
         let mut existing = read_identity(root)?;
         if existing.is_none() && has_foreign_files(root) {
-            // A sibling shard may have written the identity between our read and the listing.
+            // A sibling shard may have written the identity between our read and the listing
+            // (its `dataset.json` is one of the files listed). Without one now, the folder is
+            // something else's. (A second listing here, after this one found only a writer's
+            // own files, failed a shard whose sibling wrote the identity in between.)
             existing = read_identity(root)?;
-        }
-        match &existing {
-            Some(found) => {
-                if let Some(what) = found.mismatch(identity) {
-                    return Err(Error::IdentityMismatch { path: root.to_path_buf(), what });
-                }
+            if existing.is_none() {
+                return Err(Error::NotADataset { path: root.to_path_buf() });
             }
-            None => {
-                // Empty, or being created right now by a sibling shard: only our own files.
-                if has_foreign_files(root) {
-                    return Err(Error::NotADataset { path: root.to_path_buf() });
-                }
+        }
+        // Else empty, or being created right now by a sibling shard (only a writer's own files).
+        if let Some(found) = &existing {
+            if let Some(what) = found.mismatch(identity) {
+                return Err(Error::IdentityMismatch { path: root.to_path_buf(), what });
             }
         }
         std::fs::create_dir_all(root).map_err(Error::io("creating", root))?;
@@ -712,6 +711,32 @@ mod tests {
         assert!(m.entry_files() < 2 * crate::CHECKPOINT_EVERY, "{} entry files", m.entry_files());
         assert_eq!(Manifest::load_summary(&root).unwrap(), m.summary());
         assert!(Dataset::open(&root).unwrap().verify().is_empty());
+    }
+
+    /// Shards started at once on a folder that does not exist yet all open it: whichever
+    /// writes the identity first, the others find it (a shard once failed with "not a
+    /// Tidewater data directory" when a sibling wrote it between two listings of the folder).
+    #[test]
+    fn shards_opening_a_new_folder_at_once_all_open_it() {
+        let id = Identity::new(1, "g".into(), serde_json::json!({}), vec!["t".into()]);
+        for _ in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("data");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let shards: Vec<_> = (0..4u32)
+                .map(|index| {
+                    let (root, id, barrier) = (root.clone(), id.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let shard = Some(Shard { index, count: 4 });
+                        DatasetWriter::open(&root, &id, &schemas(), shard).map(|_| ())
+                    })
+                })
+                .collect();
+            for s in shards {
+                s.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]

@@ -875,7 +875,8 @@ fn an_aws_profile_alone_reaches_the_store_and_a_missing_one_is_bad_input() {
 
 /// `cmd` run with its replica (`cache`) on a 64 MiB tmpfs of its own mount namespace, which a
 /// helper in that namespace fills to the last byte once the file `fill` appears: a full disk on
-/// that host only.
+/// that host only; it then creates `fill` + `.full` (outside the tmpfs). It waits up to 10
+/// minutes for `fill` (it waited 90 s from the start).
 fn on_a_disk_that_fills(cmd: &Command, cache: &Path, fill: &Path) -> Command {
     let mut c = Command::new("unshare");
     // Root mounts in a mount namespace; anyone else in a user namespace of their own.
@@ -886,8 +887,8 @@ fn on_a_disk_that_fills(cmd: &Command, cache: &Path, fill: &Path) -> Command {
         "-c",
         r#"set -e
 mkdir -p "$TW_CACHE" && mount -t tmpfs -o size=64m tmpfs "$TW_CACHE"
-( i=0; while [ ! -e "$TW_FILL" ] && [ $i -lt 1800 ]; do sleep 0.05; i=$((i+1)); done
-  [ -e "$TW_FILL" ] && cat /dev/zero > "$TW_CACHE/filler" 2>/dev/null; : ) &
+( i=0; while [ ! -e "$TW_FILL" ] && [ $i -lt 12000 ]; do sleep 0.05; i=$((i+1)); done
+  [ -e "$TW_FILL" ] && { cat /dev/zero > "$TW_CACHE/filler" 2>/dev/null || touch "$TW_FILL.full"; }; : ) &
 exec "$@""#,
         "sh",
     ]);
@@ -933,6 +934,11 @@ fn a_leader_whose_disk_fills_up_hands_over_and_nothing_is_lost() {
     warm_up(&net, &mut rng);
     traffic(&net, &mut rng, 3..6, 100);
     std::fs::write(&fill, b"").unwrap();
+    // The blocks below must meet a full disk: mined while the helper was still filling it, the
+    // leader committed them in time and had nothing left to fail on (the standby then waited
+    // 90 s in vain, both instances silent: a CI run on 2026-11-27).
+    let filled = std::path::PathBuf::from(format!("{}.full", fill.display()));
+    wait_for_within("the disk to fill", Duration::from_secs(60), || filled.exists());
     // Blocks to commit on a full disk.
     for _ in 0..6 {
         swap(&net, &mut rng);
