@@ -92,7 +92,7 @@ fn main() {
                 .set_compression(codec)
                 .build()
         };
-        let variants: Vec<(&str, WriterProperties)> = vec![
+        let mut variants: Vec<(&str, WriterProperties)> = vec![
             ("dictionary everywhere, zstd 1", base().build()),
             ("tidewater's settings", tidewater_storage::writer_properties(&batch.schema())),
             ("no dictionary for byte columns", byte_columns(true, false)),
@@ -112,7 +112,6 @@ fn main() {
             ("tidewater's settings, uncompressed", ours(Compression::UNCOMPRESSED)),
         ];
         // Tidewater's settings without the dictionary of one column, column by column.
-        let mut variants = variants;
         let names: Vec<String> =
             byte_cols.iter().map(|c| format!("ours, no dictionary: {c}")).collect();
         for (c, name) in byte_cols.iter().zip(&names) {

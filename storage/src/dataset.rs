@@ -296,14 +296,11 @@ impl DatasetWriter {
         }
         let mut existing = read_identity(root)?;
         if existing.is_none() && has_foreign_files(root) {
-            // A sibling shard may have written the identity between our read and the listing
-            // (its `dataset.json` is one of the files listed). Without one now, the folder is
-            // something else's. (A second listing here, after this one found only a writer's
-            // own files, failed a shard whose sibling wrote the identity in between.)
-            existing = read_identity(root)?;
-            if existing.is_none() {
-                return Err(Error::NotADataset { path: root.to_path_buf() });
-            }
+            // A sibling shard may have written the identity (one of the files listed) since our
+            // read; without one now, the folder is something else's. The folder is listed once:
+            // a second listing failed a shard whose sibling wrote the identity in between.
+            let found = read_identity(root)?;
+            existing = Some(found.ok_or_else(|| Error::NotADataset { path: root.to_path_buf() })?);
         }
         // Else empty, or being created right now by a sibling shard (only a writer's own files).
         if let Some(found) = &existing {

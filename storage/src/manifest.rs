@@ -223,8 +223,9 @@ impl Summary {
     /// The gaps between the first and the last committed block.
     pub fn gaps(&self) -> Vec<(u64, u64)> {
         self.coverage
-            .windows(2)
-            .map(|w| (w[0].1.saturating_add(1), w[1].0.saturating_sub(1)))
+            .iter()
+            .zip(self.coverage.iter().skip(1))
+            .map(|(a, b)| (a.1.saturating_add(1), b.0.saturating_sub(1)))
             .collect()
     }
 }
