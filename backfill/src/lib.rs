@@ -249,7 +249,13 @@ impl Backfill {
         let catalog = Arc::new(EventCatalog::new(&sources)?);
         let sizer = RangeSizer::new(cfg.log_range, cfg.max_log_range)
             .with_answer_logs(usize::try_from(cfg.answer_logs).unwrap_or(usize::MAX))
-            .with_horizon(cfg.range.end);
+            .with_horizon(cfg.range.end)
+            // Logs seen in one range's answers are asked for again over another range only
+            // deep below the head, whatever the checks (a lagging log index answers `[]` near
+            // the head however often it is asked: there the checks by block decide).
+            .with_settled_below(
+                cfg.spans_below.min(cfg.range.end.saturating_sub(DEFAULT_BLOCK_CHECKS_DEPTH)),
+            );
         let shared = Arc::new(Shared {
             rpc,
             sources,

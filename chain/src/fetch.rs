@@ -49,7 +49,16 @@ pub struct RangeSizer {
     /// A provider answered `[]` (or short) where logs were: from then on a caller checks every
     /// block ([`RangeSizer::caught_hiding`]).
     caught: std::sync::atomic::AtomicBool,
+    /// Logs seen in answers, a few per answer (selector and emitter only): a run of `[]` with
+    /// no log of its part around it in the range being fetched is asked again reaching to one of
+    /// these ([`check_empty_spans`]), in settled history only.
+    known: std::sync::Mutex<std::collections::BTreeMap<LogKey, Log>>,
+    /// Blocks below this are settled: a log seen there stays (no reorg takes it away).
+    settled_below: u64,
 }
+
+/// Most logs [`RangeSizer`] remembers as anchors (the lowest go first: a backfill moves up).
+const KNOWN_LOGS: usize = 16_384;
 
 /// Most ranges [`RangeSizer`] remembers as confirmed empty for one part of a filter.
 const CONFIRMED_EMPTY_RANGES: usize = 1_024;
@@ -68,7 +77,56 @@ impl RangeSizer {
             confirmed_empty: Default::default(),
             reasking: Default::default(),
             caught: Default::default(),
+            known: Default::default(),
+            settled_below: 0,
         }
+    }
+
+    /// Logs below block `n` are settled: runs of `[]` there may be asked again against logs seen
+    /// in other ranges' answers.
+    pub fn with_settled_below(mut self, n: u64) -> Self {
+        self.settled_below = n;
+        self
+    }
+
+    /// Remembers `logs` (seen in answers, so real) as anchors for later questions, those in
+    /// settled blocks only.
+    pub fn remember<'a>(&self, logs: impl IntoIterator<Item = &'a Log>) {
+        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for l in logs.into_iter().filter(|l| l.block_number < self.settled_below) {
+            let slim = Log {
+                topics: l.topics.first().copied().into_iter().collect(),
+                data: Default::default(),
+                ..l.clone()
+            };
+            known.insert(key(l), slim);
+        }
+        while known.len() > KNOWN_LOGS {
+            known.pop_first();
+        }
+    }
+
+    /// The first remembered log in or after `run` (else the nearest before it) that `selects`
+    /// takes, with the run and it in at most `longest` blocks of settled history.
+    fn known_near(
+        &self,
+        run: BlockRange,
+        longest: u64,
+        selects: impl Fn(&Log) -> bool,
+    ) -> Option<LogKey> {
+        if run.end >= self.settled_below || run.len() > longest {
+            return None;
+        }
+        let known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Both bounds checked: `BTreeMap::range` panics on a range that ends before it starts.
+        let last = run.start.saturating_add(longest - 1).min(self.settled_below - 1);
+        let after = (run.start <= last).then_some((run.start, 0)..=(last, u64::MAX));
+        let first = (run.end + 1).saturating_sub(longest);
+        let before = (first < run.start).then_some((first, 0)..(run.start, 0));
+        let found = after.and_then(|r| known.range(r).find(|(_, l)| selects(l)));
+        found
+            .or_else(|| before.and_then(|r| known.range(r).rev().find(|(_, l)| selects(l))))
+            .map(|(k, _)| *k)
     }
 
     /// Questions reach no block past `end` (the end of what is being fetched).
@@ -327,11 +385,17 @@ pub async fn fetch_prefix(
     let covered = BlockRange::new(range.start, end);
     let checked = match checks {
         Checks::Spans => check_spans(rpc, filter, covered, spans, sizer).await,
+        // A question of the rechecks that no answer satisfies is a disagreement too: fetched
+        // again below, not the end of the fetch.
         Checks::Blocks => {
-            let headers = rpc.headers(covered).await?;
-            let spans =
-                with_empty_rechecked(rpc, filter, covered, spans, Some(&headers), sizer).await?;
-            check_blocks(rpc, filter, covered, headers, span_logs(spans)).await
+            async {
+                let headers = rpc.headers(covered).await?;
+                let spans =
+                    with_empty_rechecked(rpc, filter, covered, spans, Some(&headers), sizer)
+                        .await?;
+                check_blocks(rpc, filter, covered, headers, span_logs(spans)).await
+            }
+            .await
         }
     };
     match checked {
@@ -525,6 +589,10 @@ async fn with_empty_rechecked(
 /// ([`check_empty_spans`]).
 const PLAIN_REASKS: usize = 2;
 
+/// [`PLAIN_REASKS`] once a provider was caught hiding logs ([`RangeSizer::caught_hiding`]): its
+/// `[]` is worth less.
+const CAUGHT_REASKS: usize = 4;
+
 /// A run asked again with no log around it reaches ahead at most this many times the length of
 /// the range being fetched ([`check_empty_spans`]).
 const REACH_AHEAD_RANGES: u64 = 4;
@@ -551,10 +619,46 @@ struct EmptyRecheck {
     asked: BlockRange,
     /// Logs other answers hold that this question selects: an answer must hold them all.
     expected: Vec<LogKey>,
-    /// An emitter asked for with the part's addresses (one request), whose logs are `expected`.
-    extra: Option<Address>,
+    /// What is asked for beside the part (one request), whose logs are `expected`.
+    extra: Option<Extra>,
     /// The one block of `empty`, asked by hash, then its receipts decide.
     block: Option<Header>,
+}
+
+/// What a question of [`check_empty_spans`] asks for beside a part, to hold logs other parts'
+/// answers hold.
+#[derive(Debug, Clone, Copy)]
+enum Extra {
+    /// One more emitter, with the part's selectors (a part asking by address).
+    Emitter(Address),
+    /// One more selector, from any contract (the part of selectors from any contract).
+    Selector(alloy_primitives::B256),
+}
+
+impl Extra {
+    /// The one request of `part` with this beside it, over `asked`.
+    fn request(self, part: &LogFilter, asked: BlockRange) -> Option<serde_json::Value> {
+        let mut f = part.clone();
+        match self {
+            Self::Emitter(x) => {
+                f.addresses.push(x);
+                f.to_json_one(asked.start, asked.end)
+            }
+            Self::Selector(t) => {
+                f.open_topic0s.push(t);
+                let mut one = f.to_json(asked.start, asked.end);
+                (one.len() == 1).then(|| one.pop()).flatten()
+            }
+        }
+    }
+
+    /// Whether `l` is one of the logs this selects.
+    fn selects(self, part: &LogFilter, l: &Log) -> bool {
+        match self {
+            Self::Emitter(x) => l.address == x && part.selects_topic(l),
+            Self::Selector(t) => l.topic0() == Some(&t),
+        }
+    }
 }
 
 /// Answers of `[]` are not taken on their word: a provider's lagging or broken backend answers
@@ -564,9 +668,11 @@ struct EmptyRecheck {
 /// provider's block span allows, each of which must hold logs other answers hold (no blanket
 /// `[]` holds them) and is searched for logs of the part in the runs:
 /// - the runs with the logs of the part between them and the nearest one after them (else
-///   before them);
+///   before them), in the range being fetched, else (in settled history) among the logs other
+///   ranges' answers held ([`RangeSizer::remember`]);
 /// - else, for a part asking by address, the runs with the part's addresses and the emitter of
-///   the fewest logs other parts' answers hold there;
+///   the fewest logs other parts' answers hold there; for the part of selectors from any
+///   contract, with the selector of the fewest of those logs;
 /// - else, with the `headers` of every block ([`Checks::Blocks`]), each block of the runs
 ///   holding other parts' logs whose bloom may hold one of this part and is not full, by hash,
 ///   then its receipts decide (blocks with no log at all are [`check_and_repair`]'s);
@@ -590,17 +696,20 @@ async fn check_empty_spans(
     let parts = filter.parts();
     let of = filter.parts_of();
     let np = of.count();
-    // Whether each span holds logs of each part.
+    // Whether each span holds logs of each part, and its first and last of each.
     let mut has = vec![false; spans.len() * np];
+    let mut ends: Vec<Option<(&Log, &Log)>> = vec![None; spans.len() * np];
     for (s, (_, logs)) in spans.iter().enumerate() {
         for l in logs {
             of.each(l, |p| {
-                if let Some(h) = has.get_mut(s * np + p) {
+                if let (Some(h), Some(e)) = (has.get_mut(s * np + p), ends.get_mut(s * np + p)) {
                     *h = true;
+                    *e = Some(e.map_or((l, l), |(first, _)| (first, l)));
                 }
             });
         }
     }
+    sizer.remember(ends.iter().flatten().flat_map(|(first, last)| [*first, *last]));
     let logs_in = |r: BlockRange| {
         spans
             .iter()
@@ -650,26 +759,35 @@ async fn check_empty_spans(
                 logs_in(before).filter(|l| selects(l)).last()
             };
             let anchor = after.or_else(before).map(key);
-            if let Some((n, _)) = anchor {
+            // Else a log of the part another range's answer held, not far: within the sizer's
+            // span of the moment (what lies between may not be fetched yet, and be dense).
+            let near = || sizer.known_near(span, sizer.current().max(span.len()), &selects);
+            if let Some(k @ (n, _)) = anchor.or_else(near) {
                 let asked = BlockRange::new(n.min(span.start), n.max(span.end));
                 if asked.len() <= max_span {
-                    let expected = logs_in(asked).filter(|l| selects(l)).map(key).collect();
+                    let mut expected: Vec<LogKey> =
+                        logs_in(asked).filter(|l| selects(l)).map(key).collect();
+                    if !expected.contains(&k) {
+                        expected.push(k);
+                    }
                     let (extra, block) = (None, None);
                     asks.push(EmptyRecheck { part: p, empty, asked, expected, extra, block });
                     continue;
                 }
             }
             let others = || empty.iter().flat_map(|r| logs_in(*r));
-            if !part.addresses.is_empty() {
-                if let Some(x) = fewest_of_one_emitter(others(), part) {
-                    let expected = logs_in(span)
-                        .filter(|l| l.address == x && part.selects_topic(l))
-                        .map(key)
-                        .collect();
-                    let (extra, block) = (Some(x), None);
-                    asks.push(EmptyRecheck { part: p, empty, asked: span, expected, extra, block });
-                    continue;
-                }
+            let extra = if !part.addresses.is_empty() {
+                fewest_of_one_emitter(others(), part).map(Extra::Emitter)
+            } else if !part.open_topic0s.is_empty() {
+                fewest_of_one_selector(others()).map(Extra::Selector)
+            } else {
+                None
+            };
+            if let Some(x) = extra {
+                let expected = logs_in(span).filter(|l| x.selects(part, l)).map(key).collect();
+                let (extra, block) = (Some(x), None);
+                asks.push(EmptyRecheck { part: p, empty, asked: span, expected, extra, block });
+                continue;
             }
             if let Some(known) = headers {
                 let busy: foldhash::HashSet<u64> = others().map(|l| l.block_number).collect();
@@ -719,11 +837,7 @@ async fn check_empty_spans(
         if let Some(h) = &a.block {
             return confirm_empty_block(rpc, part, h).await;
         }
-        let widened = a.extra.and_then(|x| {
-            let mut f = part.clone();
-            f.addresses.push(x);
-            f.to_json_one(a.asked.start, a.asked.end)
-        });
+        let widened = a.extra.and_then(|x| x.request(part, a.asked));
         let ask = || async {
             let got = match &widened {
                 Some(f) => rpc.get_logs_json(None, f.clone(), a.asked).await,
@@ -758,7 +872,8 @@ async fn check_empty_spans(
             let first = ask().await?;
             let mut answers = vec![first];
             if answers.iter().all(Vec::is_empty) {
-                let more = (1..PLAIN_REASKS).map(|_| ask());
+                let reasks = if sizer.caught_hiding() { CAUGHT_REASKS } else { PLAIN_REASKS };
+                let more = (1..reasks).map(|_| ask());
                 answers.extend(futures::future::try_join_all(more).await?);
             }
             let Some(got) = answers.into_iter().find(|g| !g.is_empty()) else {
@@ -779,6 +894,10 @@ async fn check_empty_spans(
         let mut attempt = 0;
         loop {
             let got = ask().await?;
+            tracing::debug!(
+                blocks = %a.asked, extra = ?a.extra, expected = a.expected.len(), got = got.len(),
+                attempt, "[] asked again against logs it must hold"
+            );
             let held: foldhash::HashSet<LogKey> = got.iter().map(key).collect();
             let Some((n, i)) = a.expected.iter().find(|k| !held.contains(k)).copied() else {
                 return Ok(got);
@@ -848,6 +967,19 @@ fn fewest_of_one_emitter<'a>(
         *count.entry(l.address).or_default() += 1;
     }
     count.into_iter().min_by_key(|(a, n)| (*n, *a)).map(|(a, _)| a)
+}
+
+/// The selector of `logs` (other parts' logs) with the fewest logs: asked for from any contract
+/// beside the part of selectors from any contract, an answer must hold them. `None` without a
+/// log with a selector.
+fn fewest_of_one_selector<'a>(
+    logs: impl Iterator<Item = &'a Log>,
+) -> Option<alloy_primitives::B256> {
+    let mut count: foldhash::HashMap<alloy_primitives::B256, usize> = Default::default();
+    for t in logs.filter_map(Log::topic0) {
+        *count.entry(*t).or_default() += 1;
+    }
+    count.into_iter().min_by_key(|(t, n)| (*n, *t)).map(|(t, _)| t)
 }
 
 async fn check_and_repair(
@@ -1023,6 +1155,56 @@ mod tests {
             let hint = hint.and_then(|(a, l)| BlockRange::try_new(a, a + l));
             let next = next_span(failed, hint);
             proptest::prop_assert!(next >= 1 && next < failed.len(), "{failed} {hint:?} -> {next}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// The remembered log a run is asked again against is one the part selects, settled,
+        /// and with the run within `longest` blocks; one inside the run comes first. Never a
+        /// panic, whatever the run, the bound and the settled line.
+        #[test]
+        fn known_near_finds_a_settled_selected_log_within_reach(
+            blocks in proptest::collection::vec(0u64..100, 0..20),
+            start in 0u64..100, len in 1u64..50, beyond in -3i64..10, settled in 0u64..150,
+        ) {
+            // Runs about as long as the bound are the edge cases.
+            let longest = len.saturating_add_signed(beyond).max(1);
+            let sizer = RangeSizer::new(10, 10).with_settled_below(settled);
+            let (watched, other) = (Address::repeat_byte(1), Address::repeat_byte(2));
+            let logs: Vec<Log> = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| Log {
+                    address: if i % 3 == 0 { other } else { watched },
+                    topics: vec![alloy_primitives::B256::repeat_byte(7)],
+                    data: Default::default(),
+                    block_number: b,
+                    block_hash: Default::default(),
+                    transaction_hash: Default::default(),
+                    transaction_index: 0,
+                    log_index: i as u64,
+                    removed: false,
+                    block_timestamp: None,
+                })
+                .collect();
+            sizer.remember(&logs);
+            let run = BlockRange::new(start, start + len - 1);
+            let selects = |l: &Log| l.address == watched;
+            let got = sizer.known_near(run, longest, selects);
+            let fits = |b: u64| b < settled && run.end < settled
+                && b.max(run.end) - b.min(run.start) < longest;
+            let candidates: Vec<&Log> =
+                logs.iter().filter(|l| selects(l) && fits(l.block_number)).collect();
+            match got {
+                None => proptest::prop_assert!(candidates.is_empty(), "{run} missed {candidates:?}"),
+                Some((b, i)) => {
+                    let l = logs.iter().find(|l| (l.block_number, l.log_index) == (b, i));
+                    proptest::prop_assert!(l.is_some_and(|l| selects(l) && fits(b)), "{run}: {b}");
+                    let inside = candidates.iter().any(|l| run.contains(l.block_number));
+                    proptest::prop_assert!(!inside || run.contains(b), "{run}: {b} before one inside");
+                }
+            }
         }
     }
 

@@ -119,6 +119,7 @@ pub async fn discover_pools_checked(
         .await?;
     let mut set = PoolSet::default();
     for p in &parts {
+        sizer.remember(&p.logs);
         set.extend_from_logs(factory, &p.logs);
     }
     Ok(set)
@@ -134,6 +135,8 @@ pub async fn discover_pools(
 ) -> crate::Result<PoolSet> {
     let filter = factory_filter(factory);
     let logs = fetch_logs(rpc, &filter, range, sizer).await?;
+    // Real logs (a provider can hide logs, not make them up): anchors for the chunks' checks.
+    sizer.remember(&logs);
     let mut set = PoolSet::default();
     set.extend_from_logs(factory, &logs);
     Ok(set)

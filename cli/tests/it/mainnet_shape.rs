@@ -389,7 +389,17 @@ fn backfill_through(
     let mut args = s(&["backfill", "--data", "data", "--to", &head_s, "--json"]);
     args.extend(s(extra));
     args.extend(net.uniswap_flags_via(&proxy.url));
-    let out = t.ok(&args);
+    // `TIDEWATER_TEST_TRACE=PREFIX` keeps the run's debug log in `PREFIX-<extra>.log`, to trace
+    // a rare loss found by looping a test.
+    let out = if let Ok(trace) = std::env::var("TIDEWATER_TEST_TRACE") {
+        args.extend(s(&["--log", "tidewater_chain=debug,tidewater_backfill=debug,info"]));
+        let o = t.run(&args);
+        let tag = extra.join("_").replace('-', "");
+        std::fs::write(format!("{trace}-{tag}.log"), &o.stderr).unwrap();
+        crate::util::succeeded(&args, o)
+    } else {
+        t.ok(&args)
+    };
     (t, out, proxy)
 }
 
@@ -523,6 +533,25 @@ fn issue_10_random_empty_answers_cost_no_row_in_settled_history() {
     }
 }
 
+/// Issue 10: a provider hiding the logs of the pool events' selectors (asked for from any
+/// contract, `--filter-mode topics`) in its first answers that hold some: over the dense chunk,
+/// the factory and position manager's answer holds logs, none of the pool events' answers
+/// does, and no pool event is left in the chunk to ask again against. Asked again with the
+/// selector of the fewest of the other logs beside them, an answer must hold those logs: the
+/// lies cannot hide the pool events, and the logs equal cryo's. (Asked again plainly, twice,
+/// the two `[]` were believed and the chunk's pool events were lost.)
+#[test]
+fn issue_10_hidden_pool_events_over_a_dense_chunk_are_asked_again_against_other_logs() {
+    use std::sync::atomic::Ordering;
+    let net = Devnet::mainnet_shape_mini();
+    let lies = crate::proxy::Lies { hide_open_topic_logs: 8, ..Default::default() };
+    let (t, out, proxy) = backfill_through(&net, lies, &["--filter-mode", "topics"]);
+    let hidden = proxy.counters.lied_empty.load(Ordering::Relaxed);
+    eprintln!("{hidden} answers hidden; {out}");
+    assert!(hidden > 0, "the provider hid nothing");
+    crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), net.head());
+}
+
 /// Issue 10: the same provider in front of the small devnet, every range checked per answer
 /// (`--block-checks-depth 0`) and a filter of one part (a few pools by address): the runs of `[]`
 /// with no log around them are asked again (reaching ahead, remembered), and once the provider
@@ -534,10 +563,15 @@ fn issue_10_random_empty_answers_cost_no_row_with_per_answer_checks_everywhere()
 }
 
 /// A backfill of `net` (with `extra`) through a provider answering 15% of `eth_getLogs` with
-/// `[]`: it lied, and the logs equal cryo's.
+/// `[]` (`TIDEWATER_TEST_EMPTY_LIES` sets another share, to look for rare losses in a loop): it
+/// lied, and the logs equal cryo's.
 fn assert_random_empty_answers_cost_no_row(net: &Devnet, extra: &[&str]) {
     use std::sync::atomic::Ordering;
-    let lies = crate::proxy::Lies { empty_logs: 0.15, ..Default::default() };
+    let empty_logs = std::env::var("TIDEWATER_TEST_EMPTY_LIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.15);
+    let lies = crate::proxy::Lies { empty_logs, ..Default::default() };
     let (t, out, proxy) = backfill_through(net, lies, extra);
     let c = &proxy.counters;
     let (lied, requests) =

@@ -31,6 +31,9 @@ pub struct Lies {
     /// The log index lags the head by this many blocks: `eth_getLogs` touching a newer block
     /// answers `[]` (headers of those blocks are served).
     pub index_lag: u64,
+    /// The first this many `eth_getLogs` answers holding logs, for a range and selectors from
+    /// any contract (no address), are `[]`: a backend hiding one kind of request's logs.
+    pub hide_open_topic_logs: u64,
 }
 
 #[derive(Default)]
@@ -98,6 +101,7 @@ impl Proxy {
         let (c, st, dn, ff) =
             (counters.clone(), stop.clone(), down.clone(), fail_finalized.clone());
         let feh = fail_except_head.clone();
+        let to_hide = Arc::new(AtomicU64::new(lies.hide_open_topic_logs));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -114,6 +118,7 @@ impl Proxy {
                     fail_finalized: ff.clone(),
                     fail_except_head: feh.clone(),
                     rng: rng.clone(),
+                    to_hide: to_hide.clone(),
                 };
                 std::thread::spawn(move || {
                     let _ = serve(conn, &ctx);
@@ -142,6 +147,8 @@ struct Ctx {
     fail_finalized: Arc<AtomicBool>,
     fail_except_head: Arc<AtomicBool>,
     rng: Arc<Mutex<StdRng>>,
+    /// Answers [`Lies::hide_open_topic_logs`] still hides.
+    to_hide: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -206,7 +213,7 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
         } else {
             match range_error(&req, x.max_span, c) {
                 Some(err) => ("200 OK", err.to_string().into_bytes()),
-                None => ("200 OK", http_post(&x.upstream, &body)?),
+                None => ("200 OK", hide_open_topic_logs(&req, http_post(&x.upstream, &body)?, x)),
             }
         };
         write!(
@@ -221,6 +228,28 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
         }
         w.write_all(&reply)?;
     }
+}
+
+/// `reply`, or `[]` in its place while [`Lies::hide_open_topic_logs`] has answers to hide and
+/// this is one: logs for a range and selectors from any contract.
+fn hide_open_topic_logs(req: &Value, reply: Vec<u8>, x: &Ctx) -> Vec<u8> {
+    let f = &req["params"][0];
+    let open = req["method"] == "eth_getLogs"
+        && f.get("fromBlock").is_some()
+        && f.get("address").is_none();
+    let holds_logs = || {
+        serde_json::from_slice::<Value>(&reply)
+            .is_ok_and(|v| v["result"].as_array().is_some_and(|a| !a.is_empty()))
+    };
+    let take = |left: u64| left.checked_sub(1);
+    if !open
+        || !holds_logs()
+        || x.to_hide.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_err()
+    {
+        return reply;
+    }
+    x.c.lied_empty.fetch_add(1, Ordering::Relaxed);
+    json!({"jsonrpc": "2.0", "id": req["id"], "result": []}).to_string().into_bytes()
 }
 
 /// Whether an `eth_getLogs` request touches a block newer than the lagging index.
@@ -318,6 +347,7 @@ fn issue_8_a_lying_provider_never_costs_a_row() {
         hang_ms: 1_500,
         fail_finalized: false,
         index_lag: 0,
+        hide_open_topic_logs: 0,
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
@@ -385,6 +415,7 @@ fn issue_8_a_tail_through_a_lying_provider_equals_a_fresh_backfill() {
         hang_ms: 1_500,
         fail_finalized: false,
         index_lag: 2,
+        hide_open_topic_logs: 0,
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
