@@ -673,9 +673,8 @@ impl Extra {
 /// - else, for a part asking by address, the runs with the part's addresses and the emitter of
 ///   the fewest logs other parts' answers hold there; for the part of selectors from any
 ///   contract, with the selector of the fewest of those logs;
-/// - else, with the `headers` of every block ([`Checks::Blocks`]), each block of the runs
-///   holding other parts' logs whose bloom may hold one of this part and is not full, by hash,
-///   then its receipts decide (blocks with no log at all are [`check_and_repair`]'s);
+/// - else, with the `headers` of every block ([`Checks::Blocks`]), each block of the runs whose
+///   bloom may hold one of this part, when none is full, by hash, then its receipts decide;
 /// - else (no log at all around, or full blooms) the runs reaching ahead to the sizer's span of
 ///   the moment, up to [`PLAIN_REASKS`] times, on another provider when there are several, until
 ///   an answer holds logs: that many `[]` in a row are believed, and the range is remembered in
@@ -748,11 +747,10 @@ async fn check_empty_spans(
                 continue;
             };
             let span = BlockRange::new(first.start, last.end);
-            // The nearest logs of the part after the runs, else before them.
-            let after = last
-                .end
-                .checked_add(1)
-                .and_then(|from| BlockRange::try_new(from, range.end))
+            // The first log of the part between the runs or after them, else the nearest before
+            // them. (Between: two runs of one group with the part's logs in the middle, each
+            // alone with no log around it, were believed empty.)
+            let after = BlockRange::try_new(first.start, range.end)
                 .and_then(|r| logs_in(r).find(|l| selects(l)));
             let before = || {
                 let before = BlockRange::try_new(range.start, first.start.checked_sub(1)?)?;
@@ -790,14 +788,17 @@ async fn check_empty_spans(
                 continue;
             }
             if let Some(known) = headers {
-                let busy: foldhash::HashSet<u64> = others().map(|l| l.block_number).collect();
+                // Every block of the runs, those with no log at all too: `check_and_repair`
+                // checks those only while they stay empty, and another part's recheck can fill
+                // them first (both parts' answers `[]` over the same blocks, one found again).
+                let in_runs = |n: u64| empty.iter().any(|r| r.contains(n));
                 let from = known.partition_point(|h| h.number < span.start);
                 let blooms: Vec<&Header> = known
                     .get(from..)
                     .unwrap_or_default()
                     .iter()
                     .take_while(|h| h.number <= span.end)
-                    .filter(|h| busy.contains(&h.number) && part.may_match(&h.logs_bloom))
+                    .filter(|h| in_runs(h.number) && part.may_match(&h.logs_bloom))
                     .collect();
                 if !blooms.iter().any(|h| bloom_is_full(&h.logs_bloom)) {
                     for h in blooms {
