@@ -390,10 +390,7 @@ pub async fn fetch_prefix(
         Checks::Blocks => {
             async {
                 let headers = rpc.headers(covered).await?;
-                let spans =
-                    with_empty_rechecked(rpc, filter, covered, spans, Some(&headers), sizer)
-                        .await?;
-                check_blocks(rpc, filter, covered, headers, span_logs(spans)).await
+                check_blocks(rpc, filter, covered, headers, spans, sizer).await
             }
             .await
         }
@@ -434,9 +431,7 @@ pub async fn fetch_range(
         Checks::Blocks => {
             let (headers, spans) =
                 futures::try_join!(rpc.headers(range), fetch_log_spans(rpc, filter, range, sizer))?;
-            let spans =
-                with_empty_rechecked(rpc, filter, range, spans, Some(&headers), sizer).await?;
-            check_blocks(rpc, filter, range, headers, span_logs(spans)).await
+            check_blocks(rpc, filter, range, headers, spans, sizer).await
         }
         Checks::Spans => {
             let spans = fetch_log_spans(rpc, filter, range, sizer).await?;
@@ -445,15 +440,24 @@ pub async fn fetch_range(
     }
 }
 
-/// The checks of [`Checks::Blocks`] (see [`check_and_repair`]), and a `blocks` row per header.
+/// The checks of [`Checks::Blocks`] (the answers of `[]` asked again, then
+/// [`check_and_repair`]), and a `blocks` row per header.
 async fn check_blocks(
     rpc: &RpcClient,
     filter: &LogFilter,
     range: BlockRange,
     headers: Vec<Header>,
-    logs: Vec<Log>,
+    spans: Vec<(BlockRange, Vec<Log>)>,
+    sizer: &RangeSizer,
 ) -> Result<RangeData> {
-    let mut data = check_and_repair(rpc, filter, range, headers, logs).await?;
+    // The blocks the answers held logs of, before the rechecks add any: a block none held a log
+    // of is checked by hash even when a recheck of one part found logs there (the other parts'
+    // answers may have hidden theirs too).
+    let answered: foldhash::HashSet<u64> =
+        spans.iter().flat_map(|(_, logs)| logs.iter().map(|l| l.block_number)).collect();
+    let spans = with_empty_rechecked(rpc, filter, range, spans, Some(&headers), sizer).await?;
+    let mut data =
+        check_and_repair(rpc, filter, range, headers, span_logs(spans), &answered).await?;
     data.blocks = data.headers.iter().map(BlockRow::from).collect();
     Ok(data)
 }
@@ -673,8 +677,9 @@ impl Extra {
 /// - else, for a part asking by address, the runs with the part's addresses and the emitter of
 ///   the fewest logs other parts' answers hold there; for the part of selectors from any
 ///   contract, with the selector of the fewest of those logs;
-/// - else, with the `headers` of every block ([`Checks::Blocks`]), each block of the runs whose
-///   bloom may hold one of this part, when none is full, by hash, then its receipts decide;
+/// - else, with the `headers` of every block ([`Checks::Blocks`]), each block of the runs
+///   holding other parts' logs whose bloom may hold one of this part and is not full, by hash,
+///   then its receipts decide (blocks no answer held a log of are [`check_and_repair`]'s);
 /// - else (no log at all around, or full blooms) the runs reaching ahead to the sizer's span of
 ///   the moment, up to [`PLAIN_REASKS`] times, on another provider when there are several, until
 ///   an answer holds logs: that many `[]` in a row are believed, and the range is remembered in
@@ -788,17 +793,14 @@ async fn check_empty_spans(
                 continue;
             }
             if let Some(known) = headers {
-                // Every block of the runs, those with no log at all too: `check_and_repair`
-                // checks those only while they stay empty, and another part's recheck can fill
-                // them first (both parts' answers `[]` over the same blocks, one found again).
-                let in_runs = |n: u64| empty.iter().any(|r| r.contains(n));
+                let busy: foldhash::HashSet<u64> = others().map(|l| l.block_number).collect();
                 let from = known.partition_point(|h| h.number < span.start);
                 let blooms: Vec<&Header> = known
                     .get(from..)
                     .unwrap_or_default()
                     .iter()
                     .take_while(|h| h.number <= span.end)
-                    .filter(|h| in_runs(h.number) && part.may_match(&h.logs_bloom))
+                    .filter(|h| busy.contains(&h.number) && part.may_match(&h.logs_bloom))
                     .collect();
                 if !blooms.iter().any(|h| bloom_is_full(&h.logs_bloom)) {
                     for h in blooms {
@@ -983,12 +985,16 @@ fn fewest_of_one_selector<'a>(
     count.into_iter().min_by_key(|(t, n)| (*n, *t)).map(|(t, _)| t)
 }
 
+/// Checks `logs` against `headers` (links, hashes, no duplicate, nothing removed), and asks by
+/// hash for each block whose bloom may match and that no answer held a log of (`answered`) or
+/// that has no log yet.
 async fn check_and_repair(
     rpc: &RpcClient,
     filter: &LogFilter,
     range: BlockRange,
     headers: Vec<Header>,
     mut logs: Vec<Log>,
+    answered: &foldhash::HashSet<u64>,
 ) -> Result<RangeData> {
     let inconsistent = |what: String| Error::Inconsistent { range, what };
     for (i, h) in headers.iter().enumerate() {
@@ -1029,7 +1035,9 @@ async fn check_and_repair(
     let suspicious: Vec<&Header> = headers
         .iter()
         .zip(&with_logs)
-        .filter(|(h, has)| !**has && filter.may_match(&h.logs_bloom))
+        .filter(|(h, has)| {
+            (!**has || !answered.contains(&h.number)) && filter.may_match(&h.logs_bloom)
+        })
         .map(|(h, _)| h)
         .collect();
     if !suspicious.is_empty() {
@@ -1037,16 +1045,21 @@ async fn check_and_repair(
             suspicious.iter().map(|h| confirm_empty_block(rpc, filter, h)),
         )
         .await?;
+        // Logs a recheck already found in those blocks are not added twice.
+        let asked: foldhash::HashSet<u64> = suspicious.iter().map(|h| h.number).collect();
+        let had: foldhash::HashSet<LogKey> =
+            logs.iter().filter(|l| asked.contains(&l.block_number)).map(key).collect();
         for (h, got) in suspicious.iter().zip(confirmed) {
-            if !got.is_empty() {
+            let new: Vec<Log> = got.into_iter().filter(|l| !had.contains(&key(l))).collect();
+            if !new.is_empty() {
                 // The bloom was right and the range answer was short: a lagging node.
                 tracing::warn!(
                     block = h.number,
-                    logs = got.len(),
+                    logs = new.len(),
                     "range answer missed logs; recovered them"
                 );
                 bloom_refetches += 1;
-                logs.extend(got);
+                logs.extend(new);
             }
         }
         if bloom_refetches > 0 {
