@@ -175,6 +175,17 @@ impl LogFilter {
         out
     }
 
+    /// How many requests a range's question takes: one per address group, one for the
+    /// selectors from any contract (the length of [`LogFilter::parts`]).
+    pub(crate) fn requests(&self) -> usize {
+        let groups = if self.addresses.is_empty() {
+            usize::from(self.open_topic0s.is_empty())
+        } else {
+            self.addresses.len().div_ceil(MAX_ADDRESSES_PER_REQUEST)
+        };
+        groups + usize::from(!self.open_topic0s.is_empty())
+    }
+
     /// The filter as the requests it is sent as, one filter each: address groups of at most
     /// [`MAX_ADDRESSES_PER_REQUEST`], then the selectors from any contract. Each is answered on
     /// its own, so each can come back empty on its own (a load balancer's lagging backend). A
@@ -402,8 +413,10 @@ mod tests {
             let f = mode.filter(vec![addr(0)], (1..=pools).map(addr).collect(), &topics);
             let parts = f.parts();
             assert_eq!(parts.len(), f.to_json(1, 2).len(), "{mode:?} {pools}");
+            assert_eq!(f.requests(), parts.len(), "{mode:?} {pools}");
             for p in &parts {
                 assert_eq!(p.to_json(1, 2).len(), 1);
+                assert_eq!(p.requests(), 1);
             }
             for a in [0, 5, 1_100, 2_000] {
                 for t in [topics[0], B256::repeat_byte(8)] {
