@@ -46,9 +46,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 use tidewater_chain::encode::SkippedLog;
 use tidewater_chain::{
-    discover_pools, discover_pools_checked, fetch_prefix, run_on_rayon, Address, BlockRange,
-    Checks, EventCatalog, PoolSet, RangeSizer, RpcClient, Sources, SpawnedTask, DEFAULT_LOG_RANGE,
-    DEFAULT_MAX_LOG_RANGE,
+    discover_pools, discover_pools_checked, fetch_prefix, recheck_believed_empty, run_on_rayon,
+    Address, BlockRange, Checks, EventCatalog, PoolSet, RangeSizer, RpcClient, Sources,
+    SpawnedTask, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE,
 };
 use tidewater_storage::{encode_chunk, ChunkCommit, DatasetWriter, Shard};
 use tokio_util::sync::CancellationToken;
@@ -183,6 +183,9 @@ pub struct Summary {
     pub bloom_refetches: u64,
     /// Chunks fetched again because a pool the discovery scan had missed turned up.
     pub pool_refetches: u64,
+    /// Committed chunks fetched again and replaced at the end of the run: a provider caught
+    /// hiding logs had hidden some of theirs too.
+    pub hidden_refetches: u64,
     /// Logs kept in `logs` but left out of their decoded table: they do not decode under
     /// their event's signature.
     pub undecodable_logs: u64,
@@ -347,6 +350,7 @@ impl Backfill {
         // Each piece, then what is left of it (fetched one after the other: only where a piece
         // was cut short).
         let mut left: Option<(u64, Encoded)> = None;
+        let mut committed_ranges: Vec<BlockRange> = Vec::new();
         loop {
             let (piece_end, mut e) = match left.take() {
                 Some(l) => l,
@@ -364,14 +368,9 @@ impl Backfill {
                 e = self.shared.fetch_and_encode(range, &pools, max_logs).await?;
                 range = e.range;
             }
-            let (w, committed) = tokio::task::spawn_blocking(move || {
-                let r = writer.commit(e.commit);
-                (writer, r)
-            })
-            .await
-            .map_err(Error::CommitTask)?;
-            writer = w;
-            committed.map_err(|source| Error::Storage { range, source })?;
+            let commit = e.commit;
+            writer = write_blocking(writer, range, move |w| w.commit(commit)).await?;
+            committed_ranges.push(range);
             density.observe(range, e.logs);
             summary.chunks_committed += 1;
             summary.blocks += range.len();
@@ -400,6 +399,9 @@ impl Backfill {
             }
         }
         drop(encoded);
+        if !summary.cancelled {
+            writer = self.refetch_hidden(writer, &committed_ranges, &pools, &mut summary).await?;
+        }
         // Pieces of planned chunks count as planned chunks.
         summary.chunks_planned =
             summary.chunks_planned.max(self.progress.chunks_total.load(Ordering::Relaxed));
@@ -412,6 +414,83 @@ impl Backfill {
         }
         summary.elapsed_secs = started.elapsed().as_secs_f64();
         Ok((summary, writer))
+    }
+
+    /// Once a provider was seen hiding logs, the runs of `[]` believed after plain questions are
+    /// asked again ([`recheck_believed_empty`]); the chunks of `committed` holding watched logs
+    /// found there are fetched again and replace the ones committed. A refetch that does not hold
+    /// more logs by those is an error, not a chunk replaced.
+    async fn refetch_hidden(
+        &self,
+        mut writer: DatasetWriter,
+        committed: &[BlockRange],
+        pools: &SharedPools,
+        summary: &mut Summary,
+    ) -> Result<DatasetWriter> {
+        let sh = &self.shared;
+        let mut found = recheck_believed_empty(&sh.rpc, &sh.sizer)
+            .await
+            .map_err(|source| Error::Fetch { range: self.cfg.range, source })?;
+        // Logs of contracts not watched (asked by selector from any contract) are no loss.
+        read_pools(pools).retain_watched(&mut found, &sh.contracts);
+        let mut chunks: Vec<(BlockRange, u64)> = Vec::new();
+        for l in &found {
+            let Some(c) = committed.iter().find(|c| c.contains(l.block_number)) else { continue };
+            match chunks.last_mut() {
+                Some((last, n)) if last == c => *n += 1,
+                _ => chunks.push((*c, 1)),
+            }
+        }
+        for (range, hidden) in chunks {
+            let old: BTreeMap<String, u64> = writer
+                .manifest()
+                .chunks()
+                .iter()
+                .find(|c| c.start == range.start && c.end == range.end)
+                .map(|c| c.tables.iter().map(|(t, f)| (t.clone(), f.rows)).collect())
+                .unwrap_or_default();
+            let before = old.get("logs").copied().unwrap_or(0);
+            tracing::warn!(%range, hidden, "fetching a committed chunk again: answers hid logs of it");
+            // The provider that hid them may hide them again: fetched until they are in, with
+            // backoff, a few times.
+            let mut attempt = 0;
+            let e = loop {
+                let e = sh.fetch_and_encode(range, pools, u64::MAX).await?;
+                if e.range == range && e.logs >= before.saturating_add(hidden) {
+                    break e;
+                }
+                if attempt >= tidewater_chain::INCONSISTENT_RETRIES {
+                    return Err(Error::Fetch {
+                        range,
+                        source: tidewater_chain::Error::Inconsistent {
+                            range,
+                            what: format!(
+                                "fetched again, {} logs in {} where {before} were committed and {hidden} found hidden",
+                                e.logs, e.range
+                            ),
+                        },
+                    });
+                }
+                attempt += 1;
+                tracing::warn!(%range, attempt, logs = e.logs, "the chunk fetched again still lacks the hidden logs; again");
+                tokio::time::sleep(tidewater_chain::backoff(
+                    attempt,
+                    tidewater_chain::DEFAULT_BACKOFF_BASE,
+                    tidewater_chain::DEFAULT_BACKOFF_MAX,
+                ))
+                .await;
+            };
+            let commit = e.commit;
+            writer = write_blocking(writer, range, move |w| w.replace(commit)).await?;
+            summary.hidden_refetches += 1;
+            summary.logs += e.logs - before;
+            for (t, n) in e.rows {
+                let was = old.get(&t).copied().unwrap_or(0);
+                let rows = summary.rows.entry(t).or_default();
+                *rows = rows.saturating_sub(was).saturating_add(n);
+            }
+        }
+        Ok(writer)
     }
 
     /// The factory's pools up to the plan's end. Where this run's chunks will fetch the blocks,
@@ -442,6 +521,23 @@ impl Backfill {
         }
         Ok(set)
     }
+}
+
+/// Runs `f` (a commit, or a replacement, of `range`) on the writer on the blocking pool (fsync,
+/// rename), handing the writer back.
+async fn write_blocking<T: Send + 'static>(
+    mut writer: DatasetWriter,
+    range: BlockRange,
+    f: impl FnOnce(&mut DatasetWriter) -> tidewater_storage::Result<T> + Send + 'static,
+) -> Result<DatasetWriter> {
+    let (writer, r) = tokio::task::spawn_blocking(move || {
+        let r = f(&mut writer);
+        (writer, r)
+    })
+    .await
+    .map_err(Error::CommitTask)?;
+    r.map_err(|source| Error::Storage { range, source })?;
+    Ok(writer)
 }
 
 /// `all` cut into the spans the plan covers and the spans it does not, each merged.

@@ -49,13 +49,23 @@ pub struct RangeSizer {
     /// A provider answered `[]` (or short) where logs were: from then on a caller checks every
     /// block ([`RangeSizer::caught_hiding`]).
     caught: std::sync::atomic::AtomicBool,
+    /// A provider answered `[]` (or short) where logs were, near the head too
+    /// ([`RangeSizer::saw_logs_hidden`]).
+    hid: std::sync::atomic::AtomicBool,
     /// Logs seen in answers, a few per answer (selector and emitter only): a run of `[]` with
     /// no log of its part around it in the range being fetched is asked again reaching to one of
     /// these ([`check_empty_spans`]), in settled history only.
     known: std::sync::Mutex<std::collections::BTreeMap<LogKey, Log>>,
     /// Blocks below this are settled: a log seen there stays (no reorg takes it away).
     settled_below: u64,
+    /// Runs of `[]` believed after plain questions only (question 4 of [`check_empty_spans`])
+    /// before any provider was caught hiding logs, with the part of the filter they are for:
+    /// asked again once one is seen hiding logs ([`recheck_believed_empty`]).
+    believed: std::sync::Mutex<Vec<(LogFilter, Vec<BlockRange>)>>,
 }
+
+/// Most runs [`RangeSizer`] keeps for [`recheck_believed_empty`] (the oldest go first).
+const BELIEVED_RUNS: usize = 4_096;
 
 /// Most logs [`RangeSizer`] remembers as anchors (the lowest go first: a backfill moves up).
 const KNOWN_LOGS: usize = 16_384;
@@ -77,9 +87,24 @@ impl RangeSizer {
             confirmed_empty: Default::default(),
             reasking: Default::default(),
             caught: Default::default(),
+            hid: Default::default(),
             known: Default::default(),
             settled_below: 0,
+            believed: Default::default(),
         }
+    }
+
+    /// Keeps `runs`, believed empty for `part` after plain questions, while no provider was
+    /// caught hiding logs.
+    fn believe(&self, part: &LogFilter, runs: &[BlockRange]) {
+        if self.caught_hiding() {
+            return;
+        }
+        let mut b = self.believed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.len() >= BELIEVED_RUNS {
+            b.remove(0);
+        }
+        b.push((part.clone(), runs.to_vec()));
     }
 
     /// Logs below block `n` are settled: runs of `[]` there may be asked again against logs seen
@@ -143,9 +168,16 @@ impl RangeSizer {
     }
 
     fn saw_hidden_logs(&self) {
+        self.hid.store(true, Ordering::Relaxed);
         if !self.caught.swap(true, Ordering::Relaxed) {
             tracing::warn!("a provider hid logs; every block is checked from now on");
         }
+    }
+
+    /// Whether a provider answered `[]` (or short) where logs were, anywhere, near the head too
+    /// (where a lagging node explains it, and the checks stay as they are).
+    pub fn saw_logs_hidden(&self) -> bool {
+        self.hid.load(Ordering::Relaxed)
     }
 
     /// The lock taken while a run of the part keyed `part` is asked again.
@@ -577,6 +609,9 @@ async fn check_blocks(
     let spans = with_empty_rechecked(rpc, filter, range, spans, Some(&headers), sizer).await?;
     let mut data =
         check_and_repair(rpc, filter, range, headers, span_logs(spans), &answered).await?;
+    if data.bloom_refetches > 0 {
+        sizer.hid.store(true, Ordering::Relaxed);
+    }
     data.blocks = data.headers.iter().map(BlockRow::from).collect();
     Ok(data)
 }
@@ -1000,6 +1035,7 @@ async fn check_empty_spans(
             }
             let Some(got) = answers.into_iter().find(|g| !g.is_empty()) else {
                 sizer.confirm_empty(pk, a.asked);
+                sizer.believe(part, &a.empty);
                 return Ok(Vec::new());
             };
             if let Some(quiet) = got
@@ -1055,6 +1091,7 @@ async fn check_empty_spans(
             if headers.is_none() {
                 sizer.saw_hidden_logs();
             }
+            sizer.hid.store(true, Ordering::Relaxed);
             tracing::warn!(
                 blocks = %a.asked,
                 logs = missed.len(),
@@ -1064,6 +1101,49 @@ async fn check_empty_spans(
         }
         found.extend(missed);
     }
+    Ok(found)
+}
+
+/// Once a provider was seen hiding logs, near the head too ([`RangeSizer::saw_logs_hidden`]),
+/// the runs of `[]` believed after plain questions only before it was caught in settled history
+/// are asked again, up to [`CAUGHT_REASKS`] times each until an answer holds logs: the logs of
+/// those runs that answers had hidden (empty when none was, or when no provider hid any). A backfill asks at its end, and
+/// fetches again the chunks these logs belong to: its plain questions' `[]` in a row were
+/// worth less than it took them for.
+pub async fn recheck_believed_empty(rpc: &RpcClient, sizer: &RangeSizer) -> Result<Vec<Log>> {
+    if !sizer.saw_logs_hidden() {
+        return Ok(Vec::new());
+    }
+    let believed = std::mem::take(
+        &mut *sizer.believed.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let mut found = Vec::new();
+    for (part, runs) in believed {
+        let (Some(first), Some(last)) = (runs.first(), runs.last()) else { continue };
+        let span = BlockRange::new(first.start, last.end);
+        let selects = part.matcher();
+        for _ in 0..CAUGHT_REASKS {
+            let got = fetch_logs(rpc, &part, span, sizer).await?;
+            if got.is_empty() {
+                continue;
+            }
+            let hidden: Vec<Log> = got
+                .into_iter()
+                .filter(|l| runs.iter().any(|r| r.contains(l.block_number)) && selects(l))
+                .collect();
+            if !hidden.is_empty() {
+                tracing::warn!(
+                    blocks = %span,
+                    logs = hidden.len(),
+                    "runs of [] believed before the provider was caught hiding logs hold logs"
+                );
+            }
+            found.extend(hidden);
+            break;
+        }
+    }
+    found.sort_unstable_by_key(key);
+    found.dedup_by_key(|l| key(l));
     Ok(found)
 }
 

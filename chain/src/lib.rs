@@ -47,8 +47,9 @@ pub use error::{parse_range_hint, Error, Result};
 pub use events::{ContractSource, EventCatalog, EventDef, Sources, UniswapV3};
 pub use fetch::{
     confirm_empty_block, fetch_log_spans, fetch_logs, fetch_prefix, fetch_range,
-    fetch_range_consistent, next_span, Checks, RangeData, RangeSizer, DEFAULT_ANSWER_LOGS,
-    DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES, LOCAL_ANSWER_LOGS,
+    fetch_range_consistent, next_span, recheck_believed_empty, Checks, RangeData, RangeSizer,
+    DEFAULT_ANSWER_LOGS, DEFAULT_LOG_RANGE, DEFAULT_MAX_LOG_RANGE, INCONSISTENT_RETRIES,
+    LOCAL_ANSWER_LOGS,
 };
 pub use filter::{BloomSays, FilterMode, LogFilter, PartsOf, MAX_ADDRESSES_PER_REQUEST};
 pub use pools::{discover_pools, discover_pools_checked, pool_created_selector, PoolSet};

@@ -434,7 +434,17 @@ impl DatasetWriter {
         bytes: Vec<u8>,
         rows: u64,
     ) -> Result<(FileEntry, bytes::Bytes)> {
-        let rel = self.data_file(table, start, end);
+        self.write_file_at(self.data_file(table, start, end), bytes, rows)
+    }
+
+    /// Writes a data file at `rel` (relative to the root) durably in place: its manifest record
+    /// and its bytes.
+    fn write_file_at(
+        &self,
+        rel: String,
+        bytes: Vec<u8>,
+        rows: u64,
+    ) -> Result<(FileEntry, bytes::Bytes)> {
         write_atomic(&self.root.join(&rel), &bytes)?;
         let f = FileEntry {
             sha256: hex::encode(Sha256::digest(&bytes)),
@@ -543,6 +553,47 @@ impl DatasetWriter {
             w.checkpoint_if_due()
         })?;
         Ok(Some(merged))
+    }
+
+    /// Replaces the committed chunk of exactly `chunk`'s range with `chunk` (a backfill that
+    /// learnt, after committing it, that answers had hidden logs of it): the new files (under new
+    /// names: the old ones stay for readers until the retention is over), then one checkpoint
+    /// without the old entry and with the new one (the commit point, as for a merge). Derived-state
+    /// snapshots above the chunk's start go. Blocking I/O: call from `spawn_blocking`.
+    pub fn replace(&mut self, chunk: ChunkCommit) -> Result<ChunkEntry> {
+        let (start, end) = (chunk.start, chunk.end);
+        if !self.manifest.chunks().iter().any(|c| c.start == start && c.end == end) {
+            return Err(Error::NotCommitted { start, end });
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut tables = BTreeMap::new();
+        let mut uploads = Vec::new();
+        for (table, (bytes, rows)) in chunk.files {
+            let base = self.data_file(&table, start, end);
+            let rel = format!("{}-r{nanos:x}.parquet", base.trim_end_matches(".parquet"));
+            let (f, b) = self.write_file_at(rel, bytes, rows)?;
+            uploads.push((f.path.clone(), b));
+            tables.insert(table, f);
+        }
+        let entry = ChunkEntry {
+            start,
+            end,
+            first_block_hash: chunk.first_block_hash,
+            last_block_hash: chunk.last_block_hash,
+            tables,
+        };
+        self.upload(uploads)?;
+        self.commit_remote(|| {
+            vec![
+                crate::remote::log::Action::Remove { start, end },
+                crate::remote::log::Action::Add(entry.clone()),
+            ]
+        })?;
+        self.fenced(|w| w.manifest.replace(&w.root, entry.clone()))?;
+        crate::remove_snapshots_after(&self.root, start.checked_sub(1))?;
+        Ok(entry)
     }
 
     /// Commits a chunk: every file durably in place, then the manifest entry (the commit
@@ -734,6 +785,37 @@ mod tests {
                 s.join().unwrap().unwrap();
             }
         }
+    }
+
+    /// A committed chunk replaced by one of the same range with more rows: the dataset reads the
+    /// new rows after reopening, its old file is no longer listed, and a range not committed as
+    /// such (a part of a chunk, or none) is refused with the data untouched.
+    #[test]
+    fn a_chunk_replaced_is_read_with_its_new_rows_and_a_range_not_committed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = open(dir.path());
+        w.commit(chunk(0, 3)).unwrap();
+        w.commit(chunk(4, 9)).unwrap();
+        let old = w.manifest().chunks()[0].tables["t"].path.clone();
+        // The same range, two more rows (logs found hidden).
+        let mut more = chunk(0, 3);
+        let s = schemas()["t"].clone();
+        let b = RecordBatch::try_new(s, vec![Arc::new(UInt64Array::from(vec![0, 1, 1, 2, 3, 3]))])
+            .unwrap();
+        more.files.insert("t".into(), (encode_parquet("t", &b).unwrap(), 6));
+        let e = w.replace(more).unwrap();
+        assert_eq!((e.start, e.end, e.rows("t")), (0, 3, 6));
+        assert_ne!(e.tables["t"].path, old, "new files get new names");
+        for bad in [(0, 2), (20, 29)] {
+            let r = w.replace(chunk(bad.0, bad.1));
+            assert!(matches!(r, Err(Error::NotCommitted { .. })), "{bad:?}: {r:?}");
+        }
+        drop(w);
+        let ds = Dataset::open(dir.path()).unwrap();
+        assert!(ds.verify().is_empty());
+        assert_eq!(ds.manifest().rows("t"), 12);
+        assert!(!ds.files("t").iter().any(|f| f.ends_with(&old)), "the old file is not listed");
+        assert_eq!(ds.manifest().chunks().len(), 2);
     }
 
     #[test]

@@ -153,6 +153,14 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A chunk to replace is not committed with exactly that range.
+    #[error("no committed chunk is [{start}, {end}] to replace")]
+    NotCommitted {
+        /// Chunk start.
+        start: u64,
+        /// Chunk end.
+        end: u64,
+    },
     /// A new chunk overlaps a committed one.
     #[error("chunk [{start}, {end}] overlaps committed chunk [{other_start}, {other_end}]")]
     Overlap {

@@ -561,6 +561,33 @@ fn issue_10_hidden_pool_events_over_a_dense_chunk_are_asked_again_against_other_
     crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), net.head());
 }
 
+/// Issue 10: a range whose only watched logs are one request's, hidden by its answer and by
+/// both plain questions after it (the factory's 4 constructor logs, the first chunk's only
+/// logs, 4,000 blocks before any other), is believed empty while the provider is not caught.
+/// Caught later (it hides the first pool-event answers over the dense chunk, found again
+/// against other logs), the believed runs are asked again at the end of the run, and the chunk
+/// is fetched again and replaced: the logs equal cryo's. (Before, the 4 logs were lost.)
+#[test]
+fn issue_10_runs_believed_empty_before_the_provider_is_caught_are_asked_again_and_replaced() {
+    use std::sync::atomic::Ordering;
+    let net = Devnet::mainnet_shape_mini();
+    let factory_block = 2;
+    let lies = crate::proxy::Lies {
+        hide_block_logs: (factory_block, 3),
+        hide_open_topic_logs: 2,
+        ..Default::default()
+    };
+    // Checked per answer up to the last 10 blocks: the pool events are found hidden in settled
+    // history, where no lagging node explains them, and the provider is caught.
+    let extra = ["--filter-mode", "topics", "--block-checks-depth", "10"];
+    let (t, out, proxy) = backfill_through(&net, lies, &extra);
+    let hidden = proxy.counters.lied_empty.load(Ordering::Relaxed);
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    eprintln!("{hidden} answers hidden; {summary}");
+    assert_eq!(summary["hidden_refetches"], 1, "the first chunk should be fetched again");
+    crate::oracle::assert_logs_match_cryo(&net, &t, &t.path("data"), net.head());
+}
+
 /// Issue 10: the same provider in front of the small devnet, every range checked per answer
 /// (`--block-checks-depth 0`) and a filter of one part (a few pools by address): the runs of `[]`
 /// with no log around them are asked again (reaching ahead, remembered), and once the provider

@@ -34,6 +34,9 @@ pub struct Lies {
     /// The first this many `eth_getLogs` answers holding logs, for a range and selectors from
     /// any contract (no address), are `[]`: a backend hiding one kind of request's logs.
     pub hide_open_topic_logs: u64,
+    /// `(block, n)`: the first `n` `eth_getLogs` answers holding logs, for a range that holds
+    /// `block`, are `[]`, whatever the filter.
+    pub hide_block_logs: (u64, u64),
 }
 
 #[derive(Default)]
@@ -102,6 +105,7 @@ impl Proxy {
             (counters.clone(), stop.clone(), down.clone(), fail_finalized.clone());
         let feh = fail_except_head.clone();
         let to_hide = Arc::new(AtomicU64::new(lies.hide_open_topic_logs));
+        let block_to_hide = Arc::new(AtomicU64::new(lies.hide_block_logs.1));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -119,6 +123,7 @@ impl Proxy {
                     fail_except_head: feh.clone(),
                     rng: rng.clone(),
                     to_hide: to_hide.clone(),
+                    block_to_hide: block_to_hide.clone(),
                 };
                 std::thread::spawn(move || {
                     let _ = serve(conn, &ctx);
@@ -149,6 +154,8 @@ struct Ctx {
     rng: Arc<Mutex<StdRng>>,
     /// Answers [`Lies::hide_open_topic_logs`] still hides.
     to_hide: Arc<AtomicU64>,
+    /// Answers [`Lies::hide_block_logs`] still hides.
+    block_to_hide: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -230,18 +237,26 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
     }
 }
 
-/// `reply`, or `[]` in its place while [`Lies::hide_open_topic_logs`] has answers to hide and
-/// this is one: logs for a range and selectors from any contract.
+/// `reply`, or `[]` in its place while [`Lies::hide_block_logs`] or
+/// [`Lies::hide_open_topic_logs`] has answers to hide and this is one.
 fn hide_open_topic_logs(req: &Value, reply: Vec<u8>, x: &Ctx) -> Vec<u8> {
     let f = &req["params"][0];
-    let open = req["method"] == "eth_getLogs"
-        && f.get("fromBlock").is_some()
-        && f.get("address").is_none();
+    let ranged = req["method"] == "eth_getLogs" && f.get("fromBlock").is_some();
+    let (block, _) = x.lies.hide_block_logs;
+    let holds_block = ranged && hexnum(&f["fromBlock"]) <= block && block <= hexnum(&f["toBlock"]);
+    let take = |left: u64| left.checked_sub(1);
     let holds_logs = || {
         serde_json::from_slice::<Value>(&reply)
             .is_ok_and(|v| v["result"].as_array().is_some_and(|a| !a.is_empty()))
     };
-    let take = |left: u64| left.checked_sub(1);
+    if holds_block
+        && holds_logs()
+        && x.block_to_hide.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_ok()
+    {
+        x.c.lied_empty.fetch_add(1, Ordering::Relaxed);
+        return json!({"jsonrpc": "2.0", "id": req["id"], "result": []}).to_string().into_bytes();
+    }
+    let open = ranged && f.get("address").is_none();
     if !open
         || !holds_logs()
         || x.to_hide.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_err()
@@ -348,6 +363,7 @@ fn issue_8_a_lying_provider_never_costs_a_row() {
         fail_finalized: false,
         index_lag: 0,
         hide_open_topic_logs: 0,
+        hide_block_logs: (0, 0),
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
@@ -416,6 +432,7 @@ fn issue_8_a_tail_through_a_lying_provider_equals_a_fresh_backfill() {
         fail_finalized: false,
         index_lag: 2,
         hide_open_topic_logs: 0,
+        hide_block_logs: (0, 0),
     };
     let proxy = Proxy::start_lying(net.url.clone(), 1_000_000, false, lies);
     let t = TestCommand::new();
