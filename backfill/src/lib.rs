@@ -441,6 +441,40 @@ impl Backfill {
                 _ => chunks.push((*c, 1)),
             }
         }
+        if chunks.is_empty() {
+            return Ok(writer);
+        }
+        let known = read_pools(pools);
+        let replaced: Vec<BlockRange> = chunks.iter().map(|(c, _)| *c).collect();
+        writer = self.replace_chunks(writer, chunks, pools, summary).await?;
+        // A hidden `PoolCreated` log: the later chunks were fetched without that pool.
+        let now = read_pools(pools);
+        let missed: Vec<(BlockRange, u64)> = committed
+            .iter()
+            .filter(|c| now.count_created_by(c.end) > known.count_created_by(c.end))
+            .filter(|c| !replaced.contains(c))
+            .map(|c| (*c, 0))
+            .collect();
+        if !missed.is_empty() {
+            tracing::warn!(
+                chunks = missed.len(),
+                "pools found in hidden logs: fetching the chunks after them again"
+            );
+            writer = self.replace_chunks(writer, missed, pools, summary).await?;
+        }
+        Ok(writer)
+    }
+
+    /// Fetches each of `chunks` (committed, with the number of logs found hidden in it) again,
+    /// with backoff while it holds no more logs than committed plus those, and replaces it.
+    async fn replace_chunks(
+        &self,
+        mut writer: DatasetWriter,
+        chunks: Vec<(BlockRange, u64)>,
+        pools: &SharedPools,
+        summary: &mut Summary,
+    ) -> Result<DatasetWriter> {
+        let sh = &self.shared;
         for (range, hidden) in chunks {
             let old: BTreeMap<String, u64> = writer
                 .manifest()
