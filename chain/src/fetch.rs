@@ -6,7 +6,7 @@ use crate::range::BlockRange;
 use crate::rpc::RpcClient;
 use crate::{BlockRow, Header, Log, LogFilter};
 use alloy_primitives::Address;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -174,8 +174,13 @@ impl RangeSizer {
         }
     }
 
-    /// Whether a provider answered `[]` (or short) where logs were, anywhere, near the head too
-    /// (where a lagging node explains it, and the checks stay as they are).
+    /// A provider answered `[]` (or short) where logs were near the head, where a lagging node
+    /// explains it: the checks stay as they are.
+    fn saw_hidden_logs_near_head(&self) {
+        self.hid.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a provider answered `[]` (or short) where logs were, anywhere, near the head too.
     pub fn saw_logs_hidden(&self) -> bool {
         self.hid.load(Ordering::Relaxed)
     }
@@ -455,11 +460,8 @@ pub async fn fetch_prefix(
         // A question of the rechecks that no answer satisfies is a disagreement too: fetched
         // again below, not the end of the fetch.
         Checks::Blocks => {
-            async {
-                let headers = rpc.headers(covered).await?;
-                check_blocks(rpc, filter, covered, headers, spans, sizer).await
-            }
-            .await
+            let headers = rpc.headers(covered).await?;
+            check_blocks(rpc, filter, covered, headers, spans, sizer).await
         }
     };
     match checked {
@@ -610,7 +612,7 @@ async fn check_blocks(
     let mut data =
         check_and_repair(rpc, filter, range, headers, span_logs(spans), &answered).await?;
     if data.bloom_refetches > 0 {
-        sizer.hid.store(true, Ordering::Relaxed);
+        sizer.saw_hidden_logs_near_head();
     }
     data.blocks = data.headers.iter().map(BlockRow::from).collect();
     Ok(data)
@@ -1090,8 +1092,9 @@ async fn check_empty_spans(
             // In settled history (no headers) a node has every block: no lag explains it.
             if headers.is_none() {
                 sizer.saw_hidden_logs();
+            } else {
+                sizer.saw_hidden_logs_near_head();
             }
-            sizer.hid.store(true, Ordering::Relaxed);
             tracing::warn!(
                 blocks = %a.asked,
                 logs = missed.len(),
@@ -1106,10 +1109,10 @@ async fn check_empty_spans(
 
 /// Once a provider was seen hiding logs, near the head too ([`RangeSizer::saw_logs_hidden`]),
 /// the runs of `[]` believed after plain questions only before it was caught in settled history
-/// are asked again, up to [`CAUGHT_REASKS`] times each until an answer holds logs: the logs of
-/// those runs that answers had hidden (empty when none was, or when no provider hid any). A backfill asks at its end, and
-/// fetches again the chunks these logs belong to: its plain questions' `[]` in a row were
-/// worth less than it took them for.
+/// are asked again, a few side by side, up to [`CAUGHT_REASKS`] times each until an answer holds
+/// logs: the logs of those runs that answers had hidden (empty when none was, or when no
+/// provider hid any). A backfill asks at its end, and fetches again the chunks these logs
+/// belong to: its plain questions' `[]` in a row were worth less than it took them for.
 pub async fn recheck_believed_empty(rpc: &RpcClient, sizer: &RangeSizer) -> Result<Vec<Log>> {
     if !sizer.saw_logs_hidden() {
         return Ok(Vec::new());
@@ -1117,16 +1120,17 @@ pub async fn recheck_believed_empty(rpc: &RpcClient, sizer: &RangeSizer) -> Resu
     let believed = std::mem::take(
         &mut *sizer.believed.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
     );
-    let mut found = Vec::new();
-    for (part, runs) in believed {
-        let (Some(first), Some(last)) = (runs.first(), runs.last()) else { continue };
+    let ask = |(part, runs): (LogFilter, Vec<BlockRange>)| async move {
+        let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
+            return Ok(Vec::new());
+        };
         let span = BlockRange::new(first.start, last.end);
-        let selects = part.matcher();
         for _ in 0..CAUGHT_REASKS {
             let got = fetch_logs(rpc, &part, span, sizer).await?;
             if got.is_empty() {
                 continue;
             }
+            let selects = part.matcher();
             let hidden: Vec<Log> = got
                 .into_iter()
                 .filter(|l| runs.iter().any(|r| r.contains(l.block_number)) && selects(l))
@@ -1138,10 +1142,15 @@ pub async fn recheck_believed_empty(rpc: &RpcClient, sizer: &RangeSizer) -> Resu
                     "runs of [] believed before the provider was caught hiding logs hold logs"
                 );
             }
-            found.extend(hidden);
-            break;
+            return Ok(hidden);
         }
-    }
+        Ok(Vec::new())
+    };
+    let mut found: Vec<Log> = futures::stream::iter(believed)
+        .map(ask)
+        .buffer_unordered(PARTS_IN_FLIGHT)
+        .try_concat()
+        .await?;
     found.sort_unstable_by_key(key);
     found.dedup_by_key(|l| key(l));
     Ok(found)

@@ -220,7 +220,7 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
         } else {
             match range_error(&req, x.max_span, c) {
                 Some(err) => ("200 OK", err.to_string().into_bytes()),
-                None => ("200 OK", hide_open_topic_logs(&req, http_post(&x.upstream, &body)?, x)),
+                None => ("200 OK", hide_logs(&req, http_post(&x.upstream, &body)?, x)),
             }
         };
         write!(
@@ -239,28 +239,24 @@ fn serve(conn: std::net::TcpStream, x: &Ctx) -> std::io::Result<()> {
 
 /// `reply`, or `[]` in its place while [`Lies::hide_block_logs`] or
 /// [`Lies::hide_open_topic_logs`] has answers to hide and this is one.
-fn hide_open_topic_logs(req: &Value, reply: Vec<u8>, x: &Ctx) -> Vec<u8> {
+fn hide_logs(req: &Value, reply: Vec<u8>, x: &Ctx) -> Vec<u8> {
     let f = &req["params"][0];
     let ranged = req["method"] == "eth_getLogs" && f.get("fromBlock").is_some();
     let (block, _) = x.lies.hide_block_logs;
-    let holds_block = ranged && hexnum(&f["fromBlock"]) <= block && block <= hexnum(&f["toBlock"]);
+    // Each lie that applies to this request, with the answers it still hides.
+    let budgets = [
+        (hexnum(&f["fromBlock"]) <= block && block <= hexnum(&f["toBlock"]), &x.block_to_hide),
+        (f.get("address").is_none(), &x.to_hide),
+    ];
     let take = |left: u64| left.checked_sub(1);
-    let holds_logs = || {
-        serde_json::from_slice::<Value>(&reply)
+    let hidden = ranged
+        && budgets.iter().any(|(applies, _)| *applies)
+        && serde_json::from_slice::<Value>(&reply)
             .is_ok_and(|v| v["result"].as_array().is_some_and(|a| !a.is_empty()))
-    };
-    if holds_block
-        && holds_logs()
-        && x.block_to_hide.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_ok()
-    {
-        x.c.lied_empty.fetch_add(1, Ordering::Relaxed);
-        return json!({"jsonrpc": "2.0", "id": req["id"], "result": []}).to_string().into_bytes();
-    }
-    let open = ranged && f.get("address").is_none();
-    if !open
-        || !holds_logs()
-        || x.to_hide.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_err()
-    {
+        && budgets.iter().any(|(applies, left)| {
+            *applies && left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_ok()
+        });
+    if !hidden {
         return reply;
     }
     x.c.lied_empty.fetch_add(1, Ordering::Relaxed);
